@@ -1,0 +1,37 @@
+"""The one training entry used by `hpc-sr train`, torchrun, srun and the submitit launcher."""
+
+from __future__ import annotations
+
+import os
+
+from hpc_sr.config import Config, load_config
+from hpc_sr.train import distributed as du
+
+
+def configure_threads(env: du.DistEnv) -> None:
+    """One intra-op thread per rank when several ranks share a CPU host and nobody chose (RECIPES: 7x)."""
+    import torch
+
+    if "OMP_NUM_THREADS" in os.environ:
+        torch.set_num_threads(max(1, int(os.environ["OMP_NUM_THREADS"])))
+    elif env.distributed and not torch.cuda.is_available():
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, env.world_size)))
+
+
+def run_training(cfg: Config, resume: str = "auto") -> int:
+    """Set up distributed state from the environment, train, tear down; returns the exit code."""
+    from hpc_sr.train.trainer import Trainer
+
+    env = du.DistEnv.from_environment()
+    configure_threads(env)
+    device = du.select_device(env)
+    du.init_distributed(env, device, timeout_s=cfg.dist.timeout_s)
+    try:
+        return Trainer(cfg, env, device, resume=resume).run()
+    finally:
+        du.shutdown_distributed()
+
+
+def train_main(config_path: str | None, overrides: list[str] | None = None, resume: str = "auto") -> int:
+    """Load the config (YAML + dotted overrides) and train."""
+    return run_training(load_config(config_path, overrides or []), resume=resume)

@@ -1,0 +1,158 @@
+"""Loss labels (real = 1, fake = 0), values against their formulas, gradients, errors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hpc_sr.models.losses import (
+    discriminator_loss,
+    feature_matching_loss,
+    flux_loss,
+    generator_adversarial_loss,
+    pixel_loss,
+)
+from hpc_sr.models.srgan import Discriminator, Generator
+
+KINDS = ["bce", "lsgan", "ragan"]
+# logits of a discriminator that is right: per kind, "real" and "fake" outputs it aims for
+CONFIDENT = {"bce": (8.0, -8.0), "lsgan": (1.0, 0.0), "ragan": (8.0, -8.0)}
+
+
+def _logits(real: float, fake: float, n: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    jitter = 0.05 * torch.randn(2, n, generator=g)
+    return (real + jitter[0]).requires_grad_(), (fake + jitter[1]).requires_grad_()
+
+
+def test_pixel_loss() -> None:
+    sr, hr = torch.tensor([0.0, 1.0, 3.0]), torch.tensor([1.0, 1.0, 1.0])
+    assert pixel_loss(sr, hr, "l1").item() == pytest.approx(1.0)
+    assert pixel_loss(sr, hr, "mse").item() == pytest.approx(5.0 / 3.0)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: pixel_loss(torch.zeros(1), torch.zeros(1), "l2"),
+        lambda: discriminator_loss(torch.zeros(1), torch.zeros(1), "wgan"),
+        lambda: generator_adversarial_loss(torch.zeros(1), torch.zeros(1), "wgan"),
+    ],
+)
+def test_unknown_kind_names_it_and_the_valid_ones(call) -> None:
+    with pytest.raises(ValueError) as info:
+        call()
+    msg = str(info.value)
+    assert ("'l2'" in msg and "l1" in msg and "mse" in msg) or ("'wgan'" in msg and "ragan" in msg)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_confident_discriminator_low_d_loss_high_g_loss(kind: str) -> None:
+    good, bad = CONFIDENT[kind]
+    real, fake = _logits(good, bad)
+    d_right = discriminator_loss(real, fake, kind)
+    d_wrong = discriminator_loss(fake, real, kind)  # D calls the fakes real
+    assert d_right.item() < 0.01 < d_wrong.item()
+    g_caught = generator_adversarial_loss(real, fake, kind)  # D spots the fakes
+    g_fooling = generator_adversarial_loss(real, real.detach().clone(), kind) if kind != "ragan" else None
+    assert g_caught.item() > 0.4
+    if g_fooling is not None:
+        assert g_fooling.item() < 0.01
+    else:  # relativistic: fakes rated above reals fool D
+        assert generator_adversarial_loss(fake, real, kind).item() < 0.01
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_gradient_signs_real_label_one_fake_label_zero(kind: str) -> None:
+    """Guard against the published DeepLense SRGAN bug (fake label = 1): D must push fake logits down."""
+    real, fake = _logits(0.5, 0.5)
+    discriminator_loss(real, fake, kind).backward()
+    assert (real.grad < 0).all() and (fake.grad > 0).all()
+    real2, fake2 = _logits(0.5, 0.5)
+    generator_adversarial_loss(real2, fake2, kind).backward()
+    assert (fake2.grad < 0).all()  # G pushes its fakes towards "real"
+
+
+def test_bce_values_and_with_logits() -> None:
+    real, fake = _logits(0.3, -0.2)
+    expected = F.binary_cross_entropy(torch.sigmoid(real), torch.ones(6)) + F.binary_cross_entropy(
+        torch.sigmoid(fake), torch.zeros(6)
+    )
+    torch.testing.assert_close(discriminator_loss(real, fake, "bce"), expected)
+    torch.testing.assert_close(
+        generator_adversarial_loss(None, fake, "bce"),
+        F.binary_cross_entropy(torch.sigmoid(fake), torch.ones(6)),
+    )
+    # far past sigmoid saturation: with-logits gives softplus(300) = 300 per term; sigmoid + BCE caps at 100
+    very_wrong = discriminator_loss(torch.tensor([-300.0]), torch.tensor([300.0]), "bce")
+    assert very_wrong.item() == pytest.approx(600.0)
+
+
+def test_lsgan_values() -> None:
+    real, fake = torch.tensor([1.0, 0.5]), torch.tensor([0.0, 1.0])
+    assert discriminator_loss(real, fake, "lsgan").item() == pytest.approx(0.5 * (0.125 + 0.5))
+    assert generator_adversarial_loss(None, fake, "lsgan").item() == pytest.approx(0.5 * 0.5)
+
+
+def test_ragan_values_and_needs_real_logits() -> None:
+    real = torch.tensor([1.0, 2.0], dtype=torch.float64)
+    fake = torch.tensor([-1.0, 0.5], dtype=torch.float64)
+
+    def nll(x: float, label: int) -> float:
+        p = 1.0 / (1.0 + math.exp(-x))
+        return -math.log(p if label else 1.0 - p)
+
+    rm, fm = real.mean().item(), fake.mean().item()
+    d = 0.5 * (
+        sum(nll(r - fm, 1) for r in real.tolist()) / 2 + sum(nll(f - rm, 0) for f in fake.tolist()) / 2
+    )
+    g = 0.5 * (
+        sum(nll(r - fm, 0) for r in real.tolist()) / 2 + sum(nll(f - rm, 1) for f in fake.tolist()) / 2
+    )
+    assert discriminator_loss(real, fake, "ragan").item() == pytest.approx(d, rel=1e-12)
+    assert generator_adversarial_loss(real, fake, "ragan").item() == pytest.approx(g, rel=1e-12)
+    with pytest.raises(ValueError, match="real_logits"):
+        generator_adversarial_loss(None, fake, "ragan")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_adversarial_gradient_reaches_generator_not_discriminator(kind: str) -> None:
+    torch.manual_seed(0)
+    g, d = Generator(channels=4, blocks=1, bicubic_skip=False), Discriminator(channels=4, blocks=2)
+    lr, hr = torch.rand(2, 1, 8, 8), torch.rand(2, 1, 16, 16)
+    d.requires_grad_(False)
+    real_logits, real_feats = d.forward_features(hr)
+    fake_logits, fake_feats = d.forward_features(g(lr))
+    loss = generator_adversarial_loss(real_logits, fake_logits, kind) + feature_matching_loss(
+        real_feats, fake_feats
+    )
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in g.parameters())
+    assert all(p.grad is None for p in d.parameters())
+
+
+def test_feature_matching_loss() -> None:
+    real = [torch.ones(2, 3, 4, 4, requires_grad=True), torch.zeros(2, 5, requires_grad=True)]
+    fake = [torch.full((2, 3, 4, 4), 1.5, requires_grad=True), torch.zeros(2, 5, requires_grad=True)]
+    assert feature_matching_loss(real, [r.detach() for r in real]).item() == 0.0
+    loss = feature_matching_loss(real, fake)
+    assert loss.item() == pytest.approx((0.5 + 0.0) / 2)
+    loss.backward()
+    assert fake[0].grad is not None and fake[0].grad.abs().sum() > 0
+    assert real[0].grad is None  # real features are targets, detached
+    with pytest.raises(ValueError, match="2 real and 1 fake"):
+        feature_matching_loss(real, fake[:1])
+
+
+def test_flux_loss() -> None:
+    hr = torch.rand(3, 1, 8, 8) + 0.1
+    scale = torch.tensor([1.1, 0.8, 1.0]).view(3, 1, 1, 1)
+    assert flux_loss(hr * scale, hr).item() == pytest.approx((0.1 + 0.2 + 0.0) / 3, rel=1e-5)
+    empty = flux_loss(torch.rand(2, 1, 4, 4), torch.zeros(2, 1, 4, 4))
+    assert torch.isfinite(empty)
+    sr = (hr * 1.2).requires_grad_()
+    flux_loss(sr, hr).backward()
+    assert sr.grad is not None and (sr.grad > 0).all()

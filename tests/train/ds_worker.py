@@ -1,0 +1,49 @@
+"""Run under torchrun by tests/train/test_deepspeed.py: several tiny trainings in one process group.
+
+    torchrun --nproc_per_node 2 tests/train/ds_worker.py OUT_DIR JOBS.json
+
+JOBS.json is a list of {"tag": str, "overrides": [...], "resume": "never"|"auto"}; after each job every rank
+writes OUT_DIR/<tag>_rank<r>.pt with its G (and D) weights in float32 and the time the job took.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from hpc_sr.config import load_config
+from hpc_sr.train import distributed as du
+from hpc_sr.train.entry import configure_threads
+from hpc_sr.train.trainer import Trainer
+
+
+def main(out_dir: str, jobs_file: str) -> int:
+    env = du.DistEnv.from_environment()
+    configure_threads(env)
+    device = du.select_device(env)
+    if env.distributed:  # env:// joins torchrun's own store (tcp:// to the same port hangs in torch 2.13)
+        torch.distributed.init_process_group("gloo", init_method="env://")
+    try:
+        for job in json.loads(Path(jobs_file).read_text()):
+            t0 = time.perf_counter()
+            trainer = Trainer(load_config(None, job["overrides"]), env, device, resume=job.get("resume", "auto"))
+            code = trainer.run()
+            if code != 0:
+                return code
+            weights = {name: {k: v.detach().cpu().float().clone()
+                              for k, v in trainer.backend.module(name).state_dict().items()}
+                       for name in trainer.backend.names()}
+            torch.save({"weights": weights, "seconds": time.perf_counter() - t0},
+                       Path(out_dir) / f"{job['tag']}_rank{env.rank}.pt")
+            du.barrier()
+        return 0
+    finally:
+        du.shutdown_distributed()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1], sys.argv[2]))
