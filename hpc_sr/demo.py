@@ -23,18 +23,18 @@ QUICKSTART: dict = {
     },
     "model": {"channels": 32, "blocks": 4, "res_scale": 0.1, "bicubic_skip": True},
     "train": {
-        "steps": 1500,
-        "pretrain_steps": 1500,
+        "steps": 800,
+        "pretrain_steps": 800,
         "lr_g": 4.0e-4,
         "schedule": "cosine",
         "warmup_steps": 50,
         "pixel_loss": "l1",
         "ema_decay": 0.995,
-        "val_every": 500,
-        "ckpt_every": 500,
+        "val_every": 400,
+        "ckpt_every": 400,
         "keep_last": 2,
     },
-    "log": {"name": "quickstart", "runs_dir": "demo/runs", "log_every": 100, "image_every": 500},
+    "log": {"name": "quickstart", "runs_dir": "demo/runs", "log_every": 50, "image_every": 400},
 }
 
 
@@ -48,7 +48,7 @@ def quickstart_dict() -> dict:
 
 def run_demo(
     workdir: str | Path = "demo",
-    num: int = 2000,
+    num: int = 1200,
     steps: int = 0,
     overrides: list[str] | None = None,
     seed: int = 0,

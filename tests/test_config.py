@@ -12,8 +12,16 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_overrides_are_typed_and_applied() -> None:
-    cfg = load_config(None, ["train.lr_g=2e-4", "data.batch_size=32", "train.betas=[0.5, 0.9]",
-                             "model.batch_norm=true", "log.name=exp1"])
+    cfg = load_config(
+        None,
+        [
+            "train.lr_g=2e-4",
+            "data.batch_size=32",
+            "train.betas=[0.5, 0.9]",
+            "model.batch_norm=true",
+            "log.name=exp1",
+        ],
+    )
     assert cfg.train.lr_g == pytest.approx(2e-4) and isinstance(cfg.train.lr_g, float)
     assert cfg.data.batch_size == 32
     assert cfg.train.betas == (0.5, 0.9)
@@ -41,7 +49,9 @@ def test_bad_overrides_name_the_key(override: str, message: str) -> None:
 def test_unknown_key_in_yaml_names_file_and_key(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text("train:\n  stpes: 10\n")
-    with pytest.raises(ConfigError, match=r"bad.yaml: unknown config key 'train.stpes'; did you mean 'train.steps'"):
+    with pytest.raises(
+        ConfigError, match=r"bad.yaml: unknown config key 'train.stpes'; did you mean 'train.steps'"
+    ):
         load_config(path)
 
 

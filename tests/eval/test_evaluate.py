@@ -24,17 +24,33 @@ from tests.conftest import PYTHON, REPO, subprocess_env, tiny_overrides
 @pytest.fixture(scope="module")
 def trained_run(tiny_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     runs = tmp_path_factory.mktemp("runs")
-    trainer = Trainer(load_config(None, tiny_overrides(tiny_shards, runs, steps=4, pretrain=4)), DistEnv(),
-                      torch.device("cpu"), resume="never")
+    trainer = Trainer(
+        load_config(None, tiny_overrides(tiny_shards, runs, steps=4, pretrain=4)),
+        DistEnv(),
+        torch.device("cpu"),
+        resume="never",
+    )
     assert trainer.run() == 0
     return runs / "tiny"
 
 
-def test_evaluate_checkpoint_and_exported_generator_agree(trained_run: Path, tiny_shards: Path,
-                                                          tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_evaluate_checkpoint_and_exported_generator_agree(
+    trained_run: Path, tiny_shards: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     out = tmp_path / "eval.json"
-    code = main(["evaluate", "--checkpoint", str(trained_run), "--data", str(tiny_shards), "--json", str(out),
-                 "--save-images", "2"])
+    code = main(
+        [
+            "evaluate",
+            "--checkpoint",
+            str(trained_run),
+            "--data",
+            str(tiny_shards),
+            "--json",
+            str(out),
+            "--save-images",
+            "2",
+        ]
+    )
     assert code == 0
     table = capsys.readouterr().out
     assert "bicubic" in table and "gain over bicubic" in table
@@ -54,11 +70,29 @@ def test_untrained_bicubic_skip_generator_equals_bicubic() -> None:
     torch.testing.assert_close(self_ensemble(g, lr), bicubic_upscale(lr, 2), atol=1e-5, rtol=0)
 
 
-def test_evaluate_under_torchrun_reduces_exactly(trained_run: Path, tiny_shards: Path, tmp_path: Path) -> None:
+def test_evaluate_under_torchrun_reduces_exactly(
+    trained_run: Path, tiny_shards: Path, tmp_path: Path
+) -> None:
     single = evaluate(trained_run, tiny_shards, split="train", quiet=True)
     out = tmp_path / "dist.json"
-    cmd = [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "hpc_sr", "evaluate",
-           "--checkpoint", str(trained_run), "--data", str(tiny_shards), "--split", "train", "--json", str(out)]
+    cmd = [
+        PYTHON,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "hpc_sr",
+        "evaluate",
+        "--checkpoint",
+        str(trained_run),
+        "--data",
+        str(tiny_shards),
+        "--split",
+        "train",
+        "--json",
+        str(out),
+    ]
     proc = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-2000:]
     dist = json.loads(out.read_text())

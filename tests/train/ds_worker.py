@@ -25,8 +25,7 @@ def main(out_dir: str, jobs_file: str) -> int:
     env = du.DistEnv.from_environment()
     configure_threads(env)
     device = du.select_device(env)
-    if env.distributed:  # env:// joins torchrun's own store (tcp:// to the same port hangs in torch 2.13)
-        torch.distributed.init_process_group("gloo", init_method="env://")
+    du.init_distributed(env, device)
     try:
         for job in json.loads(Path(jobs_file).read_text()):
             t0 = time.perf_counter()

@@ -1,0 +1,88 @@
+"""Preemption under torchrun with 2 real ranks: a signal at a random step -> one collective save, every rank
+exits with REQUEUE_EXIT_CODE, and the resumed run's loss curve equals the uninterrupted run's exactly."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+from pathlib import Path
+
+import pytest
+
+from hpc_sr.train.signals import REQUEUE_EXIT_CODE
+from tests.conftest import tiny_overrides
+from tests.reliability.reli_util import (
+    finish,
+    last_train_step,
+    loss_curve,
+    rows,
+    start,
+    step_dirs,
+    tail,
+    torchrun_cmd,
+    wait_for,
+)
+
+STEPS, PRETRAIN = 12, 6  # both phases (pixel pretrain, then GAN with D) are crossed
+
+
+def overrides(shards: Path, runs: Path, name: str) -> list[str]:
+    return tiny_overrides(shards, runs, name=name, steps=STEPS, pretrain=PRETRAIN, **{
+        "train.deterministic": "true", "train.val_every": 100, "train.ckpt_every": 100, "log.image_every": 0,
+        "dist.timeout_s": 60})
+
+
+@pytest.fixture(scope="module")
+def straight(tiny_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[int, tuple[float, float]]:
+    """The uninterrupted 2-rank run's loss curve."""
+    out = tmp_path_factory.mktemp("straight")
+    log = out / "torchrun.log"
+    proc = start(torchrun_cmd(2, out, overrides(tiny_shards, out, "run")), log)
+    assert finish(proc, 180, log) == 0, tail(log)
+    curve = loss_curve(out / "run")
+    assert sorted(curve) == list(range(1, STEPS + 1))
+    return curve
+
+
+@pytest.mark.parametrize("how", ["usr2_to_rank1", "sigterm_to_torchrun"])
+def test_signal_at_random_step_saves_once_and_resumes_exactly(
+    how: str, tiny_shards: Path, tmp_path: Path, straight: dict[int, tuple[float, float]]
+) -> None:
+    run = tmp_path / "run"
+    log = tmp_path / "torchrun.log"
+    at = random.Random(os.urandom(8)).randint(2, STEPS - 4)  # the step after which the signal is sent
+    proc = start(torchrun_cmd(2, tmp_path, overrides(tiny_shards, tmp_path, "run")), log, RELI_STEP_SLEEP="0.25")
+    try:
+        wait_for(lambda: last_train_step(run) >= at, 120, f"step {at} in metrics.jsonl")
+        if how == "usr2_to_rank1":  # like SLURM's --signal=USR2: one rank's flag is enough (all-reduce)
+            os.kill(int((tmp_path / "pid_rank1").read_text()), signal.SIGUSR2)
+        else:  # a preemption's SIGTERM reaches torchrun, which forwards it to its workers
+            os.kill(proc.pid, signal.SIGTERM)
+        code = finish(proc, 90, log)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert code != 0, "torchrun reports the workers' non-zero exit"
+    assert [(tmp_path / f"exit_rank{r}").read_text() for r in (0, 1)] == [str(REQUEUE_EXIT_CODE)] * 2, tail(log)
+    stop = rows(run, "stop")
+    # rank 0 writes the record with its own reason: "" when only rank 1 was signalled (reported to the lead)
+    assert len(stop) == 1 and stop[0]["reason"] in (("SIGUSR2", "") if how == "usr2_to_rank1" else ("SIGTERM",))
+    saved = stop[0]["step"]
+    assert at <= saved < STEPS
+    assert step_dirs(run) == [f"step_{saved:08d}"]  # one checkpoint, written once by the collective save
+    ckpt = run / "checkpoints" / f"step_{saved:08d}"
+    assert sorted(p.name for p in (ckpt / "rng").iterdir()) == ["rank_00000.pt", "rank_00001.pt"]
+    assert (run / "checkpoints" / "latest").read_text().strip() == ckpt.name
+    assert not list((run / "checkpoints").glob(".*step_*")), "no temp directory left behind"
+
+    for r in (0, 1):
+        (tmp_path / f"exit_rank{r}").unlink()
+    proc = start(torchrun_cmd(2, tmp_path, overrides(tiny_shards, tmp_path, "run")), log)
+    assert finish(proc, 180, log) == 0, tail(log)
+    starts = rows(run, "start")
+    assert [s["resumed_from"] for s in starts] == [None, str(ckpt)]
+    assert starts[1]["step"] == saved
+    resumed_steps = [r["step"] for r in rows(run, "train")[saved:]]
+    assert resumed_steps == list(range(saved + 1, STEPS + 1))  # continues from the checkpoint step
+    assert loss_curve(run) == straight  # bit-identical losses, step for step, across the interruption

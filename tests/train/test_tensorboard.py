@@ -1,0 +1,86 @@
+"""A real TensorBoard server reads a training run: losses, val metrics vs bicubic, comparison images."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import torch
+
+from hpc_sr.config import load_config
+from hpc_sr.train.distributed import DistEnv
+from hpc_sr.train.trainer import Trainer
+from tests.conftest import PYTHON, subprocess_env, tiny_overrides
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get_json(url: str, deadline: float) -> dict:
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                return json.loads(resp.read())
+        except OSError:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def test_tensorboard_server_shows_the_run(tiny_shards: Path, tmp_path: Path) -> None:
+    cfg = load_config(None, tiny_overrides(tiny_shards, tmp_path, name="tbrun", steps=6, pretrain=3))
+    assert Trainer(cfg, DistEnv(), torch.device("cpu"), resume="never").run() == 0
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            PYTHON,
+            "-m",
+            "tensorboard.main",
+            "--logdir",
+            str(tmp_path),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--reload_interval",
+            "1",
+        ],
+        env=subprocess_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.time() + 90
+        base = f"http://127.0.0.1:{port}/data/plugin"
+        while True:
+            scalars = get_json(f"{base}/scalars/tags", deadline)
+            if "tbrun/tb" in scalars or time.time() > deadline:
+                break
+            time.sleep(1)
+        tags = set(scalars["tbrun/tb"])
+        assert {
+            "train/loss_g_pixel",
+            "train/loss_d",
+            "train/images_per_s",
+            "train/data_wait_share",
+            "train/peak_mem_mb",
+            "train/lr_g",
+            "val/psnr",
+            "val/ssim",
+            "val_bicubic/psnr",
+            "val_gain/psnr_db",
+        } <= tags
+        images = get_json(f"{base}/images/tags", deadline)
+        assert "val/comparison" in images["tbrun/tb"]
+        series = get_json(f"{base}/scalars/scalars?run=tbrun%2Ftb&tag=val%2Fpsnr", deadline)
+        assert [point[1] for point in series] == [3, 6]
+    finally:
+        server.terminate()
+        server.wait(timeout=20)

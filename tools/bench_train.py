@@ -1,0 +1,395 @@
+"""Training-step throughput through the real trainer: G alone (pixel loss) and G+D (GAN step).
+
+    python tools/bench_train.py                       # CPU: 32 ch x 4 blocks, batch 16, LR patches 24x24
+    python tools/bench_train.py --device cuda --full  # GPU: 64 ch x 16 blocks, whole 75x75 LR images
+    python tools/bench_train.py --variants fp32,bf16 --backends ddp,zero1 --rounds 3
+
+For every configuration (DDP with precision / channels_last / torch.compile variants, DeepSpeed ZeRO 0/1/2)
+a real :class:`hpc_sr.train.trainer.Trainer` is built on ``data.source=simulate`` (one process, a throw-away
+run directory) and its ``_train_step`` is timed: phase ``pretrain`` (G, pixel loss) and ``gan`` (G step with
+the frozen D, then the D step; EMA update included). The batches are rendered once by the simulator and
+replayed, so the step figures are compute only; the simulator's share of a real step is measured separately
+at the end (the trainer's own stream, ``data_time`` of each step).
+
+Timing: after ``--warmup`` steps (the first one includes torch.compile's compilation, reported as
+``compile_s``), all (configuration, phase) pairs take turns in ``--rounds`` rounds of ``--window``-second
+windows; a figure is the median over its windows and is reported as a ratio to the first configuration
+(DDP fp32) of the same phase. Peak memory: one more step per pair under
+:class:`tools.bench_common.PeakMemory` (memory above what was resident before the step).
+
+MFU: training FLOPs per image from the model definitions (:func:`hpc_sr.models.srgan.flops_per_image`, the
+forward pass; backward ~2x forward): G step 3 G; GAN step 3 G + 9 D (D on the fake with a backward to its
+input ~2 D, D on the real without grad 1 D, the D step on real and fake 2 x 3 D); divided by the peak FLOPs
+of the device at that precision (:func:`tools.bench_common.peak_tflops`, or ``--peak-tflops``).
+Prints a table and ONE JSON line at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import socket
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from hpc_sr.config import load_config  # noqa: E402
+from hpc_sr.models.srgan import count_parameters, flops_per_image  # noqa: E402
+from hpc_sr.train.distributed import DistEnv  # noqa: E402
+from tools.bench_common import (  # noqa: E402
+    PeakMemory,
+    emit,
+    fix_malloc_thresholds,
+    machine_info,
+    median,
+    peak_tflops,
+    print_table,
+    round_robin,
+    rounded,
+    spread,
+    sync,
+)
+
+PHASES = {"g": "pretrain", "gan": "gan"}
+DEFAULT_VARIANTS = "fp32,bf16,fp32+cl,bf16+cl,fp32+compile"
+DEFAULT_BACKENDS = "ddp,zero0,zero1,zero2"
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """One trainer set-up to time."""
+
+    backend: str  # ddp | deepspeed
+    zero_stage: int
+    precision: str
+    channels_last: bool = False
+    compile: bool = False
+
+    @property
+    def name(self) -> str:
+        head = "ddp" if self.backend == "ddp" else f"zero{self.zero_stage}"
+        tail = ("+cl" if self.channels_last else "") + ("+compile" if self.compile else "")
+        return f"{head}/{self.precision}{tail}"
+
+
+def parse_variant(text: str) -> tuple[str, bool, bool]:
+    """``bf16+cl+compile`` -> (precision, channels_last, compile)."""
+    parts = text.strip().split("+")
+    precision, flags = parts[0], set(parts[1:])
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise SystemExit(f"--variants: {text!r}: precision must be fp32, bf16 or fp16")
+    unknown = flags - {"cl", "compile"}
+    if unknown:
+        raise SystemExit(f"--variants: {text!r}: unknown flag(s) {sorted(unknown)} (use +cl, +compile)")
+    return precision, "cl" in flags, "compile" in flags
+
+
+def plan_configs(variants: str, backends: str, backend_precision: str) -> list[BenchConfig]:
+    """DDP rows for every variant (when ``ddp`` is among the back-ends), then one row per ZeRO stage."""
+    names = [b.strip() for b in backends.split(",") if b.strip()]
+    bad = [b for b in names if b not in ("ddp", "zero0", "zero1", "zero2")]
+    if bad:
+        raise SystemExit(f"--backends: unknown {bad}; valid: ddp, zero0, zero1, zero2")
+    configs: list[BenchConfig] = []
+    if "ddp" in names:
+        for v in variants.split(","):
+            if v.strip():
+                precision, cl, comp = parse_variant(v)
+                configs.append(BenchConfig("ddp", 0, precision, cl, comp))
+    for b in names:
+        if b.startswith("zero"):
+            configs.append(BenchConfig("deepspeed", int(b[-1]), backend_precision))
+    if not configs:
+        raise SystemExit("nothing to measure: give --backends with ddp and/or zero0..2")
+    return configs
+
+
+def trainer_overrides(a: argparse.Namespace, c: BenchConfig, runs_dir: Path, device: torch.device) -> list[str]:
+    """Dotted config overrides of a throw-away trainer for configuration ``c``."""
+    values: dict[str, object] = {
+        "data.source": "simulate",
+        "data.sim_device": str(device),
+        "data.hr_size": a.hr_size,
+        "data.batch_size": a.batch,
+        "data.patch_size": a.patch,
+        "data.val_images": 1,
+        "model.channels": a.channels,
+        "model.blocks": a.blocks,
+        "model.d_channels": a.d_channels or a.channels,
+        "model.d_blocks": a.d_blocks,
+        "train.steps": 2,
+        "train.pretrain_steps": 1,  # steps > pretrain_steps: the trainer builds D too
+        "train.precision": c.precision,
+        "train.channels_last": c.channels_last,
+        "train.compile": c.compile,
+        "train.seed": a.seed,
+        "dist.backend": c.backend,
+        "dist.zero_stage": c.zero_stage,
+        "log.runs_dir": str(runs_dir),
+        "log.name": c.name.replace("/", "_").replace("+", "_"),
+        "log.tensorboard": False,
+    }
+    return [f"{k}={v}" for k, v in values.items()]
+
+
+class ReplayStream:
+    """Endless replay of a few pre-rendered micro-batches (takes the place of the trainer's stream)."""
+
+    def __init__(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        self.batches, self.i = batches, 0
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        self.i = (self.i + 1) % len(self.batches)
+        return self.batches[self.i]
+
+
+def build_trainer(overrides: list[str], device: torch.device) -> Any:
+    """A real Trainer for one process (no resume)."""
+    from hpc_sr.train.trainer import Trainer
+
+    return Trainer(load_config(None, overrides), DistEnv(), device, resume="never")
+
+
+def train_flops_per_image(trainer: Any, patch: tuple[int, int], scale: int) -> dict[str, float]:
+    """Training FLOPs per image of each phase (see the module docstring)."""
+    g = flops_per_image(trainer.backend.module("g"), patch)
+    d = flops_per_image(trainer.backend.module("d"), (patch[0] * scale, patch[1] * scale))
+    return {"g": 3.0 * g, "gan": 3.0 * g + 9.0 * d, "g_forward": float(g), "d_forward": float(d)}
+
+
+def free_port() -> int:
+    with contextlib.closing(socket.socket()) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def quiet_deepspeed() -> None:
+    with contextlib.suppress(ImportError):
+        from deepspeed.utils import logger as ds_logger
+
+        ds_logger.setLevel(logging.ERROR)
+
+
+def step_fn(trainer: Any, phase: str, device: torch.device, batch: int) -> Any:
+    """One real training step of ``phase``; returns the images it consumed."""
+
+    def run() -> int:
+        values, _ = trainer._train_step(PHASES[phase])
+        sync(device)
+        if values.get("skipped"):
+            raise RuntimeError(f"{phase} step skipped (non-finite loss)")
+        return batch
+
+    return run
+
+
+def simulate_share(trainer: Any, stream: Any, device: torch.device, batch: int, steps: int) -> dict[str, Any]:
+    """Share of a step spent rendering the batch when the trainer draws from its own simulator stream."""
+    replay, trainer.stream = trainer.stream, stream
+    out: dict[str, Any] = {}
+    try:
+        for phase in PHASES:
+            data_s = total_s = 0.0
+            for _ in range(steps):
+                t0 = time.perf_counter()
+                _, dt = trainer._train_step(PHASES[phase])
+                sync(device)
+                total_s += time.perf_counter() - t0
+                data_s += dt
+            out[phase] = {
+                "share": rounded(data_s / total_s),
+                "simulate_pairs_per_s": rounded(steps * batch / data_s, 1),
+                "step_images_per_s": rounded(steps * batch / total_s, 1),
+            }
+    finally:
+        trainer.stream = replay
+    return out
+
+
+def bench(a: argparse.Namespace) -> dict[str, Any]:
+    device = torch.device(a.device)
+    if device.type == "cpu":
+        torch.set_num_threads(a.threads)
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        malloc_fixed = fix_malloc_thresholds()
+    else:
+        malloc_fixed = False
+    configs = plan_configs(a.variants, a.backends, a.backend_precision)
+    errors: dict[str, str] = {}
+    if any(c.backend == "deepspeed" for c in configs):
+        quiet_deepspeed()
+        try:
+            from hpc_sr.train.backend_deepspeed import ensure_process_group
+
+            if "RANK" not in os.environ:  # not under torchrun: DeepSpeed still reads the launcher variables
+                DistEnv(master_port=free_port()).export()
+
+            ensure_process_group(device)  # before any trainer: every row pays the same 1-rank all-reduces
+        except Exception as exc:  # noqa: BLE001 - report any failure of the optional back-end as a row
+            for c in configs:
+                if c.backend == "deepspeed":
+                    errors[c.name] = f"{type(exc).__name__}: {exc}"
+            configs = [c for c in configs if c.backend != "deepspeed"]
+
+    runs = Path(tempfile.mkdtemp(prefix="bench_train_"))
+    trainers: dict[str, Any] = {}
+    first_s: dict[tuple[str, str], float] = {}
+    batches: list[tuple[torch.Tensor, torch.Tensor]] = []
+    sim_stream = None
+    flops: dict[str, float] = {}
+    params: dict[str, int] = {}
+    for c in tqdm(configs, desc="build + warm up", unit="config"):
+        try:
+            tr = build_trainer(trainer_overrides(a, c, runs, device), device)
+            if not batches:  # render the replayed batches once, with the first trainer's real stream
+                sim_stream = tr.stream
+                batches = [next(sim_stream) for _ in range(2)]
+                lr = batches[0][0]
+                flops = train_flops_per_image(tr, (lr.shape[-2], lr.shape[-1]), tr.scale)
+                params = {n: count_parameters(tr.backend.module(n)) for n in ("g", "d")}
+            tr.stream = ReplayStream(batches)
+            for phase in PHASES:
+                fn = step_fn(tr, phase, device, a.batch)
+                t0 = time.perf_counter()
+                fn()
+                first_s[(c.name, phase)] = time.perf_counter() - t0
+                for _ in range(a.warmup - 1):
+                    fn()
+            trainers[c.name] = tr
+        except Exception as exc:  # noqa: BLE001 - one broken configuration must not hide the others
+            errors[c.name] = f"{type(exc).__name__}: {exc}"
+            tqdm.write(f"{c.name}: skipped ({errors[c.name][:300]})")
+    configs = [c for c in configs if c.name in trainers]
+    if not configs:
+        raise SystemExit(f"no configuration ran: {errors}")
+
+    tasks = {
+        (c.name, phase): step_fn(trainers[c.name], phase, device, a.batch) for c in configs for phase in PHASES
+    }
+    keyed = {f"{n}|{p}": fn for (n, p), fn in tasks.items()}
+    with tqdm(total=a.rounds * len(keyed), desc="timing windows", unit="win") as bar:
+        rates = round_robin(keyed, a.rounds, a.window, on_window=lambda: bar.update(1))
+
+    peaks: dict[tuple[str, str], float] = {}
+    for (name, phase), fn in tasks.items():
+        with PeakMemory(device) as pm:
+            fn()
+        peaks[(name, phase)] = pm.peak_mb
+
+    rows: list[dict[str, Any]] = []
+    base = configs[0].name
+    for phase in PHASES:
+        base_ips = median(rates[f"{base}|{phase}"])
+        base_mem = peaks[(base, phase)]
+        for c in configs:
+            r = rates[f"{c.name}|{phase}"]
+            ips = median(r)
+            step_s = a.batch / ips
+            peak = peak_tflops(device, c.precision, a.threads if device.type == "cpu" else 1, a.peak_tflops)
+            achieved = flops[phase] * ips / 1e12
+            rows.append({
+                "config": c.name, "phase": phase, "backend": c.backend, "zero_stage": c.zero_stage,
+                "precision": c.precision, "channels_last": c.channels_last, "compile": c.compile,
+                "images_per_s": rounded(ips, 2), "spread": rounded(spread(r), 2),
+                "ratio": rounded(ips / base_ips, 3), "windows": len(r),
+                "peak_mem_mb": rounded(peaks[(c.name, phase)], 1),
+                "mem_ratio": rounded(peaks[(c.name, phase)] / base_mem, 3) if base_mem > 0 else None,
+                "tflops": rounded(achieved, 4), "peak_tflops": rounded(peak, 2),
+                "mfu": rounded(achieved / peak, 4), "first_step_s": rounded(first_s[(c.name, phase)], 2),
+                "compile_s": rounded(first_s[(c.name, phase)] - step_s, 2) if c.compile else None,
+            })  # fmt: skip
+
+    share = {}
+    if a.sim_steps > 0 and sim_stream is not None:
+        share = simulate_share(trainers[base], sim_stream, device, a.batch, a.sim_steps)
+
+    lr = batches[0][0]
+    return {
+        "bench": "train",
+        "device": str(device),
+        "machine": machine_info(device),
+        "sizes": {"channels": a.channels, "blocks": a.blocks, "d_channels": a.d_channels or a.channels,
+                  "d_blocks": a.d_blocks, "batch": a.batch, "lr_patch": list(lr.shape[-2:]),
+                  "hr_size": a.hr_size, "full": a.full},  # fmt: skip
+        "params": params,
+        "train_flops_per_image": flops,
+        "timing": {"rounds": a.rounds, "window_s": a.window, "warmup": a.warmup, "baseline": base},
+        "memory_method": "cuda max_memory_allocated - allocated at start"
+        if device.type == "cuda"
+        else f"peak RSS (0.5 ms sampling) - RSS at start; glibc mmap threshold fixed at 64 KiB: {malloc_fixed}",
+        "rows": rows,
+        "errors": errors,
+        "simulate_share": share,
+    }
+
+
+def print_report(res: dict[str, Any]) -> None:
+    m, s = res["machine"], res["sizes"]
+    print(f"\n{m['cpu']} ({m['cpus']} CPUs), torch {m['torch']}, {m.get('gpu', res['device'])}, "
+          f"{m['threads']} thread(s), {m['date']}")  # fmt: skip
+    print(f"G {s['channels']} ch x {s['blocks']} blocks ({res['params']['g']:,} params), D {s['d_channels']} ch "
+          f"x {s['d_blocks']} ({res['params']['d']:,}); batch {s['batch']}, LR {s['lr_patch']}; medians of "
+          f"{res['timing']['rounds']} interleaved {res['timing']['window_s']} s windows; ratio = vs "
+          f"{res['timing']['baseline']} of the same phase")  # fmt: skip
+    print_table(res["rows"], [
+        ("config", "config", ""), ("phase", "phase", ""), ("images_per_s", "img/s", ".1f"),
+        ("ratio", "ratio", ".2f"), ("spread", "spread", ".2f"), ("peak_mem_mb", "peak MB", ".1f"),
+        ("mem_ratio", "mem ratio", ".2f"), ("tflops", "TFLOP/s", ".4f"), ("mfu", "MFU", ".2%"),
+        ("compile_s", "compile s", ".1f"),
+    ])  # fmt: skip
+    for name, err in res["errors"].items():
+        print(f"{name}: not measured: {err[:300]}")
+    for phase, v in res["simulate_share"].items():
+        print(f"simulation share of a {phase} step (data.source=simulate, {res['device']}): {v['share']:.0%} "
+              f"(simulator {v['simulate_pairs_per_s']} pairs/s, step {v['step_images_per_s']} img/s)")  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--full", action="store_true", help="GPU preset: 64 ch x 16 blocks, whole 75x75 LR images")
+    ap.add_argument("--channels", type=int, default=32)
+    ap.add_argument("--blocks", type=int, default=4)
+    ap.add_argument("--d-channels", type=int, default=0, help="D channels (0: same as --channels)")
+    ap.add_argument("--d-blocks", type=int, default=4)
+    ap.add_argument("--batch", type=int, default=16, help="images per step (one process)")
+    ap.add_argument("--patch", type=int, default=24, help="LR patch side (0: whole images)")
+    ap.add_argument("--hr-size", type=int, default=150, help="simulated HR image side")
+    ap.add_argument("--variants", default=DEFAULT_VARIANTS,
+                    help="DDP rows: precision[+cl][+compile], comma separated (default: %(default)s)")
+    ap.add_argument("--backends", default=DEFAULT_BACKENDS,
+                    help="ddp and/or zero0,zero1,zero2 (DeepSpeed), comma separated (default: %(default)s)")
+    ap.add_argument("--backend-precision", default="fp32", choices=["fp32", "bf16"],
+                    help="precision of the DeepSpeed rows")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
+    ap.add_argument("--window", type=float, default=1.0, help="seconds per timing window")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps per configuration and phase")
+    ap.add_argument("--sim-steps", type=int, default=3, help="steps per phase for the simulation share (0: skip)")
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads on CPU")
+    ap.add_argument("--peak-tflops", type=float, default=None, help="device peak (default: estimated)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=None, help="also write the JSON result to this file")
+    a = ap.parse_args(argv)
+    if a.full:
+        a.channels, a.blocks, a.d_channels, a.d_blocks, a.patch, a.hr_size = 64, 16, 64, 4, 0, 150
+    if a.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is available")
+    res = bench(a)
+    print_report(res)
+    emit(res, a.out)
+    return res
+
+
+if __name__ == "__main__":
+    main()
