@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from hpc_sr.config import ConfigError, Config, flatten, load_config, save_config
+from hpc_sr.config import Config, ConfigError, flatten, load_config, save_config
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -269,7 +269,12 @@ def check_model_config(state: dict[str, Any], model_cfg: ModelConfig, scale: int
 
 # ----------------------------------------------------------------------------------------------- generators
 def generator_payload(
-    model_cfg: dict[str, Any], scale: int, state_dict: dict[str, torch.Tensor], source: str, step: int
+    model_cfg: dict[str, Any],
+    scale: int,
+    state_dict: dict[str, torch.Tensor],
+    source: str,
+    step: int,
+    ema: bool = False,
 ) -> dict[str, Any]:
     """The exported-generator file format (a plain state_dict plus what rebuilds the model)."""
     return {
@@ -280,6 +285,7 @@ def generator_payload(
         "state_dict": {k: v.detach().float().cpu().contiguous() for k, v in state_dict.items()},
         "source": source,
         "step": step,
+        "ema": ema,  # whether these are the EMA weights
     }
 
 
@@ -288,7 +294,8 @@ def generator_state_from_checkpoint(step_dir: Path, ema: bool = True) -> dict[st
     state = CheckpointManager(step_dir.parent.parent).load(step_dir)
     cfg = state["config"]
     sd: dict[str, torch.Tensor] | None = None
-    if ema and state.get("ema"):
+    used_ema = bool(ema and state.get("ema"))
+    if used_ema:
         sd = state["ema"]["module"]
     elif state.get("backend") == "deepspeed":
         from hpc_sr.train.backend_deepspeed import consolidated_module_state
@@ -296,7 +303,9 @@ def generator_state_from_checkpoint(step_dir: Path, ema: bool = True) -> dict[st
         sd = consolidated_module_state(step_dir, "g")
     else:
         sd = state["backend_state"]["g"]["model"]
-    return generator_payload(cfg["model"], cfg["data"]["scale"], sd, str(step_dir), int(state["step"]))
+    return generator_payload(
+        cfg["model"], cfg["data"]["scale"], sd, str(step_dir), int(state["step"]), ema=used_ema
+    )
 
 
 def load_generator_payload(path: str | Path, ema: bool = True) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Real 2-rank DDP runs (torchrun, gloo, CPU): identical weights across ranks; resume on another world size."""
+"""Real 2-rank DDP runs (torchrun, gloo): identical weights across ranks; resume on another world size."""
 
 from __future__ import annotations
 
