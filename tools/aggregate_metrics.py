@@ -19,7 +19,6 @@ import difflib
 import io
 import json
 import math
-import os
 import statistics
 import sys
 import time
@@ -30,6 +29,7 @@ from typing import Any
 import yaml
 from tqdm import tqdm
 
+from hpc_sr.atomic import atomic_open
 from hpc_sr.config import flatten
 from hpc_sr.errors import HpcSrError
 
@@ -373,14 +373,11 @@ def plot_curves(paths: list[str | Path], out: str | Path) -> Path:
     if handles:
         ax_psnr.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, out)
+        with atomic_open(out, "wb") as fh:
+            fig.savefig(fh, format="png")
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
     return out
 
 

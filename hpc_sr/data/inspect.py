@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from hpc_sr.atomic import atomic_open
 from hpc_sr.errors import DataError
 
 
@@ -124,12 +123,9 @@ def save_grid(lr: np.ndarray, hr: np.ndarray, path: str | Path, rows: int = 4) -
             ax.set_title(f"{title} {img.shape[0]}x{img.shape[1]}", fontsize=8)
             ax.axis("off")
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
+        with atomic_open(path, "wb") as fh:
+            fig.savefig(fh, format="png", dpi=100)
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
     return path

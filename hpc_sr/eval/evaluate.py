@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from hpc_sr.config import atomic_write_text
+from hpc_sr.atomic import atomic_open, atomic_write_text
 from hpc_sr.errors import DataError
 from hpc_sr.eval.metrics import MetricAccumulator, bicubic_upscale
 from hpc_sr.train import distributed as du
@@ -218,20 +218,15 @@ def upscale_files(
             sr = upscale_tensor(model, _to_batch(arr, f"{path}{'[' + key + ']' if key else ''}"), ensemble)
             results[key] = _like(sr.clamp(0, 1) if clamp else sr, arr)
         target = out_dir / path.name
-        tmp = target.with_name(f".{target.name}.tmp")
-        if path.suffix.lower() == ".npy":
-            with open(tmp, "wb") as fh:
+        with atomic_open(target, "wb") as fh:
+            if path.suffix.lower() == ".npy":
                 np.save(fh, results[""])
-        elif path.suffix.lower() == ".npz":
-            with open(tmp, "wb") as fh:
+            elif path.suffix.lower() == ".npz":
                 np.savez(fh, **results)
-        else:
-            from astropy.io import fits
+            else:
+                from astropy.io import fits
 
-            fits.PrimaryHDU(results[""], header=header).writeto(
-                tmp, overwrite=True, output_verify="silentfix"
-            )
-        tmp.replace(target)
+                fits.PrimaryHDU(results[""], header=header).writeto(fh, output_verify="silentfix")
         written.append(target)
     print(f"wrote {len(written)} file(s) to {out_dir}", file=sys.stderr)
     return written

@@ -12,7 +12,6 @@ The titles carry the per-image PSNR of bicubic and SR against HR.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from hpc_sr.atomic import atomic_open
 from hpc_sr.eval.metrics import bicubic_upscale, per_image_metrics
 
 _PANEL_INCHES = 1.9
@@ -109,16 +109,7 @@ def save_comparison_png(
 ) -> Path:
     """Write the comparison as a PNG (temp file + atomic rename); returns the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig = _figure(lr, sr, hr, scale, max_rows, title)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=_DPI)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=_DPI)
     return path

@@ -24,7 +24,8 @@ from typing import Any
 
 import torch
 
-from hpc_sr.config import ModelConfig, atomic_write_text, config_from_dict
+from hpc_sr.atomic import atomic_open, atomic_write_text
+from hpc_sr.config import ModelConfig, config_from_dict
 from hpc_sr.errors import CheckpointError
 from hpc_sr.train import distributed as du
 
@@ -55,16 +56,8 @@ def step_dirname(step: int) -> str:
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
     """torch.save to a temp file in the same directory, fsync, rename."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb") as fh:
+        torch.save(obj, fh)
 
 
 def safe_load(path: Path) -> Any:
