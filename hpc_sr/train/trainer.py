@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from hpc_sr.config import Config, config_to_dict, save_config
-from hpc_sr.errors import TrainingError
+from hpc_sr.errors import CheckpointError, TrainingError
 from hpc_sr.eval.metrics import MetricAccumulator, bicubic_upscale
 from hpc_sr.models import losses
 from hpc_sr.models.srgan import Discriminator, Generator
@@ -124,6 +124,10 @@ class Trainer:
             self.log.record("start", 0, {"resumed_from": None})
             return None
         state = self.ckpt.load(path)
+        if state.get("backend", "ddp") != self.backend.name:
+            raise CheckpointError(f"{path}: a {state.get('backend')} checkpoint cannot resume with "
+                                  f"dist.backend={self.backend.name}; export its generator with "
+                                  f"tools/checkpoints.py and start from train.init_g")
         check_model_config(state, self.cfg.model, self.scale, path)
         self.backend.load(path, state["backend_state"])
         if self.ema is not None and state.get("ema"):

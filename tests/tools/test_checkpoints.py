@@ -136,9 +136,8 @@ def test_verify_checks_crcs_and_accepts_intact_backend_files(sweep: dict[str, An
 
 
 # ----------------------------------------------------------------------------------------------- export
-# DeepSpeed joins with pytest.param("deepspeed", marks=...) once hpc_sr.train.backend_deepspeed lands: the
-# reference weights come from the live Trainer, so nothing below depends on the back-end's file layout.
-@pytest.fixture(params=["ddp"])
+# The reference weights come from the live Trainer, so nothing below depends on the back-end's file layout.
+@pytest.fixture(params=["ddp", "deepspeed"])
 def trained(request: pytest.FixtureRequest, tiny_shards: Path, tmp_path: Path) -> dict[str, Any]:
     backend = request.param
     trainer = train(tiny_shards, tmp_path, f"export_{backend}", steps=4, **{"dist.backend": backend})

@@ -3,7 +3,8 @@
     torchrun --nproc_per_node 2 tests/train/ds_worker.py OUT_DIR JOBS.json
 
 JOBS.json is a list of {"tag": str, "overrides": [...], "resume": "never"|"auto"}; after each job every rank
-writes OUT_DIR/<tag>_rank<r>.pt with its G (and D) weights in float32 and the time the job took.
+writes OUT_DIR/<tag>_rank<r>.pt with its G (and D) weights in float32, the MiB of optimiser state it holds per
+model and the time the job took.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 
 from hpc_sr.config import load_config
 from hpc_sr.train import distributed as du
+from hpc_sr.train.backend_deepspeed import optimizer_state_mb
 from hpc_sr.train.entry import configure_threads
 from hpc_sr.train.trainer import Trainer
 
@@ -29,14 +31,16 @@ def main(out_dir: str, jobs_file: str) -> int:
     try:
         for job in json.loads(Path(jobs_file).read_text()):
             t0 = time.perf_counter()
-            trainer = Trainer(load_config(None, job["overrides"]), env, device, resume=job.get("resume", "auto"))
+            cfg = load_config(None, job["overrides"])
+            trainer = Trainer(cfg, env, device, resume=job.get("resume", "auto"))
             code = trainer.run()
             if code != 0:
                 return code
             weights = {name: {k: v.detach().cpu().float().clone()
                               for k, v in trainer.backend.module(name).state_dict().items()}
                        for name in trainer.backend.names()}
-            torch.save({"weights": weights, "seconds": time.perf_counter() - t0},
+            opt_mb = {name: optimizer_state_mb(trainer.backend, name) for name in trainer.backend.names()}
+            torch.save({"weights": weights, "optimizer_mb": opt_mb, "seconds": time.perf_counter() - t0},
                        Path(out_dir) / f"{job['tag']}_rank{env.rank}.pt")
             du.barrier()
         return 0
