@@ -79,6 +79,7 @@ def machine_info(device: torch.device | None = None) -> dict[str, Any]:
         "python": platform.python_version(),
         "threads": torch.get_num_threads(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "load_avg_1m": round(os.getloadavg()[0], 2),  # other users of a shared machine: read figures with it
     }
     if device is not None and device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
@@ -89,9 +90,9 @@ def machine_info(device: torch.device | None = None) -> dict[str, Any]:
 def cpu_flops_per_cycle(flags: Iterable[str]) -> dict[str, int]:
     """Peak FLOPs per cycle per core by precision from the CPU flags.
 
-    fp32: 2 FMA units x SIMD lanes x 2 (AVX-512: 16 lanes, AVX2+FMA: 8, else 4 lanes, no FMA). bf16: AMX
-    (1024 bf16 FLOPs/cycle/core, what oneDNN uses for bf16 convolutions) when present, else AVX512_BF16 (2x the
-    fp32 rate), else the fp32 rate. Assumes two FMA ports, as on server Xeons; consumer parts may have one.
+    fp32: 2 FMA units x SIMD lanes x 2 (AVX-512: 16 lanes, AVX2+FMA: 8, else 4 lanes, no FMA). bf16:
+    AMX (1024 bf16 FLOPs/cycle/core, what oneDNN uses for bf16 convolutions) when present, else AVX512_BF16
+    (2x the fp32 rate), else the fp32 rate. Assumes two FMA ports, as on server Xeons (some parts have one).
     """
     f = set(flags)
     if "avx512f" in f:
@@ -202,6 +203,14 @@ def _rss_bytes() -> int:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def current_memory_bytes(device: torch.device) -> int:
+    """What this process holds now: CUDA allocated bytes, or the resident set on CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        return torch.cuda.memory_allocated(device)
+    return _rss_bytes()
+
+
 class PeakMemory:
     """``with PeakMemory(device) as pm: step()`` then ``pm.peak_mb``: peak memory above the start (see the
     module docstring for how on CPU and CUDA)."""
@@ -269,7 +278,7 @@ def emit(result: dict[str, Any], out: str | None = None) -> None:
     """Print ``result`` as the one JSON line that ends every bench, and write it atomically to ``out``."""
     text = json.dumps(_finite(result), default=_jsonable, allow_nan=False)
     if out:
-        from hpc_sr.config import atomic_write_text
+        from hpc_sr.atomic import atomic_write_text
 
         atomic_write_text(out, text + "\n")
     print(text, flush=True)

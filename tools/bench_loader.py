@@ -6,16 +6,19 @@ Writes ``num`` random pairs (LR = 2x2 mean of HR, float32) as SRC/HR/*.npy + SRC
 packs them with ``pack_to_shards`` (split 1,0,0 so every pair is read), then times one full pass of a
 DataLoader (batch 32) for each reader with 0 and ``--workers`` workers. Files are freshly written, so every
 reader is measured from the page cache; the setup column includes hashing the shards (verify=True) and, for
-``memory``, loading the split. Prints a table and one JSON line.
+``memory``, loading the split. With ``--repeats R`` every reader makes R passes, interleaved with the others
+(the order rotates each round), and the figures are medians; ``ratio`` compares with the npy baseline
+(0 workers) of the same run. Prints a table and one JSON line (also written to ``--out``).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
+import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,8 +28,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from hpc_sr.data.dataset import build_dataset, seed_worker
-from hpc_sr.data.shards import pack_to_shards
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hpc_sr.data.dataset import build_dataset, seed_worker  # noqa: E402
+from hpc_sr.data.shards import pack_to_shards  # noqa: E402
+from tools.bench_common import emit, machine_info  # noqa: E402
 
 
 class NpyPairs(Dataset):
@@ -80,6 +87,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--shard-size", type=int, default=4096)
     ap.add_argument("--compression", default="none", choices=["none", "lzf", "gzip"])
     ap.add_argument("--tmp", default=None, help="work folder (default: a new temp folder, removed after)")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="passes per reader, interleaved (the order rotates); figures are their medians")
+    ap.add_argument("--out", default=None, help="also write the JSON result to this file")
     a = ap.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="bench_loader_", dir=a.tmp))
@@ -94,7 +104,10 @@ def main(argv: list[str] | None = None) -> dict:
         configs = [("npy files", w) for w in (0, a.workers)]
         configs += [(f"shards {kind}", w) for kind in ("item", "block") for w in (0, a.workers)]
         configs += [("shards memory", 0)]
-        for name, w in tqdm(configs, desc="bench", unit="run"):
+        configs = list(dict.fromkeys(configs))  # --workers 0: no duplicate rows
+        passes: dict[tuple[str, int], list[dict]] = {c: [] for c in configs}
+        order = [configs[r % len(configs):] + configs[:r % len(configs)] for r in range(a.repeats)]
+        for name, w in tqdm([c for rnd in order for c in rnd], desc="bench", unit="pass"):
             t0 = time.perf_counter()
             if name == "npy files":
                 ds: Dataset = NpyPairs(work / "src")
@@ -103,22 +116,31 @@ def main(argv: list[str] | None = None) -> dict:
             setup = time.perf_counter() - t0
             secs, steady_s, n, n_steady = time_pass(ds, w, a.batch_size)
             assert n == a.num, f"{name} read {n} pairs, expected {a.num}"
-            rows.append({"reader": name, "workers": w, "setup_s": setup, "seconds": secs,
-                         "pairs_per_s": n / secs, "steady_pairs_per_s": n_steady / max(steady_s, 1e-9)})
+            passes[(name, w)].append({"setup_s": setup, "seconds": secs, "pairs_per_s": n / secs,
+                                      "steady_pairs_per_s": n_steady / max(steady_s, 1e-9)})
+        for (name, w), runs in passes.items():  # medians over the interleaved passes
+            rows.append({"reader": name, "workers": w, "passes": len(runs),
+                         **{k: statistics.median(r[k] for r in runs) for k in runs[0]}})
+        base = rows[1]["pairs_per_s"]  # npy files, 0 workers
+        for r in rows[1:]:
+            r["ratio"] = r["pairs_per_s"] / base
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
     print(f"\n{a.num} pairs, HR {a.hr_size}x{a.hr_size} float32, batch {a.batch_size}, "
           f"{os.cpu_count()} CPUs, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}")
     print("pairs/s = pairs / whole pass (worker start-up included); steady = after the first batch")
-    print(f"{'reader':<18} {'workers':>7} {'setup s':>8} {'pass s':>8} {'pairs/s':>9} {'steady':>9}")
+    print(f"medians of {a.repeats} interleaved pass(es) per reader; ratio = pairs/s vs npy files, 0 workers")
+    print(f"{'reader':<18} {'workers':>7} {'setup s':>8} {'pass s':>8} {'pairs/s':>9} {'steady':>9} "
+          f"{'ratio':>6}")
     for r in rows:
         print(f"{r['reader']:<18} {r['workers']:>7} {r.get('setup_s', 0):>8.2f} {r['seconds']:>8.2f} "
-              f"{r['pairs_per_s']:>9.0f} {r.get('steady_pairs_per_s', r['pairs_per_s']):>9.0f}")
+              f"{r['pairs_per_s']:>9.0f} {r.get('steady_pairs_per_s', r['pairs_per_s']):>9.0f} "
+              f"{r.get('ratio', float('nan')):>6.2f}")
     result = {"bench": "loader", "num": a.num, "hr_size": a.hr_size, "batch_size": a.batch_size,
               "block_size": a.block_size, "compression": a.compression, "cpus": os.cpu_count(),
-              "host": platform.node(), "rows": rows}
-    print(json.dumps(result))
+              "host": platform.node(), "repeats": a.repeats, "machine": machine_info(), "rows": rows}
+    emit(result, a.out)
     return result
 
 

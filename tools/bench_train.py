@@ -12,10 +12,14 @@ replayed, so the step figures are compute only; the simulator's share of a real 
 at the end (the trainer's own stream, ``data_time`` of each step).
 
 Timing: after ``--warmup`` steps (the first one includes torch.compile's compilation, reported as
-``compile_s``), all (configuration, phase) pairs take turns in ``--rounds`` rounds of ``--window``-second
-windows; a figure is the median over its windows and is reported as a ratio to the first configuration
-(DDP fp32) of the same phase. Peak memory: one more step per pair under
-:class:`tools.bench_common.PeakMemory` (memory above what was resident before the step).
+``compile_s`` = first step - median step; it depends on inductor's on-disk cache, TORCHINDUCTOR_CACHE_DIR,
+default /tmp/torchinductor_$USER: ``--cold-compile`` points it at a fresh folder), all (configuration,
+phase) pairs take turns in ``--rounds`` rounds of ``--window``-second windows; a figure is the median
+over its windows and is reported as a ratio to the first configuration (DDP fp32) of the same phase.
+Peak memory: one more step per pair under :class:`tools.bench_common.PeakMemory` (memory above what was
+resident before the step); resident memory: what building a configuration and its warm-up steps added
+(models, optimiser state, DeepSpeed buffers, compiled code). The DeepSpeed rows use the shipped
+configs/deepspeed/zero<N>.json (``--ds-configs``).
 
 MFU: training FLOPs per image from the model definitions (:func:`hpc_sr.models.srgan.flops_per_image`, the
 forward pass; backward ~2x forward): G step 3 G; GAN step 3 G + 9 D (D on the fake with a backward to its
@@ -28,8 +32,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import logging
 import os
+import shutil
 import socket
 import sys
 import tempfile
@@ -49,6 +55,7 @@ from hpc_sr.models.srgan import count_parameters, flops_per_image  # noqa: E402
 from hpc_sr.train.distributed import DistEnv  # noqa: E402
 from tools.bench_common import (  # noqa: E402
     PeakMemory,
+    current_memory_bytes,
     emit,
     fix_malloc_thresholds,
     machine_info,
@@ -115,7 +122,9 @@ def plan_configs(variants: str, backends: str, backend_precision: str) -> list[B
     return configs
 
 
-def trainer_overrides(a: argparse.Namespace, c: BenchConfig, runs_dir: Path, device: torch.device) -> list[str]:
+def trainer_overrides(
+    a: argparse.Namespace, c: BenchConfig, runs_dir: Path, device: torch.device
+) -> list[str]:
     """Dotted config overrides of a throw-away trainer for configuration ``c``."""
     values: dict[str, object] = {
         "data.source": "simulate",
@@ -136,11 +145,21 @@ def trainer_overrides(a: argparse.Namespace, c: BenchConfig, runs_dir: Path, dev
         "train.seed": a.seed,
         "dist.backend": c.backend,
         "dist.zero_stage": c.zero_stage,
+        "dist.deepspeed_config": ds_config_file(getattr(a, "ds_configs", ""), c),
         "log.runs_dir": str(runs_dir),
         "log.name": c.name.replace("/", "_").replace("+", "_"),
         "log.tensorboard": False,
     }
     return [f"{k}={v}" for k, v in values.items()]
+
+
+def ds_config_file(directory: str, c: BenchConfig) -> str:
+    """The shipped DeepSpeed JSON for this ZeRO stage (``directory``/zero<N>.json) when there is one, else ''
+    (the back-end then builds its config from hpc_sr's alone)."""
+    if c.backend != "deepspeed" or not directory:
+        return ""
+    path = Path(directory) / f"zero{c.zero_stage}.json"
+    return str(path.resolve()) if path.is_file() else ""
 
 
 class ReplayStream:
@@ -245,12 +264,22 @@ def bench(a: argparse.Namespace) -> dict[str, Any]:
     runs = Path(tempfile.mkdtemp(prefix="bench_train_"))
     trainers: dict[str, Any] = {}
     first_s: dict[tuple[str, str], float] = {}
+    resident: dict[str, float] = {}  # memory kept by a configuration: models, optimiser and engine state
     batches: list[tuple[torch.Tensor, torch.Tensor]] = []
     sim_stream = None
     flops: dict[str, float] = {}
     params: dict[str, int] = {}
+    # a throw-away trainer first: the process's one-time costs (oneDNN, autograd, simulator set-up) must not
+    # count in the first configuration's resident memory
+    with contextlib.suppress(Exception):
+        spare = build_trainer(trainer_overrides(a, configs[0], runs, device), device)
+        step_fn(spare, "gan", device, a.batch)()
+        spare.log.close()
+        del spare
+        gc.collect()
     for c in tqdm(configs, desc="build + warm up", unit="config"):
         try:
+            before = current_memory_bytes(device)
             tr = build_trainer(trainer_overrides(a, c, runs, device), device)
             if not batches:  # render the replayed batches once, with the first trainer's real stream
                 sim_stream = tr.stream
@@ -266,6 +295,7 @@ def bench(a: argparse.Namespace) -> dict[str, Any]:
                 first_s[(c.name, phase)] = time.perf_counter() - t0
                 for _ in range(a.warmup - 1):
                     fn()
+            resident[c.name] = (current_memory_bytes(device) - before) / 2**20
             trainers[c.name] = tr
         except Exception as exc:  # noqa: BLE001 - one broken configuration must not hide the others
             errors[c.name] = f"{type(exc).__name__}: {exc}"
@@ -275,7 +305,9 @@ def bench(a: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit(f"no configuration ran: {errors}")
 
     tasks = {
-        (c.name, phase): step_fn(trainers[c.name], phase, device, a.batch) for c in configs for phase in PHASES
+        (c.name, phase): step_fn(trainers[c.name], phase, device, a.batch)
+        for c in configs
+        for phase in PHASES
     }
     keyed = {f"{n}|{p}": fn for (n, p), fn in tasks.items()}
     with tqdm(total=a.rounds * len(keyed), desc="timing windows", unit="win") as bar:
@@ -304,30 +336,47 @@ def bench(a: argparse.Namespace) -> dict[str, Any]:
                 "images_per_s": rounded(ips, 2), "spread": rounded(spread(r), 2),
                 "ratio": rounded(ips / base_ips, 3), "windows": len(r),
                 "peak_mem_mb": rounded(peaks[(c.name, phase)], 1),
+                "resident_mb": rounded(resident[c.name], 1),
                 "mem_ratio": rounded(peaks[(c.name, phase)] / base_mem, 3) if base_mem > 0 else None,
                 "tflops": rounded(achieved, 4), "peak_tflops": rounded(peak, 2),
                 "mfu": rounded(achieved / peak, 4), "first_step_s": rounded(first_s[(c.name, phase)], 2),
-                "compile_s": rounded(first_s[(c.name, phase)] - step_s, 2) if c.compile else None,
+                "compile_s": rounded(max(0.0, first_s[(c.name, phase)] - step_s), 2) if c.compile else None,
             })  # fmt: skip
 
     share = {}
     if a.sim_steps > 0 and sim_stream is not None:
         share = simulate_share(trainers[base], sim_stream, device, a.batch, a.sim_steps)
+    for tr in trainers.values():
+        tr.log.close()
+    shutil.rmtree(runs, ignore_errors=True)
 
     lr = batches[0][0]
     return {
         "bench": "train",
         "device": str(device),
         "machine": machine_info(device),
-        "sizes": {"channels": a.channels, "blocks": a.blocks, "d_channels": a.d_channels or a.channels,
-                  "d_blocks": a.d_blocks, "batch": a.batch, "lr_patch": list(lr.shape[-2:]),
-                  "hr_size": a.hr_size, "full": a.full},  # fmt: skip
+        "sizes": {
+            "channels": a.channels,
+            "blocks": a.blocks,
+            "d_channels": a.d_channels or a.channels,
+            "d_blocks": a.d_blocks,
+            "batch": a.batch,
+            "lr_patch": list(lr.shape[-2:]),
+            "hr_size": a.hr_size,
+            "full": a.full,
+        },  # fmt: skip
         "params": params,
         "train_flops_per_image": flops,
-        "timing": {"rounds": a.rounds, "window_s": a.window, "warmup": a.warmup, "baseline": base},
+        "timing": {
+            "rounds": a.rounds,
+            "window_s": a.window,
+            "warmup": a.warmup,
+            "baseline": base,
+            "compile_cache": "cold" if a.cold_compile else "default",
+        },
         "memory_method": "cuda max_memory_allocated - allocated at start"
         if device.type == "cuda"
-        else f"peak RSS (0.5 ms sampling) - RSS at start; glibc mmap threshold fixed at 64 KiB: {malloc_fixed}",
+        else f"peak RSS (0.5 ms sampling) - RSS at start; glibc mmap threshold 64 KiB fixed: {malloc_fixed}",
         "rows": rows,
         "errors": errors,
         "simulate_share": share,
@@ -337,28 +386,31 @@ def bench(a: argparse.Namespace) -> dict[str, Any]:
 def print_report(res: dict[str, Any]) -> None:
     m, s = res["machine"], res["sizes"]
     print(f"\n{m['cpu']} ({m['cpus']} CPUs), torch {m['torch']}, {m.get('gpu', res['device'])}, "
-          f"{m['threads']} thread(s), {m['date']}")  # fmt: skip
-    print(f"G {s['channels']} ch x {s['blocks']} blocks ({res['params']['g']:,} params), D {s['d_channels']} ch "
-          f"x {s['d_blocks']} ({res['params']['d']:,}); batch {s['batch']}, LR {s['lr_patch']}; medians of "
+          f"{m['threads']} thread(s), load average {m['load_avg_1m']}, {m['date']}")  # fmt: skip
+    print(f"G {s['channels']} ch x {s['blocks']} blocks ({res['params']['g']:,} params), "
+          f"D {s['d_channels']} ch x {s['d_blocks']} ({res['params']['d']:,}); batch {s['batch']}, "
+          f"LR {s['lr_patch']}; medians of "
           f"{res['timing']['rounds']} interleaved {res['timing']['window_s']} s windows; ratio = vs "
           f"{res['timing']['baseline']} of the same phase")  # fmt: skip
     print_table(res["rows"], [
         ("config", "config", ""), ("phase", "phase", ""), ("images_per_s", "img/s", ".1f"),
         ("ratio", "ratio", ".2f"), ("spread", "spread", ".2f"), ("peak_mem_mb", "peak MB", ".1f"),
-        ("mem_ratio", "mem ratio", ".2f"), ("tflops", "TFLOP/s", ".4f"), ("mfu", "MFU", ".2%"),
+        ("mem_ratio", "mem ratio", ".2f"),
+        ("resident_mb", "resident MB", ".1f"), ("tflops", "TFLOP/s", ".4f"), ("mfu", "MFU", ".2%"),
         ("compile_s", "compile s", ".1f"),
     ])  # fmt: skip
     for name, err in res["errors"].items():
         print(f"{name}: not measured: {err[:300]}")
     for phase, v in res["simulate_share"].items():
         print(f"simulation share of a {phase} step (data.source=simulate, {res['device']}): {v['share']:.0%} "
-              f"(simulator {v['simulate_pairs_per_s']} pairs/s, step {v['step_images_per_s']} img/s)")  # fmt: skip
+              f"(simulator {v['simulate_pairs_per_s']} pairs/s, step {v['step_images_per_s']} img/s)"
+              )  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    ap.add_argument("--full", action="store_true", help="GPU preset: 64 ch x 16 blocks, whole 75x75 LR images")
+    ap.add_argument("--full", action="store_true", help="64 ch x 16 blocks, whole 75x75 LR images (GPU)")
     ap.add_argument("--channels", type=int, default=32)
     ap.add_argument("--blocks", type=int, default=4)
     ap.add_argument("--d-channels", type=int, default=0, help="D channels (0: same as --channels)")
@@ -366,18 +418,34 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--batch", type=int, default=16, help="images per step (one process)")
     ap.add_argument("--patch", type=int, default=24, help="LR patch side (0: whole images)")
     ap.add_argument("--hr-size", type=int, default=150, help="simulated HR image side")
-    ap.add_argument("--variants", default=DEFAULT_VARIANTS,
-                    help="DDP rows: precision[+cl][+compile], comma separated (default: %(default)s)")
-    ap.add_argument("--backends", default=DEFAULT_BACKENDS,
-                    help="ddp and/or zero0,zero1,zero2 (DeepSpeed), comma separated (default: %(default)s)")
-    ap.add_argument("--backend-precision", default="fp32", choices=["fp32", "bf16"],
-                    help="precision of the DeepSpeed rows")
+    ap.add_argument(
+        "--variants",
+        default=DEFAULT_VARIANTS,
+        help="DDP rows: precision[+cl][+compile], comma separated (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--backends",
+        default=DEFAULT_BACKENDS,
+        help="ddp and/or zero0,zero1,zero2 (DeepSpeed), comma separated (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--backend-precision",
+        default="fp32",
+        choices=["fp32", "bf16"],
+        help="precision of the DeepSpeed rows",
+    )
     ap.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
     ap.add_argument("--window", type=float, default=1.0, help="seconds per timing window")
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps per configuration and phase")
-    ap.add_argument("--sim-steps", type=int, default=3, help="steps per phase for the simulation share (0: skip)")
+    ap.add_argument("--sim-steps", type=int, default=3, help="steps per phase, simulation share (0: skip)")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads on CPU")
     ap.add_argument("--peak-tflops", type=float, default=None, help="device peak (default: estimated)")
+    ap.add_argument(
+        "--ds-configs",
+        default=str(Path(__file__).resolve().parents[1] / "configs" / "deepspeed"),
+        help="folder of zero<N>.json for the DeepSpeed rows ('': the back-end's own config)",
+    )
+    ap.add_argument("--cold-compile", action="store_true", help="compile with an empty inductor cache")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="also write the JSON result to this file")
     a = ap.parse_args(argv)
@@ -385,6 +453,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         a.channels, a.blocks, a.d_channels, a.d_blocks, a.patch, a.hr_size = 64, 16, 64, 4, 0, 150
     if a.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is available")
+    if a.cold_compile:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="bench_inductor_")
     res = bench(a)
     print_report(res)
     emit(res, a.out)

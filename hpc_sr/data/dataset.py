@@ -50,8 +50,16 @@ def dist_rank_world() -> tuple[int, int]:
 class _ShardBase:
     """What every shard dataset shares: manifest, split positions, lazy handles, crop/augment."""
 
-    def __init__(self, root: str | Path, split: str = "train", patch_size: int = 0, scale: int | None = None,
-                 augment: bool = False, verify: bool = True, seed: int = 0) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        patch_size: int = 0,
+        scale: int | None = None,
+        augment: bool = False,
+        verify: bool = True,
+        seed: int = 0,
+    ) -> None:
         self.manifest: Manifest = load_manifest(root)
         m = self.manifest
         if scale is not None and scale != m.scale:
@@ -62,8 +70,10 @@ class _ShardBase:
             raise DataError(f"{m.root}: split {split!r} is empty")
         lr_h, lr_w = m.lr_shape[1:]
         if patch_size < 0 or patch_size > min(lr_h, lr_w):
-            raise DataError(f"patch_size {patch_size} (HR {patch_size * m.scale}) does not fit the LR images "
-                            f"{lr_h}x{lr_w} (HR {m.hr_shape[1]}x{m.hr_shape[2]}) of {m.root}")
+            raise DataError(
+                f"patch_size {patch_size} (HR {patch_size * m.scale}) does not fit the LR images "
+                f"{lr_h}x{lr_w} (HR {m.hr_shape[1]}x{m.hr_shape[2]}) of {m.root}"
+            )
         self.patch_size, self.augment, self.seed, self.epoch = patch_size, augment, seed, 0
         self._shard, self._local = m.locate(self.indices)
         for i in np.unique(self._shard):
@@ -89,6 +99,14 @@ class _ShardBase:
                 h = (f, f["hr"], f["lr"])
             except (OSError, KeyError) as exc:
                 raise DataError(f"shard {path} cannot be opened: {exc}") from exc
+            m = self.manifest
+            for key, dset, want in (("hr", h[1], m.hr_shape), ("lr", h[2], m.lr_shape)):
+                if tuple(dset.shape[1:]) != tuple(want):
+                    f.close()
+                    raise DataError(
+                        f"shard {path}: dataset {key!r} holds images of shape {tuple(dset.shape[1:])}, "
+                        f"the manifest says {tuple(want)}"
+                    )
             self._handles[shard] = h
         return h[1], h[2]
 
@@ -130,8 +148,10 @@ class _ShardBase:
             lr, hr = np.rot90(lr, k, axes=(-2, -1)), np.rot90(hr, k, axes=(-2, -1))
             if flip:
                 lr, hr = lr[..., ::-1], hr[..., ::-1]
-        return (torch.from_numpy(np.ascontiguousarray(lr, dtype=np.float32)),
-                torch.from_numpy(np.ascontiguousarray(hr, dtype=np.float32)))
+        return (
+            torch.from_numpy(np.ascontiguousarray(lr, dtype=np.float32)),
+            torch.from_numpy(np.ascontiguousarray(hr, dtype=np.float32)),
+        )
 
     def _read_item(self, pos: int) -> Pair:
         gidx, shard, local = int(self.indices[pos]), int(self._shard[pos]), int(self._local[pos])
@@ -141,8 +161,9 @@ class _ShardBase:
         try:
             lr, hr = lr_ds[local, :, ly, lx], hr_ds[local, :, hy, hx]
         except (OSError, KeyError, ValueError) as exc:
-            raise DataError(f"shard {self.manifest.shard_path(shard)}: reading item {local} failed: {exc}") \
-                from exc
+            raise DataError(
+                f"shard {self.manifest.shard_path(shard)}: reading item {local} failed: {exc}"
+            ) from exc
         return self._augment(lr, hr, rng)
 
     def _transform(self, lr: np.ndarray, hr: np.ndarray, gidx: int) -> Pair:
@@ -176,8 +197,16 @@ class InMemoryShardDataset(_ShardBase, Dataset):
 
     stage_rows = 256
 
-    def __init__(self, root: str | Path, split: str = "train", patch_size: int = 0, scale: int | None = None,
-                 augment: bool = False, verify: bool = True, seed: int = 0) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        patch_size: int = 0,
+        scale: int | None = None,
+        augment: bool = False,
+        verify: bool = True,
+        seed: int = 0,
+    ) -> None:
         super().__init__(root, split, patch_size, scale, augment, verify, seed)
         m = self.manifest
         self._hr = np.empty((len(self.indices), *m.hr_shape), np.float32)
@@ -195,7 +224,7 @@ class InMemoryShardDataset(_ShardBase, Dataset):
                     if len(rows) == 0:
                         continue
                     for ds, buf, dest in ((hr_ds, bufs["hr"], self._hr), (lr_ds, bufs["lr"], self._lr)):
-                        ds.read_direct(buf, np.s_[lo:hi], np.s_[0:hi - lo])
+                        ds.read_direct(buf, np.s_[lo:hi], np.s_[0 : hi - lo])
                         dest[rows] = buf[self._local[rows] - lo]
             except (OSError, ValueError) as exc:
                 raise DataError(f"shard {m.shard_path(int(shard))}: read failed: {exc}") from exc
@@ -218,10 +247,21 @@ class BlockShardDataset(_ShardBase, IterableDataset):
     workers, and each worker mixes its items through a shuffle buffer of ``shuffle_buffer`` items.
     """
 
-    def __init__(self, root: str | Path, split: str = "train", patch_size: int = 0, scale: int | None = None,
-                 augment: bool = False, verify: bool = True, seed: int = 0, block_size: int = 64,
-                 shuffle: bool = True, shuffle_buffer: int | None = None, rank: int | None = None,
-                 world_size: int | None = None) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        patch_size: int = 0,
+        scale: int | None = None,
+        augment: bool = False,
+        verify: bool = True,
+        seed: int = 0,
+        block_size: int = 64,
+        shuffle: bool = True,
+        shuffle_buffer: int | None = None,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ) -> None:
         super().__init__(root, split, patch_size, scale, augment, verify, seed)
         if block_size < 1:
             raise DataError(f"block_size must be >= 1, got {block_size}")
@@ -297,15 +337,25 @@ class BlockShardDataset(_ShardBase, IterableDataset):
             raise DataError(f"shard {path}: reading items {lo}:{hi} failed: {exc}") from exc
         # copy each pair out so the block's buffer is freed at once (items kept in the shuffle buffer would
         # otherwise pin whole blocks: measured 2x slower)
-        items = [self._transform(lr[loc].copy(), hr[loc].copy(), int(self.indices[pos]))
-                 for pos, loc in zip(range(a, b), local - lo)]
+        items = [
+            self._transform(lr[loc].copy(), hr[loc].copy(), int(self.indices[pos]))
+            for pos, loc in zip(range(a, b), local - lo)
+        ]
         del hr, lr
         yield from items
 
 
-def build_dataset(root: str | Path, split: str = "train", loader: str = "item", patch_size: int = 0,
-                  augment: bool = False, seed: int = 0, verify: bool = True, block_size: int = 64,
-                  scale: int | None = None) -> ShardDataset | InMemoryShardDataset | BlockShardDataset:
+def build_dataset(
+    root: str | Path,
+    split: str = "train",
+    loader: str = "item",
+    patch_size: int = 0,
+    augment: bool = False,
+    seed: int = 0,
+    verify: bool = True,
+    block_size: int = 64,
+    scale: int | None = None,
+) -> ShardDataset | InMemoryShardDataset | BlockShardDataset:
     """The shard dataset for ``loader`` = item | block | memory (DataConfig.loader)."""
     kw: dict[str, Any] = dict(patch_size=patch_size, scale=scale, augment=augment, verify=verify, seed=seed)
     if loader == "item":
@@ -326,13 +376,23 @@ class SimulatedDataset(IterableDataset):
     reproducible for a fixed rank/worker layout.
     """
 
-    def __init__(self, preset: str = "deeplense_sr", hr_size: int = 150, scale: int = 2, batch_size: int = 16,
-                 seed: int = 0, device: str | torch.device = "cpu", patch_size: int = 0,
-                 rank: int | None = None) -> None:
+    def __init__(
+        self,
+        preset: str = "deeplense_sr",
+        hr_size: int = 150,
+        scale: int = 2,
+        batch_size: int = 16,
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+        patch_size: int = 0,
+        rank: int | None = None,
+    ) -> None:
         lr_size = hr_size // scale
         if patch_size < 0 or patch_size > lr_size:
-            raise DataError(f"patch_size {patch_size} (HR {patch_size * scale}) does not fit the simulated "
-                            f"LR images {lr_size}x{lr_size} (HR {hr_size}x{hr_size})")
+            raise DataError(
+                f"patch_size {patch_size} (HR {patch_size * scale}) does not fit the simulated "
+                f"LR images {lr_size}x{lr_size} (HR {hr_size}x{hr_size})"
+            )
         self.preset, self.hr_size, self.scale, self.batch_size = preset, hr_size, scale, batch_size
         self.seed, self.device, self.patch_size, self.rank = seed, str(device), patch_size, rank
         self.epoch = 0
@@ -363,6 +423,6 @@ class SimulatedDataset(IterableDataset):
         ys = torch.randint(0, h - p + 1, (n,), generator=gen, device=gen.device).tolist()
         xs = torch.randint(0, w - p + 1, (n,), generator=gen, device=gen.device).tolist()
         yx = list(enumerate(zip(ys, xs)))
-        lr_c = torch.stack([lr[i, :, y:y + p, x:x + p] for i, (y, x) in yx])
-        hr_c = torch.stack([hr[i, :, s * y:s * (y + p), s * x:s * (x + p)] for i, (y, x) in yx])
+        lr_c = torch.stack([lr[i, :, y : y + p, x : x + p] for i, (y, x) in yx])
+        hr_c = torch.stack([hr[i, :, s * y : s * (y + p), s * x : s * (x + p)] for i, (y, x) in yx])
         return lr_c, hr_c

@@ -12,36 +12,19 @@ from __future__ import annotations
 import importlib
 import os
 import socket
-import subprocess
 from collections.abc import Callable
 
 from hpc_sr.errors import HpcSrError, TrainingError
+from hpc_sr.train.distributed import first_host, port_from_job_id
 from hpc_sr.train.signals import REQUEUE_EXIT_CODE, install_stop_flag, requeue_self
 
 DEFAULT_ENTRY = "hpc_sr.train.entry:train_main"
 EntryFn = Callable[..., int]
 
 
-def expand_hostnames(nodelist: str) -> list[str]:
-    """``hpcsr[1-2]`` -> ``["hpcsr1", "hpcsr2"]`` via ``scontrol show hostnames``."""
-    if not nodelist:
-        return [socket.gethostname()]
-    if "[" not in nodelist:  # plain comma-separated names: no need to ask scontrol
-        return [h for h in nodelist.split(",") if h]
-    try:
-        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
-                             check=True, timeout=30).stdout
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise HpcSrError(f"cannot expand SLURM node list {nodelist!r} with scontrol: {exc}") from exc
-    hosts = out.split()
-    if not hosts:
-        raise HpcSrError(f"scontrol show hostnames {nodelist!r} returned no host")
-    return hosts
-
-
 def master_port(job_id: str | int) -> int:
-    """A port every task of a job derives alike: 20000 + job id mod 20000."""
-    return 20000 + int(job_id) % 20000
+    """The port every task of a job derives alike (:func:`hpc_sr.train.distributed.port_from_job_id`)."""
+    return port_from_job_id(int(job_id))
 
 
 def slurm_dist_env(environ: dict[str, str] | None = None) -> dict[str, str]:
@@ -55,7 +38,8 @@ def slurm_dist_env(environ: dict[str, str] | None = None) -> dict[str, str]:
         local = int(env.get("SLURM_LOCALID", "0"))
     except (KeyError, ValueError) as exc:
         raise HpcSrError(f"not inside a SLURM task or bad SLURM variable: {exc}") from exc
-    master = expand_hostnames(env.get("SLURM_JOB_NODELIST", ""))[0]
+    nodelist = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST", "")
+    master = first_host(nodelist) if nodelist else socket.gethostname()
     return {"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(local),
             "LOCAL_WORLD_SIZE": str(max(1, world // max(1, nodes))), "MASTER_ADDR": master,
             "MASTER_PORT": str(master_port(job_id))}

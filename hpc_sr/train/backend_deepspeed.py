@@ -153,7 +153,8 @@ def engine_config(ds_config: dict[str, Any], module: nn.Module) -> dict[str, Any
         numel = sum(p.numel() for p in module.parameters())
         for key in ("reduce_bucket_size", "allgather_bucket_size"):
             if zero.get(key) in (None, "auto"):
-                zero[key] = int(min(DEFAULT_BUCKET, max(numel, 2**16)))
+                # a multiple of 512: DeepSpeed asserts buckets are multiples of its alignment factor
+                zero[key] = int(min(DEFAULT_BUCKET, -(-max(numel, 2**16) // 512) * 512))
     return cfg
 
 

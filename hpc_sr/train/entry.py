@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from hpc_sr.config import Config, load_config
+from hpc_sr.errors import TrainingError
 from hpc_sr.train import distributed as du
 
 
@@ -28,8 +29,26 @@ def run_training(cfg: Config, resume: str = "auto") -> int:
     du.init_distributed(env, device, timeout_s=cfg.dist.timeout_s)
     try:
         return Trainer(cfg, env, device, resume=resume).run()
+    except RuntimeError as exc:
+        if env.distributed and is_collective_failure(exc):
+            raise TrainingError(
+                f"rank {env.rank}: a collective operation failed ({str(exc).splitlines()[0]}); another rank "
+                f"probably died or hung past dist.timeout_s={cfg.dist.timeout_s}. Restart the job: it "
+                f"resumes from {cfg.run_dir / 'checkpoints' / 'latest'}"
+            ) from exc
+        raise
     finally:
         du.shutdown_distributed()
+
+
+def is_collective_failure(exc: BaseException) -> bool:
+    """A torch.distributed error caused by a peer (dead, hung or unreachable), not by this rank's own code."""
+    import torch.distributed as dist
+
+    text = str(exc)
+    return isinstance(exc, dist.DistError) or any(
+        s in text for s in ("gloo", "NCCL", "Connection closed", "Connection reset", "Timed out", "timed out")
+    )
 
 
 def train_main(config_path: str | None, overrides: list[str] | None = None, resume: str = "auto") -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -125,9 +126,11 @@ class Trainer:
             return None
         state = self.ckpt.load(path)
         if state.get("backend", "ddp") != self.backend.name:
-            raise CheckpointError(f"{path}: a {state.get('backend')} checkpoint cannot resume with "
-                                  f"dist.backend={self.backend.name}; export its generator with "
-                                  f"tools/checkpoints.py and start from train.init_g")
+            raise CheckpointError(
+                f"{path}: a {state.get('backend')} checkpoint cannot resume with "
+                f"dist.backend={self.backend.name}; export its generator with "
+                f"tools/checkpoints.py and start from train.init_g"
+            )
         check_model_config(state, self.cfg.model, self.scale, path)
         self.backend.load(path, state["backend_state"])
         if self.ema is not None and state.get("ema"):
@@ -165,8 +168,9 @@ class Trainer:
         n_sums = 0
         try:
             while self.step < total:
-                if du.any_rank(self.stop.requested(), self.device):
-                    return self._preempted()
+                signum = self._agreed_stop_signal()
+                if signum:
+                    return self._preempted(signum)
                 phase = "pretrain" if self.step < t.pretrain_steps else "gan"
                 self._set_lrs(phase)
                 values, data_time = self._train_step(phase)
@@ -204,12 +208,17 @@ class Trainer:
         finally:
             self.log.close()
 
-    def _preempted(self) -> int:
-        self.log.console(
-            f"stop requested ({self.stop.reason}) at step {self.step}: saving and exiting for requeue"
-        )
+    def _agreed_stop_signal(self) -> int:
+        """The stop signal seen by any rank (0 when none), the same on every rank."""
+        mine = self.stop.request.signum if self.stop.request is not None else 0
+        t = torch.tensor([float(mine)], device=self.device)
+        return int(du.all_reduce_(t, torch.distributed.ReduceOp.MAX).item())
+
+    def _preempted(self, signum: int) -> int:
+        reason = signal.Signals(signum).name
+        self.log.console(f"stop requested ({reason}) at step {self.step}: saving and exiting for requeue")
         self.save()
-        self.log.record("stop", self.step, {"reason": self.stop.reason})
+        self.log.record("stop", self.step, {"reason": reason})
         requeue_self(self.cfg.slurm.max_requeues, self.stop)
         return REQUEUE_EXIT_CODE
 

@@ -1,10 +1,13 @@
-"""Helpers for the SLURM tests: read job records from scontrol and wait on them with deadlines."""
+"""Helpers for the SLURM tests: read job records from scontrol, wait on them with deadlines, read a run's
+metrics.jsonl."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -38,3 +41,23 @@ def wait_final(jid: str, timeout_s: float = 60) -> dict[str, str]:
         return info if info.get("JobState") in FINAL_STATES else None
 
     return wait_for(final, timeout_s, f"job {jid} to finish")  # type: ignore[return-value]
+
+
+def metrics(run_dir: Path, kind: str | None = None) -> list[dict]:
+    """The run's metrics.jsonl records (of one ``kind``); [] before the file exists."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:  # a line being written right now
+            continue
+    return [r for r in records if kind is None or r["kind"] == kind]
+
+
+def last_step(run_dir: Path) -> int:
+    """The last training step rank 0 logged (0 before the first)."""
+    steps = [r["step"] for r in metrics(run_dir, "train")]
+    return max(steps) if steps else 0

@@ -1,10 +1,12 @@
-"""End to end on a real one-host SLURM cluster (two slurmd): submitit jobs, job arrays, the sbatch
-scripts, preemption with requeue and resume. The job function is hpc_sr.launch.probe (see its doc)."""
+"""End to end on a real one-host SLURM cluster (two slurmd): the real trainer (hpc_sr.train.entry:train_main,
+tiny configs on simulated data) through submitit jobs, the sbatch scripts, two nodes, preemption with requeue
+and resume, a real time limit. The job-array test keeps the light hpc_sr.launch.probe (it tests the array
+plumbing, not training)."""
 
 from __future__ import annotations
 
-import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,158 +14,187 @@ from pathlib import Path
 import pytest
 import submitit
 
+from hpc_sr.cli import main as cli_main
 from hpc_sr.launch.slurm import submit
-from tests.launch.launch_slurm_util import job_info, wait_final, wait_for
+from tests.conftest import tiny_overrides
+from tests.launch.launch_slurm_util import job_info, last_step, metrics, wait_final, wait_for
 
 pytestmark = pytest.mark.slurm
 REPO = Path(__file__).resolve().parents[2]
 PROBE = "hpc_sr.launch.probe:probe_main"
 
 
-def _read(path: Path) -> dict:
-    return json.loads(path.read_text())
+def _tiny(runs: Path, name: str, steps: int, **extra: object) -> list[str]:
+    """A tiny real training run on simulated data; checkpoints only at the end (and on a stop)."""
+    return tiny_overrides(None, runs, name=name, steps=steps, pretrain=steps // 2, **{
+        "train.val_every": steps, "train.ckpt_every": steps, "log.image_every": 0, "dist.timeout_s": 120,
+        **extra})
 
 
-def _submit(runs: Path, name: str, *overrides: str, **kw) -> tuple[list[str], list[str]]:
+def _submit(runs: Path, overrides: list[str], entry: str | None = None, **kw) -> tuple[list[str], list[str]]:
     lines: list[str] = []
     kw.setdefault("cpus_per_task", 1)
     kw.setdefault("time", "00:05:00")
-    ids = submit(None, [f"log.runs_dir={runs}", f"log.name={name}", *overrides], entry=PROBE,
-                 echo=lines.append, **kw)
+    if entry:
+        kw["entry"] = entry
+    ids = submit(None, [f"log.runs_dir={runs}", *overrides], echo=lines.append, **kw)
     return ids, lines
 
 
-def _sbatch(script: str, runs: Path, name: str, steps: int, *sbatch_args: str,
-            step_s: float = 0.0) -> str:
-    env = {**os.environ, "PYTHON": sys.executable, "ENTRY": "-m hpc_sr.launch.probe", "RUN": name,
-           "RUNS_DIR": str(runs), "OVERRIDES": f"train.steps={steps}", "HPC_SR_PROBE_STEP_S": str(step_s)}
+def _sbatch(script: str, runs: Path, name: str, overrides: list[str], *sbatch_args: str) -> str:
+    """sbatch one of slurm/*.sbatch with the real `hpc-sr train` entry."""
+    env = {**os.environ, "PYTHON": sys.executable, "ENTRY": "-m hpc_sr train", "RUN": name,
+           "RUNS_DIR": str(runs), "OVERRIDES": " ".join(overrides)}
     out = subprocess.run(["sbatch", "--parsable", "-o", str(runs / f"{name}-%j.out"), *sbatch_args,
                           str(REPO / "slurm" / script)], env=env, capture_output=True, text=True, timeout=60,
                          check=True, cwd=runs)
     return out.stdout.strip().split(";")[0]
 
 
-def _preempt_and_release(jid: str, progress: Path, at_step: int) -> None:
-    """Wait until the job ran ``at_step`` steps, send USR2, wait for the requeue, skip SLURM's hold."""
-    wait_for(lambda: progress.is_file() and _read(progress)["step"] >= at_step, 60,
-             f"job {jid} step {at_step}")
+def _preempt_and_release(jid: str, run: Path, at_step: int) -> None:
+    """Wait until the job logged ``at_step`` steps, send USR2, wait for the requeue, skip SLURM's hold."""
+    wait_for(lambda: last_step(run) >= at_step, 120, f"job {jid} step {at_step}")
     subprocess.run(["scancel", "-s", "USR2", jid], check=True, timeout=30)
     wait_for(lambda: job_info(jid).get("JobState") == "PENDING" and job_info(jid).get("Restarts") == "1",
-             60, f"job {jid} to be requeued")
+             90, f"job {jid} to be requeued")
     subprocess.run(["scontrol", "update", f"JobId={jid}", "StartTime=now"], check=True, timeout=30)
 
 
+def _check_finished(run: Path, steps: int, world: int) -> None:
+    """metrics.jsonl has every step once, at ``world`` ranks; the final checkpoint holds all ranks' states."""
+    train = metrics(run, "train")
+    assert [r["step"] for r in train] == list(range(1, steps + 1))
+    assert {r["world_size"] for r in train} == {world}
+    assert {r["phase"] for r in train} == {"pretrain", "gan"}
+    final = run / "checkpoints" / f"step_{steps:08d}"
+    assert (run / "checkpoints" / "latest").read_text().strip() == final.name
+    assert sorted(p.name for p in (final / "rng").iterdir()) == [f"rank_{r:05d}.pt" for r in range(world)]
+    assert [r["step"] for r in metrics(run, "val")] == [steps]
+
+
+def _check_resumed(run: Path, steps: int, world: int) -> int:
+    """One stop (SIGUSR2) with a save, a second start that resumed from it, the curve continued; -> step."""
+    stops = metrics(run, "stop")
+    assert len(stops) == 1 and stops[0]["reason"] == "SIGUSR2"
+    saved = stops[0]["step"]
+    assert 0 < saved < steps
+    starts = metrics(run, "start")
+    assert [s["resumed_from"] for s in starts] == [None, str(run / "checkpoints" / f"step_{saved:08d}")]
+    assert starts[1]["step"] == saved
+    _check_finished(run, steps, world)  # steps 1..saved, then saved+1..steps: continued, not restarted
+    return saved
+
+
 def test_submit_two_task_cpu_job(slurm_cluster: Path, jobs: list[str], tmp_path: Path) -> None:
-    ids, lines = _submit(tmp_path, "two", "train.steps=2", tasks_per_node=2)
+    ids, lines = _submit(tmp_path, _tiny(tmp_path, "two", 4), tasks_per_node=2)
     jobs += ids
-    assert wait_final(ids[0])["JobState"] == "COMPLETED"
     job = submitit.SlurmJob(folder=tmp_path / "two" / "slurm", job_id=ids[0])
+    assert wait_final(ids[0], 180)["JobState"] == "COMPLETED", job.stderr()
     assert job.result() == 0
     assert job.watcher.get_state(ids[0], mode="force") == "COMPLETED"  # the sacct stand-in, read by submitit
-    recs = [_read(tmp_path / "two" / "probe" / f"rank{r}.json") for r in range(2)]
-    assert [r["rank"] for r in recs] == [0, 1] and {r["world"] for r in recs} == {2}
-    assert {r["sum"] for r in recs} == {3.0}  # gloo all_reduce of rank+1 over 2 tasks
-    assert recs[0]["master"] == "hpcsr1" and recs[0]["end_step"] == 2
+    _check_finished(tmp_path / "two", 4, world=2)
     text = "\n".join(lines)
     assert f"submitted job {ids[0]}" in text and str(job.paths.stdout) in text
     assert f"tensorboard --logdir {tmp_path / 'two' / 'tb'} --host 127.0.0.1 --port 6006" in text
     assert "ssh -L 6006:127.0.0.1:6006" in text
 
 
-def test_submit_two_nodes(slurm_cluster: Path, jobs: list[str], tmp_path: Path) -> None:
-    ids, _ = _submit(tmp_path, "nodes", "train.steps=1", nodes=2, tasks_per_node=1)
-    jobs += ids
-    assert wait_final(ids[0])["JobState"] == "COMPLETED"
-    recs = [_read(tmp_path / "nodes" / "probe" / f"rank{r}.json") for r in range(2)]
-    assert sorted(r["node"] for r in recs) == ["hpcsr1", "hpcsr2"]
-    assert {r["sum"] for r in recs} == {3.0}
+def test_submit_two_nodes_through_the_cli(slurm_cluster: Path, jobs: list[str], tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """`hpc-sr submit --nodes 2` (the real CLI code, in-process): one rank per node, the real trainer."""
+    argv = ["submit", "--nodes", "2", "--tasks-per-node", "1", "--cpus-per-task", "1", "--time", "5",
+            *_tiny(tmp_path, "nodes", 2)]
+    assert cli_main(argv) == 0
+    out = capsys.readouterr().out
+    match = re.search(r"submitted job (\d+): run nodes", out)
+    assert match, out
+    jobs.append(match.group(1))
+    info = wait_final(match.group(1), 180)
+    assert info["JobState"] == "COMPLETED" and info["NodeList"] == "hpcsr[1-2]" and info["NumNodes"] == "2"
+    _check_finished(tmp_path / "nodes", 2, world=2)
 
 
 def test_sweep_is_a_job_array(slurm_cluster: Path, jobs: list[str], tmp_path: Path) -> None:
     sweep = tmp_path / "sweep.yaml"
     sweep.write_text("name: sw\ngrid:\n  train.steps: [1, 3]\n")
-    ids, _ = _submit(tmp_path, "ignored", sweep=str(sweep), tasks_per_node=1)
+    ids, _ = _submit(tmp_path, ["log.name=ignored"], entry=PROBE, sweep=str(sweep), tasks_per_node=1)
     jobs += ids
     assert len(ids) == 2 and ids[0].endswith("_0") and ids[1].endswith("_1")
     for i, steps in enumerate((1, 3)):
-        wait_for(lambda i=i: (tmp_path / f"sw_{i}" / "probe" / "rank0.json").is_file(), 60, f"array task {i}")
-        assert _read(tmp_path / f"sw_{i}" / "probe" / "rank0.json")["end_step"] == steps
+        rec = tmp_path / f"sw_{i}" / "probe" / "rank0.json"
+        wait_for(rec.is_file, 60, f"array task {i}")
+        assert '"end_step": ' + str(steps) in rec.read_text()
         job = submitit.SlurmJob(folder=tmp_path / "sw" / "slurm", job_id=ids[i])
         assert wait_for(job.done, 30, f"result of {ids[i]}") and job.result() == 0
 
 
 def test_train_sbatch_one_task_per_rank(slurm_cluster: Path, jobs: list[str], tmp_path: Path) -> None:
-    jid = _sbatch("train.sbatch", tmp_path, "sb", 2, "-N1", "--ntasks-per-node=2", "-c1")
+    overrides = _tiny(tmp_path, "sb", 4)
+    jid = _sbatch("train.sbatch", tmp_path, "sb", overrides, "-N1", "--ntasks-per-node=2", "-c1")
     jobs.append(jid)
-    info = wait_final(jid)
+    info = wait_final(jid, 180)
     log = (tmp_path / f"sb-{jid}.out").read_text()
     assert info["JobState"] == "COMPLETED", log
-    recs = [_read(tmp_path / "sb" / "probe" / f"rank{r}.json") for r in range(2)]
-    assert {r["world"] for r in recs} == {2} and {r["sum"] for r in recs} == {3.0}
     assert "srun exit code 0" in log
+    _check_finished(tmp_path / "sb", 4, world=2)
 
 
 def test_torchrun_sbatch_two_nodes_preempted_and_resumed(slurm_cluster: Path, jobs: list[str],
                                                          tmp_path: Path) -> None:
     """USR2 reaches the torchrun workers (torchrun ignores it); they save, rank 0 requeues, it resumes."""
-    jid = _sbatch("torchrun.sbatch", tmp_path, "tr", 12, "-N2", "-c1", "--time=5", step_s=0.25)
+    steps = 300
+    jid = _sbatch("torchrun.sbatch", tmp_path, "tr", _tiny(tmp_path, "tr", steps), "-N2", "-c1", "--time=5")
     jobs.append(jid)
-    out = tmp_path / "tr" / "probe"
-    _preempt_and_release(jid, out / "progress.json", 3)
-    info = wait_final(jid, 90)
+    _preempt_and_release(jid, tmp_path / "tr", 3)
+    info = wait_final(jid, 240)
     assert info["JobState"] == "COMPLETED", (tmp_path / f"tr-{jid}.out").read_text()
-    first = [_read(out / f"rank{r}.attempt0.json") for r in range(2)]
-    last = [_read(out / f"rank{r}.json") for r in range(2)]
-    assert {r["status"] for r in first} == {"stopped"} and {r["reason"] for r in first} == {"SIGUSR2"}
-    assert len({r["end_step"] for r in first}) == 1  # both ranks stopped at the same step
-    assert {r["start_step"] for r in last} == {first[0]["end_step"]} and first[0]["end_step"] >= 3
-    assert {r["end_step"] for r in last} == {12} and {r["restart_count"] for r in last} == {1}
-    assert {r["world"] for r in last} == {2}
+    assert info["Restarts"] == "1" and info["NodeList"] == "hpcsr[1-2]"
+    _check_resumed(tmp_path / "tr", steps, world=2)
 
 
-def test_submitit_preempted_requeued_and_resumed(slurm_cluster: Path, jobs: list[str], tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HPC_SR_PROBE_STEP_S", "0.25")
-    ids, _ = _submit(tmp_path, "pre", "train.steps=12", tasks_per_node=2)
+def test_submitit_preempted_requeued_and_resumed(slurm_cluster: Path, jobs: list[str],
+                                                 tmp_path: Path) -> None:
+    steps = 300
+    ids, _ = _submit(tmp_path, _tiny(tmp_path, "pre", steps), tasks_per_node=2)
     jobs += ids
-    out = tmp_path / "pre" / "probe"
-    _preempt_and_release(ids[0], out / "progress.json", 3)
-    assert wait_final(ids[0], 90)["JobState"] == "COMPLETED"
+    _preempt_and_release(ids[0], tmp_path / "pre", 3)
+    assert wait_final(ids[0], 240)["JobState"] == "COMPLETED"
     job = submitit.SlurmJob(folder=tmp_path / "pre" / "slurm", job_id=ids[0])
     assert job.result() == 0
-    first, last = _read(out / "rank0.attempt0.json"), _read(out / "rank0.json")
-    assert first["status"] == "stopped" and first["end_step"] >= 3
-    assert last["start_step"] == first["end_step"] and last["end_step"] == 12 and last["restart_count"] == 1
+    _check_resumed(tmp_path / "pre", steps, world=2)
     assert "requeued (restart 1" in (tmp_path / "pre" / "slurm" / f"{ids[0]}_0_log.err").read_text()
 
 
-def test_no_requeue_past_max_timeouts(slurm_cluster: Path, jobs: list[str], tmp_path: Path,
-                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_requeue_past_max_timeouts(slurm_cluster: Path, jobs: list[str], tmp_path: Path) -> None:
     """With a 5 min limit every signal counts as a time-out (submitit's rule); max_requeues=0 -> job fails."""
-    monkeypatch.setenv("HPC_SR_PROBE_STEP_S", "0.25")
-    ids, _ = _submit(tmp_path, "max", "train.steps=40", tasks_per_node=1, max_requeues=0)
+    ids, _ = _submit(tmp_path, _tiny(tmp_path, "max", 100000, **{"log.log_every": 10}), tasks_per_node=1,
+                     max_requeues=0)
     jobs += ids
-    progress = tmp_path / "max" / "probe" / "progress.json"
-    wait_for(lambda: progress.is_file() and _read(progress)["step"] >= 2, 60, "first steps")
+    run = tmp_path / "max"
+    wait_for(lambda: last_step(run) >= 10, 120, "first steps")
     subprocess.run(["scancel", "-s", "USR2", ids[0]], check=True, timeout=30)
-    info = wait_final(ids[0])
+    info = wait_final(ids[0], 120)
     assert info["JobState"] == "FAILED" and info["Restarts"] == "0"
-    job = submitit.SlurmJob(folder=tmp_path / "max" / "slurm", job_id=ids[0])
+    job = submitit.SlurmJob(folder=run / "slurm", job_id=ids[0])
     with pytest.raises(submitit.core.utils.FailedJobError, match="not requeued"):
         job.result()
-    assert _read(tmp_path / "max" / "probe" / "ckpt.json")["step"] >= 2  # the checkpoint was saved anyway
+    stop = metrics(run, "stop")
+    assert len(stop) == 1  # the checkpoint was saved anyway
+    assert (run / "checkpoints" / "latest").read_text().strip() == f"step_{stop[0]['step']:08d}"
 
 
 def test_time_limit_signal_requeues(slurm_cluster: Path, jobs: list[str], tmp_path: Path) -> None:
     """A real time limit: --time=1 --signal=USR2@50 sends USR2 ~10-25 s in (slurmctld's timer is coarse);
-    the probe stops, counts it as a time-out and requeues. The requeued run is cancelled, not waited for."""
-    jid = _sbatch("train.sbatch", tmp_path, "tl", 400, "-N1", "-n1", "-c1", "--time=1", "--signal=USR2@50",
-                  step_s=0.25)
+    the trainer stops, saves, counts it as a time-out and requeues. The requeued run is cancelled."""
+    overrides = _tiny(tmp_path, "tl", 100000, **{"log.log_every": 10})
+    jid = _sbatch("train.sbatch", tmp_path, "tl", overrides, "-N1", "-n1", "-c1", "--time=1",
+                  "--signal=USR2@50")
     jobs.append(jid)
-    wait_for(lambda: job_info(jid).get("Restarts") == "1", 75, f"job {jid} to be requeued at its time limit")
-    first = _read(tmp_path / "tl" / "probe" / "rank0.attempt0.json")
-    assert first["status"] == "stopped" and first["reason"] == "SIGUSR2" and 0 < first["end_step"] < 400
-    assert _read(tmp_path / "tl" / "probe" / "ckpt.json")["step"] == first["end_step"]
+    wait_for(lambda: job_info(jid).get("Restarts") == "1", 90, f"job {jid} to be requeued at its time limit")
+    run = tmp_path / "tl"
+    stop = metrics(run, "stop")
+    assert len(stop) == 1 and stop[0]["reason"] == "SIGUSR2" and 0 < stop[0]["step"] < 100000
+    assert (run / "checkpoints" / "latest").read_text().strip() == f"step_{stop[0]['step']:08d}"
     log = wait_for(lambda: "requeued" in (tmp_path / f"tl-{jid}.out").read_text()
                    and (tmp_path / f"tl-{jid}.out").read_text(), 30, "the requeue message")
     assert "timed-out; requeued (restart 1" in log

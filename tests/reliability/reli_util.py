@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -19,15 +20,29 @@ WORKER = REPO / "tests" / "reliability" / "worker.py"
 
 def torchrun_cmd(nproc: int, out_dir: Path, overrides: list[str]) -> list[str]:
     """torchrun (standalone, this host) running the marker-writing worker with ``overrides``."""
-    return [PYTHON, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-            str(WORKER), str(out_dir), *overrides]
+    return [
+        PYTHON,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        str(WORKER),
+        str(out_dir),
+        *overrides,
+    ]
 
 
 def start(cmd: list[str], log: Path, **env: str) -> subprocess.Popen:
     """Start ``cmd`` in its own session (so a test can kill the whole tree), output to ``log``."""
     with open(log, "ab") as fh:
-        return subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(**env), stdout=fh, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        return subprocess.Popen(
+            cmd,
+            cwd=REPO,
+            env=subprocess_env(**env),
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 def finish(proc: subprocess.Popen, timeout_s: float, log: Path) -> int:
@@ -42,10 +57,8 @@ def finish(proc: subprocess.Popen, timeout_s: float, log: Path) -> int:
 
 def kill_group(proc: subprocess.Popen) -> None:
     """SIGKILL the process group this test started (start_new_session=True) and reap it."""
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     proc.wait(timeout=30)
 
 

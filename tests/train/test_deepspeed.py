@@ -28,8 +28,13 @@ from tests.conftest import PYTHON, REPO, subprocess_env, tiny_overrides
 WORKER = REPO / "tests" / "train" / "ds_worker.py"
 DS_CONFIGS = REPO / "configs" / "deepspeed"
 # (tag, zero stage, precision, grad_accum): ZeRO 0, 1, 2 x fp32, bf16, fp16 (dynamic loss scaling runs on CPU)
-VARIANTS = [("z0_fp32", 0, "fp32", 1), ("z1_bf16", 1, "bf16", 1), ("z2_fp32", 2, "fp32", 2),
-            ("z2_bf16", 2, "bf16", 1), ("z1_fp16", 1, "fp16", 1)]
+VARIANTS = [
+    ("z0_fp32", 0, "fp32", 1),
+    ("z1_bf16", 1, "bf16", 1),
+    ("z2_fp32", 2, "fp32", 2),
+    ("z2_bf16", 2, "bf16", 1),
+    ("z1_fp16", 1, "fp16", 1),
+]
 STEPS, PRETRAIN, SPLIT = 6, 2, 4  # GAN phase from step 3; the split run saves at 4 and resumes to 6
 # fp32 vs DDP, same seed and data, 2 ranks on CPU/gloo, measured: ZeRO 0 bit-identical; ZeRO 2 with
 # grad_accum 2: losses within 4.3e-8 relative, grad norms within 1.1e-5 (D's norm ~1e-4 sums near-cancelling
@@ -46,41 +51,70 @@ def read_rows(run_dir: Path, kind: str = "train") -> list[dict[str, Any]]:
 
 
 def loss_rows(run_dir: Path) -> list[tuple[int, float, float, float]]:
-    return [(r["step"], r["loss_g_pixel"], r.get("loss_g_adv", 0.0), r.get("loss_d", 0.0))
-            for r in read_rows(run_dir)]
+    return [
+        (r["step"], r["loss_g_pixel"], r.get("loss_g_adv", 0.0), r.get("loss_d", 0.0))
+        for r in read_rows(run_dir)
+    ]
 
 
 def torchrun(out_dir: Path, jobs: list[dict[str, Any]], timeout: int = 420) -> subprocess.CompletedProcess:
     jobs_file = out_dir / "jobs.json"
     jobs_file.write_text(json.dumps(jobs))
-    cmd = [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(WORKER),
-           str(out_dir), str(jobs_file)]
-    return subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True,
-                          timeout=timeout)
+    cmd = [
+        PYTHON,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(WORKER),
+        str(out_dir),
+        str(jobs_file),
+    ]
+    return subprocess.run(
+        cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=timeout
+    )
 
 
 # constant schedule after a warm-up (set_lr changes the lr on the first steps of each phase): the lr depends
 # only on the step, so a run of 4 steps resumed to 6 must equal a run of 6
-COMMON = {"train.schedule": "constant", "train.warmup_steps": 2, "train.deterministic": "true",
-          "train.ckpt_every": 100, "train.val_every": 100}
+COMMON = {
+    "train.schedule": "constant",
+    "train.warmup_steps": 2,
+    "train.deterministic": "true",
+    "train.ckpt_every": 100,
+    "train.val_every": 100,
+}
 
 
 def build_jobs(data: Path, out: Path) -> list[dict[str, Any]]:
     """For each variant an uninterrupted run and a run split at SPLIT (then resumed); three DDP references."""
-    def job(tag: str, name: str, steps: int, resume: str, **extra: object) -> dict[str, Any]:
-        return {"tag": tag, "resume": resume,
-                "overrides": tiny_overrides(data, out, name=name, steps=steps, pretrain=PRETRAIN,
-                                            **{**COMMON, **extra})}
 
-    jobs = [job("ddp", "ddp", STEPS, "never", **{"dist.backend": "ddp"}),
-            job("ddp_acc", "ddp_acc", STEPS, "never", **{"dist.backend": "ddp", "train.grad_accum": 2}),
-            job("ddp_fp16", "ddp_fp16", STEPS, "never", **{"dist.backend": "ddp", "train.precision": "fp16"})]
+    def job(tag: str, name: str, steps: int, resume: str, **extra: object) -> dict[str, Any]:
+        return {
+            "tag": tag,
+            "resume": resume,
+            "overrides": tiny_overrides(
+                data, out, name=name, steps=steps, pretrain=PRETRAIN, **{**COMMON, **extra}
+            ),
+        }
+
+    jobs = [
+        job("ddp", "ddp", STEPS, "never", **{"dist.backend": "ddp"}),
+        job("ddp_acc", "ddp_acc", STEPS, "never", **{"dist.backend": "ddp", "train.grad_accum": 2}),
+        job("ddp_fp16", "ddp_fp16", STEPS, "never", **{"dist.backend": "ddp", "train.precision": "fp16"}),
+    ]
     for tag, zero, precision, accum in VARIANTS:
-        ds = {"dist.backend": "deepspeed", "dist.zero_stage": zero, "train.precision": precision,
-              "train.grad_accum": accum}
-        jobs += [job(f"{tag}_straight", f"{tag}_straight", STEPS, "never", **ds),
-                 job(f"{tag}_part", f"{tag}_split", SPLIT, "never", **ds),
-                 job(f"{tag}_resumed", f"{tag}_split", STEPS, "auto", **ds)]
+        ds = {
+            "dist.backend": "deepspeed",
+            "dist.zero_stage": zero,
+            "train.precision": precision,
+            "train.grad_accum": accum,
+        }
+        jobs += [
+            job(f"{tag}_straight", f"{tag}_straight", STEPS, "never", **ds),
+            job(f"{tag}_part", f"{tag}_split", SPLIT, "never", **ds),
+            job(f"{tag}_resumed", f"{tag}_split", STEPS, "auto", **ds),
+        ]
     return jobs
 
 
@@ -99,8 +133,16 @@ def weights(runs: Path, tag: str, rank: int) -> dict[str, dict[str, torch.Tensor
 
 # ----------------------------------------------------------------------------------------------- in-process
 def test_config_is_filled_from_hpc_sr_config(tmp_path: Path) -> None:
-    cfg = load_config(None, ["data.batch_size=8", "train.grad_accum=2", "train.grad_clip=1.5",
-                             "dist.zero_stage=2", "train.precision=fp16"])
+    cfg = load_config(
+        None,
+        [
+            "data.batch_size=8",
+            "train.grad_accum=2",
+            "train.grad_clip=1.5",
+            "dist.zero_stage=2",
+            "train.precision=fp16",
+        ],
+    )
     ds = build_ds_config(cfg, world_size=2)
     batch_keys = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
     assert [ds[k] for k in batch_keys] == [8, 2, 2]
@@ -109,10 +151,16 @@ def test_config_is_filled_from_hpc_sr_config(tmp_path: Path) -> None:
     assert not ds["bf16"]["enabled"]
 
 
-@pytest.mark.parametrize("name,overrides", [
-    ("zero0.json", ["dist.zero_stage=0"]), ("zero1.json", ["dist.zero_stage=1"]),
-    ("zero2.json", ["dist.zero_stage=2"]), ("bf16.json", ["train.precision=bf16", "dist.zero_stage=1"]),
-    ("fp16.json", ["train.precision=fp16", "dist.zero_stage=2"])])
+@pytest.mark.parametrize(
+    "name,overrides",
+    [
+        ("zero0.json", ["dist.zero_stage=0"]),
+        ("zero1.json", ["dist.zero_stage=1"]),
+        ("zero2.json", ["dist.zero_stage=2"]),
+        ("bf16.json", ["train.precision=bf16", "dist.zero_stage=1"]),
+        ("fp16.json", ["train.precision=fp16", "dist.zero_stage=2"]),
+    ],
+)
 def test_shipped_json_files_build(name: str, overrides: list[str]) -> None:
     cfg = load_config(None, [f"dist.deepspeed_config={DS_CONFIGS / name}", "data.batch_size=4", *overrides])
     ds = build_ds_config(cfg, world_size=2)
@@ -129,17 +177,38 @@ def test_fp16_with_zero0_is_refused_naming_the_alternatives() -> None:
 
 def test_json_disagreeing_with_config_names_each_key(tmp_path: Path) -> None:
     path = tmp_path / "ds.json"
-    path.write_text(json.dumps({"train_batch_size": 32, "gradient_accumulation_steps": 1,
-                                "gradient_clipping": 1.0, "bf16": {"enabled": True},
-                                "zero_optimization": {"stage": 2}}))
-    cfg = load_config(None, [f"dist.deepspeed_config={path}", "data.batch_size=4", "train.grad_accum=1",
-                             "dist.zero_stage=1"])
+    path.write_text(
+        json.dumps(
+            {
+                "train_batch_size": 32,
+                "gradient_accumulation_steps": 1,
+                "gradient_clipping": 1.0,
+                "bf16": {"enabled": True},
+                "zero_optimization": {"stage": 2},
+            }
+        )
+    )
+    cfg = load_config(
+        None,
+        [f"dist.deepspeed_config={path}", "data.batch_size=4", "train.grad_accum=1", "dist.zero_stage=1"],
+    )
     with pytest.raises(TrainingError) as err:
         build_ds_config(cfg, world_size=1)
     msg = str(err.value)
-    for needle in ("train_batch_size: ", "has 32", "gives 4", "gradient_clipping: ", "has 1.0", "gives 0.0",
-                   "bf16.enabled", "train.precision", "zero_optimization.stage", "has 2", "gives 1",
-                   str(path)):
+    for needle in (
+        "train_batch_size: ",
+        "has 32",
+        "gives 4",
+        "gradient_clipping: ",
+        "has 1.0",
+        "gives 0.0",
+        "bf16.enabled",
+        "train.precision",
+        "zero_optimization.stage",
+        "has 2",
+        "gives 1",
+        str(path),
+    ):
         assert needle in msg, needle
     assert "gradient_accumulation_steps" not in msg  # agrees
 
@@ -176,8 +245,9 @@ def test_ranks_hold_identical_weights(runs: Path, tag: str) -> None:
 
 def test_bf16_engines_train_in_bf16(runs: Path) -> None:
     ckpt = runs / "z2_bf16_straight" / "checkpoints" / f"step_{STEPS:08d}"
-    saved = torch.load(ckpt / "engine_g" / "state" / "mp_rank_00_model_states.pt", map_location="cpu",
-                       weights_only=False)
+    saved = torch.load(
+        ckpt / "engine_g" / "state" / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False
+    )
     assert {v.dtype for v in saved["module"].values() if v.is_floating_point()} == {torch.bfloat16}
     master = consolidated_module_state(ckpt, "g")  # fp32 master weights, which round to the bf16 module
     assert all(v.dtype == torch.float32 for v in master.values())
@@ -215,8 +285,9 @@ def test_zero_partitions_optimizer_state_across_ranks(runs: Path) -> None:
     assert 0.7 < opt_mb("z1_bf16") / opt_mb("z0_fp32") < 0.8
 
 
-def test_generator_exported_from_zero2_checkpoint_evaluates_like_the_engine(runs: Path, tiny_shards: Path,
-                                                                           tmp_path: Path) -> None:
+def test_generator_exported_from_zero2_checkpoint_evaluates_like_the_engine(
+    runs: Path, tiny_shards: Path, tmp_path: Path
+) -> None:
     from hpc_sr.eval.evaluate import evaluate
     from hpc_sr.train.checkpoint import atomic_torch_save, export_generator, generator_payload
 
@@ -229,8 +300,12 @@ def test_generator_exported_from_zero2_checkpoint_evaluates_like_the_engine(runs
     assert all(torch.equal(payload["state_dict"][k], engine_g[k]) for k in engine_g)
     own = tmp_path / "engine_G.pt"
     cfg = load_config(runs / "z2_fp32_straight" / "config.yaml")
-    atomic_torch_save(generator_payload(json.loads(json.dumps(payload["model"])), cfg.data.scale, engine_g,
-                                        "engine", STEPS), own)
+    atomic_torch_save(
+        generator_payload(
+            json.loads(json.dumps(payload["model"])), cfg.data.scale, engine_g, "engine", STEPS
+        ),
+        own,
+    )
     a = evaluate(exported, tiny_shards, split="test", quiet=True)
     b = evaluate(own, tiny_shards, split="test", quiet=True)
     assert a["n"] == b["n"] > 0
@@ -258,12 +333,21 @@ def make_trainer(overrides: list[str], resume: str) -> Any:
     return Trainer(load_config(None, overrides), DistEnv(), torch.device("cpu"), resume=resume)
 
 
-def test_single_process_zero0_bf16_run_set_lr_and_fp32_masters(tiny_shards: Path, tmp_path: Path,
-                                                                 one_process: None) -> None:
+def test_single_process_zero0_bf16_run_set_lr_and_fp32_masters(
+    tiny_shards: Path, tmp_path: Path, one_process: None
+) -> None:
     from hpc_sr.train.backend_deepspeed import DeepSpeedBackend, inner_optimizer
 
-    trainer = make_trainer(tiny_overrides(tiny_shards, tmp_path, steps=3, pretrain=1, **{
-        "dist.backend": "deepspeed", "train.precision": "bf16", "train.val_every": 100}), resume="never")
+    trainer = make_trainer(
+        tiny_overrides(
+            tiny_shards,
+            tmp_path,
+            steps=3,
+            pretrain=1,
+            **{"dist.backend": "deepspeed", "train.precision": "bf16", "train.val_every": 100},
+        ),
+        resume="never",
+    )
     backend = trainer.backend
     assert isinstance(backend, DeepSpeedBackend) and torch.distributed.get_world_size() == 1
     wrapper = backend.engine("g").optimizer
@@ -283,22 +367,36 @@ def test_single_process_zero0_bf16_run_set_lr_and_fp32_masters(tiny_shards: Path
 
 
 def test_two_rank_checkpoint_in_one_process_zero0_resumes_zero2_is_refused(
-        runs: Path, tiny_shards: Path, tmp_path: Path, one_process: None) -> None:
+    runs: Path, tiny_shards: Path, tmp_path: Path, one_process: None
+) -> None:
     from hpc_sr.errors import CheckpointError
 
     # refused before DeepSpeed is asked: a DDP checkpoint, and another ZeRO stage than the checkpoint's
-    for tag, zero, match in (("ddp", 0, "ddp checkpoint cannot resume with dist.backend=deepspeed"),
-                             ("z0_fp32_straight", 1, "checkpoint zero_stage 0 vs config dist.zero_stage 1")):
+    for tag, zero, match in (
+        ("ddp", 0, "ddp checkpoint cannot resume with dist.backend=deepspeed"),
+        ("z0_fp32_straight", 1, "checkpoint zero_stage 0 vs config dist.zero_stage 1"),
+    ):
         shutil.copytree(runs / tag, tmp_path / f"refuse_{tag}")
-        overrides = tiny_overrides(tiny_shards, tmp_path, name=f"refuse_{tag}", steps=STEPS + 1,
-                                   pretrain=PRETRAIN, **{**COMMON, "dist.backend": "deepspeed",
-                                                         "dist.zero_stage": zero})
+        overrides = tiny_overrides(
+            tiny_shards,
+            tmp_path,
+            name=f"refuse_{tag}",
+            steps=STEPS + 1,
+            pretrain=PRETRAIN,
+            **{**COMMON, "dist.backend": "deepspeed", "dist.zero_stage": zero},
+        )
         with pytest.raises(CheckpointError, match=match):
             make_trainer(overrides, resume="auto")
     for tag, zero in (("z0_fp32", 0), ("z2_fp32", 2)):
         shutil.copytree(runs / f"{tag}_straight", tmp_path / tag)
-        overrides = tiny_overrides(tiny_shards, tmp_path, name=tag, steps=STEPS + 1, pretrain=PRETRAIN,
-                                   **{**COMMON, "dist.backend": "deepspeed", "dist.zero_stage": zero})
+        overrides = tiny_overrides(
+            tiny_shards,
+            tmp_path,
+            name=tag,
+            steps=STEPS + 1,
+            pretrain=PRETRAIN,
+            **{**COMMON, "dist.backend": "deepspeed", "dist.zero_stage": zero},
+        )
         if zero:
             with pytest.raises(CheckpointError, match="ZeRO-2 checkpoint written by 2 ranks cannot be"):
                 make_trainer(overrides, resume="auto")
@@ -310,3 +408,12 @@ def test_two_rank_checkpoint_in_one_process_zero0_resumes_zero2_is_refused(
         assert all(torch.equal(v.float(), saved[k]) for k, v in resumed.items())
         assert trainer.run() == 0
         assert read_rows(tmp_path / tag)[-1]["world_size"] == 1
+
+
+def test_engine_buckets_are_aligned_for_odd_parameter_counts() -> None:
+    from hpc_sr.train.backend_deepspeed import engine_config
+
+    odd = torch.nn.Linear(70_001, 1, bias=False)  # 70,001 parameters: odd, above the 65,536 floor
+    zero = engine_config({"zero_optimization": {"stage": 2}}, odd)["zero_optimization"]
+    for key in ("reduce_bucket_size", "allgather_bucket_size"):
+        assert zero[key] % 512 == 0 and zero[key] >= 70_001
