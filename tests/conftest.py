@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -68,3 +70,27 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     env.update({"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "DS_ACCELERATOR": "cpu"})
     env.update(extra)
     return env
+
+
+def torchrun_cmd(nproc: int, script: Path | str, *args: str) -> list[str]:
+    """``python -m torch.distributed.run --standalone`` on this host (a free port is picked)."""
+    return [
+        PYTHON,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        str(script),
+        *args,
+    ]
+
+
+def wait_for(cond: Callable[[], object], timeout_s: float, what: str, period_s: float = 0.1) -> object:
+    """Poll ``cond`` until truthy; fail the test naming ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(period_s)
+    pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}")

@@ -5,37 +5,35 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
-from collections.abc import Callable
 from pathlib import Path
 
-import pytest
+from tests.conftest import wait_for
 
-FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
-                "DEADLINE", "PREEMPTED"}
+FINAL_STATES = {
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "NODE_FAIL",
+    "OUT_OF_MEMORY",
+    "BOOT_FAIL",
+    "DEADLINE",
+    "PREEMPTED",
+}
 
 
 def job_info(jid: str) -> dict[str, str]:
     """``scontrol show job -o`` as a dict (first record); {} when slurmctld does not know the job."""
-    out = subprocess.run(["scontrol", "show", "job", "-o", jid], capture_output=True, text=True,
-                         timeout=30).stdout
+    out = subprocess.run(
+        ["scontrol", "show", "job", "-o", jid], capture_output=True, text=True, timeout=30
+    ).stdout
     line = out.splitlines()[0] if out.strip() else ""
     return dict(tok.split("=", 1) for tok in line.split() if "=" in tok)
 
 
-def wait_for(cond: Callable[[], object], timeout_s: float, what: str, period_s: float = 0.3) -> object:
-    """Poll ``cond`` until truthy or fail after ``timeout_s`` naming ``what``."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(period_s)
-    pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}")
-
-
 def wait_final(jid: str, timeout_s: float = 60) -> dict[str, str]:
     """Wait until job ``jid`` reaches a final state; return its scontrol record."""
+
     def final() -> dict[str, str] | None:
         info = job_info(jid)
         return info if info.get("JobState") in FINAL_STATES else None

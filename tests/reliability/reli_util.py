@@ -7,29 +7,19 @@ import json
 import os
 import signal
 import subprocess
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import PYTHON, REPO, subprocess_env
+from tests.conftest import REPO, subprocess_env
+from tests.conftest import torchrun_cmd as _torchrun_cmd
 
 WORKER = REPO / "tests" / "reliability" / "worker.py"
 
 
 def torchrun_cmd(nproc: int, out_dir: Path, overrides: list[str]) -> list[str]:
     """torchrun (standalone, this host) running the marker-writing worker with ``overrides``."""
-    return [
-        PYTHON,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={nproc}",
-        str(WORKER),
-        str(out_dir),
-        *overrides,
-    ]
+    return _torchrun_cmd(nproc, WORKER, str(out_dir), *overrides)
 
 
 def start(cmd: list[str], log: Path, **env: str) -> subprocess.Popen:
@@ -64,18 +54,6 @@ def kill_group(proc: subprocess.Popen) -> None:
 
 def tail(log: Path, chars: int = 4000) -> str:
     return log.read_text(errors="replace")[-chars:] if log.is_file() else "(no log)"
-
-
-def wait_for(cond: Callable[[], object], timeout_s: float, what: str, period_s: float = 0.05) -> object:
-    """Poll ``cond`` until truthy; fail naming ``what`` after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(period_s)
-    pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}")
-    raise AssertionError  # unreachable
 
 
 def rows(run_dir: Path, kind: str | None = None) -> list[dict]:

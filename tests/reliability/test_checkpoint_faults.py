@@ -12,8 +12,8 @@ from hpc_sr.config import load_config
 from hpc_sr.train.checkpoint import FAULT_PAUSE, FAULT_STAGES, CheckpointManager, is_complete
 from hpc_sr.train.distributed import DistEnv
 from hpc_sr.train.trainer import Trainer
-from tests.conftest import PYTHON, tiny_overrides
-from tests.reliability.reli_util import kill_group, rows, start, tail, wait_for
+from tests.conftest import PYTHON, tiny_overrides, wait_for
+from tests.reliability.reli_util import kill_group, rows, start, tail
 
 
 def test_sigkill_at_each_save_stage_keeps_the_previous_checkpoint(tiny_shards: Path, tmp_path: Path) -> None:

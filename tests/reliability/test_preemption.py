@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from hpc_sr.train.signals import REQUEUE_EXIT_CODE
-from tests.conftest import tiny_overrides
+from tests.conftest import tiny_overrides, wait_for
 from tests.reliability.reli_util import (
     finish,
     kill_group,
@@ -23,7 +23,6 @@ from tests.reliability.reli_util import (
     step_dirs,
     tail,
     torchrun_cmd,
-    wait_for,
 )
 
 STEPS, PRETRAIN = 12, 6  # both phases (pixel pretrain, then GAN with D) are crossed

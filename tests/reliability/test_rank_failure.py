@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PYTHON, tiny_overrides
+from tests.conftest import PYTHON, tiny_overrides, wait_for
 from tests.reliability.reli_util import (
     WORKER,
     finish,
@@ -25,7 +25,6 @@ from tests.reliability.reli_util import (
     step_dirs,
     tail,
     torchrun_cmd,
-    wait_for,
 )
 
 TIMEOUT_S = 12  # dist.timeout_s of the test config

@@ -11,7 +11,7 @@ import torch
 from hpc_sr.config import load_config
 from hpc_sr.train.distributed import DistEnv
 from hpc_sr.train.trainer import Trainer
-from tests.conftest import PYTHON, REPO, subprocess_env, tiny_overrides
+from tests.conftest import REPO, subprocess_env, tiny_overrides, torchrun_cmd
 
 WORKER = REPO / "tests" / "train" / "ddp_worker.py"
 
@@ -19,16 +19,7 @@ WORKER = REPO / "tests" / "train" / "ddp_worker.py"
 def torchrun(
     nproc: int, out_dir: Path, overrides: list[str], timeout: int = 240
 ) -> subprocess.CompletedProcess:
-    cmd = [
-        PYTHON,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={nproc}",
-        str(WORKER),
-        str(out_dir),
-        *overrides,
-    ]
+    cmd = torchrun_cmd(nproc, WORKER, str(out_dir), *overrides)
     return subprocess.run(
         cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=timeout
     )
