@@ -28,7 +28,7 @@ QUICKSTART: dict = {
         "lr_g": 4.0e-4,
         "schedule": "cosine",
         "warmup_steps": 50,
-        "pixel_loss": "l1",
+        "pixel_loss": "mse",
         "ema_decay": 0.995,
         "val_every": 400,
         "ckpt_every": 400,

@@ -13,7 +13,7 @@ import contextlib
 import os
 import signal
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -68,9 +68,10 @@ def check_writable(run_dir: Path) -> None:
 def init_generator(generator: nn.Module, source: str, cfg: Config) -> None:
     """Load G's weights (EMA when present) from ``train.init_g``; the model config must match."""
     payload = load_generator_payload(source, ema=True)
+    saved_d = {k: v for k, v in payload["model"].items() if k.startswith("d_")}  # D is not part of G
     check_model_config(
         {"config": {"model": payload["model"], "data": {"scale": payload["scale"]}}},
-        cfg.model,
+        replace(cfg.model, **saved_d),
         cfg.data.scale,
         Path(source),
     )

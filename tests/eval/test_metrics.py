@@ -220,3 +220,14 @@ def test_evaluate_pairs_model_and_bicubic() -> None:
     assert model == bic and model["n"] == 3
     better, bic2 = evaluate_pairs(lr, hr, hr + 0.001)
     assert better["psnr"] > bic2["psnr"]
+
+
+def test_ssim_in_chunks_equals_one_image_at_a_time() -> None:
+    from hpc_sr.eval.metrics import SSIM_CHUNK, ssim_per_image
+
+    g = torch.Generator().manual_seed(3)
+    hr = torch.rand(2 * SSIM_CHUNK + 3, 1, 16, 16, generator=g, dtype=torch.float64)
+    sr = (hr + 0.05 * torch.randn(hr.shape, generator=g, dtype=torch.float64)).clamp(0, 1)
+    whole = ssim_per_image(sr, hr)
+    single = torch.cat([ssim_per_image(sr[i : i + 1], hr[i : i + 1]) for i in range(hr.shape[0])])
+    torch.testing.assert_close(whole, single, rtol=1e-12, atol=1e-12)

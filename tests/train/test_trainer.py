@@ -175,3 +175,34 @@ def test_keep_last_and_best_are_kept(tiny_shards: Path, tmp_path: Path) -> None:
     best_step = max(read_jsonl(tmp_path / "tiny", "val"), key=lambda r: r["model"]["psnr"])["step"]
     assert f"step_{best_step:08d}" in kept
     assert all(m["val"]["psnr"] for m in metas.values())
+
+
+def test_gan_stage_starts_from_an_srresnet_run_with_other_discriminator_settings(
+    tiny_shards: Path, tmp_path: Path
+) -> None:
+    srresnet = make_trainer(tiny_overrides(tiny_shards, tmp_path, name="srresnet", steps=3, pretrain=3))
+    assert srresnet.run() == 0
+    gan = make_trainer(
+        tiny_overrides(
+            tiny_shards,
+            tmp_path,
+            name="gan",
+            steps=2,
+            pretrain=0,
+            **{"train.init_g": str(tmp_path / "srresnet"), "model.d_channels": 4},
+        ),
+        resume="never",
+    )
+    start = gan.backend.module("g").state_dict()
+    assert all(torch.equal(start[k], v) for k, v in srresnet.ema.module.state_dict().items())
+    assert gan.run() == 0
+    with pytest.raises(CheckpointError, match=r"model.channels: checkpoint 8 vs config 16"):
+        make_trainer(
+            tiny_overrides(
+                tiny_shards,
+                tmp_path,
+                name="bad",
+                **{"train.init_g": str(tmp_path / "srresnet"), "model.channels": 16},
+            ),
+            resume="never",
+        )
