@@ -232,3 +232,13 @@ def test_runs_as_a_script(sweep: dict[str, Any]) -> None:
                           capture_output=True, text=True, env=subprocess_env(), timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert csv_rows(proc.stdout)["lr_lo"]["status"] == "finished"
+
+
+def test_noise_ceiling_is_above_bicubic_and_noise_free_render_matches_hr_closely(tiny_shards: Path) -> None:
+    from tools.noise_ceiling import ceiling
+
+    result = ceiling(str(tiny_shards), split="train", limit=16)
+    assert result["ceiling"]["n"] == 16
+    # knowing the noise-free sky beats bicubic; the LR projection can only lower the error further
+    assert result["ceiling"]["psnr"] > result["bicubic"]["psnr"]
+    assert result["ceiling"]["mse"] <= result["noise_free"]["mse"] + 1e-12

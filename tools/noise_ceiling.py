@@ -1,0 +1,89 @@
+"""The most any x2 SR model can gain over bicubic on a simulated split: the noise-limited ceiling.
+
+For every image of the split, re-render HR without noise from its recorded parameters (same peak scaling),
+then make it consistent with LR (add each 2x2 block's mean residual: LR is exactly the block mean of HR).
+That estimate knows the noise-free sky, so its error is only the HR noise that LR does not reveal; no model
+can beat it except by chance. Prints model-free metrics of bicubic, the noise-free image and the ceiling.
+
+    python tools/noise_ceiling.py data/deeplense_sr --split test [--limit 600] [--preset deeplense_sr]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import h5py
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from hpc_sr.data.lensing import PARAM_NAMES, LensingSimulator
+from hpc_sr.data.shards import load_manifest
+from hpc_sr.errors import DataError
+from hpc_sr.eval.metrics import MetricAccumulator, bicubic_upscale
+
+
+def lr_consistent(hr: torch.Tensor, lr: torch.Tensor, scale: int) -> torch.Tensor:
+    """Orthogonal projection onto {x : avg_pool(x, scale) = lr}."""
+    return hr + F.interpolate(lr - F.avg_pool2d(hr, scale), scale_factor=scale, mode="nearest")
+
+
+def read_split(root: str, split: str, limit: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    m = load_manifest(root)
+    if list(m.param_names) != list(PARAM_NAMES):
+        raise DataError(f"{root}: shards carry no simulator parameters of this version (param_names differ)")
+    idx = m.split_indices(split)[: limit or None]
+    if len(idx) == 0:
+        raise DataError(f"{root}: split {split!r} is empty")
+    shard, local = m.locate(idx)
+    lrs, hrs, ps = [], [], []
+    for s in np.unique(shard):
+        rows = np.sort(local[shard == s])
+        with h5py.File(m.shard_path(int(s)), "r") as f:
+            lrs.append(f["lr"][rows]), hrs.append(f["hr"][rows]), ps.append(f["params"][rows])
+    lr, hr, p = (torch.from_numpy(np.concatenate(a)) for a in (lrs, hrs, ps))
+    return lr, hr, p, m.scale
+
+
+def ceiling(
+    root: str, split: str = "test", limit: int = 0, preset: str = "deeplense_sr", batch: int = 32
+) -> dict[str, dict[str, float]]:
+    lr, hr, params, scale = read_split(root, split, limit)
+    sim = LensingSimulator(preset, hr_size=hr.shape[-1], scale=scale, dtype=torch.float64)
+    acc = {name: MetricAccumulator() for name in ("bicubic", "noise_free", "ceiling")}
+    for i in range(0, len(lr), batch):
+        lo, h, p = lr[i : i + batch], hr[i : i + batch], params[i : i + batch].double()
+        clean = (sim.render(p, noise=False) / p[:, -1].reshape(-1, 1, 1, 1)).clamp(0, 1).float()
+        acc["bicubic"].update(bicubic_upscale(lo, scale), h)
+        acc["noise_free"].update(clean, h)
+        acc["ceiling"].update(lr_consistent(clean, lo, scale), h)
+    return {name: a.compute() for name, a in acc.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("data")
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--limit", type=int, default=0)
+    ap.add_argument("--preset", default="deeplense_sr", help="the preset the set was simulated with")
+    a = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    try:
+        result = ceiling(a.data, a.split, a.limit, a.preset)
+    except DataError as exc:
+        print(f"noise_ceiling: error: {exc}", file=sys.stderr)
+        return 2
+    bic = result["bicubic"]["psnr"]
+    for name, m in result.items():
+        print(
+            f"{name:>10}  PSNR {m['psnr']:.3f} dB ({m['psnr'] - bic:+.3f})  pooled {m['psnr_pooled']:.3f}  "
+            f"SSIM {m['ssim']:.4f}  n={m['n']}"
+        )
+    print(json.dumps({"split": a.split, **result}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
