@@ -83,6 +83,7 @@ def evaluate(
     env = du.DistEnv.from_environment()
     device = du.select_device(env)
     started_dist = env.distributed and not torch.distributed.is_initialized()
+    finished = False
     du.init_distributed(env, device)
     try:
         model, payload = load_generator(checkpoint, ema=ema)
@@ -140,10 +141,11 @@ def evaluate(
                     print(f"comparison grids: {images_dir}/")
             if json_out:
                 atomic_write_text(json_out, json.dumps(result, indent=2) + "\n")
+        finished = True
         return result
     finally:
         if started_dist:
-            du.shutdown_distributed()
+            du.shutdown_distributed(wait_for_peers=finished)
 
 
 # ----------------------------------------------------------------------------------------------- upscale

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import random
@@ -125,9 +126,19 @@ def init_distributed(env: DistEnv, device: torch.device, timeout_s: int = 600) -
     )
 
 
-def shutdown_distributed() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
+def shutdown_distributed(wait_for_peers: bool = False) -> None:
+    """Destroy the process group; with ``wait_for_peers`` (after a clean finish) all ranks leave together.
+
+    A rank that tears down its connections while a peer is still in its last collective can make that peer
+    abort (seen with gloo under torchrun: "terminate called without an active exception"). After an error no
+    barrier is tried: a hung peer would make it wait for the whole collective timeout a second time.
+    """
+    if not dist.is_initialized():
+        return
+    if wait_for_peers:
+        with contextlib.suppress(RuntimeError):
+            dist.barrier()
+    dist.destroy_process_group()
 
 
 def barrier() -> None:

@@ -27,8 +27,11 @@ def run_training(cfg: Config, resume: str = "auto") -> int:
     configure_threads(env)
     device = du.select_device(env)
     du.init_distributed(env, device, timeout_s=cfg.dist.timeout_s)
+    clean = False
     try:
-        return Trainer(cfg, env, device, resume=resume).run()
+        code = Trainer(cfg, env, device, resume=resume).run()
+        clean = True
+        return code
     except RuntimeError as exc:
         if env.distributed and is_collective_failure(exc):
             raise TrainingError(
@@ -38,7 +41,7 @@ def run_training(cfg: Config, resume: str = "auto") -> int:
             ) from exc
         raise
     finally:
-        du.shutdown_distributed()
+        du.shutdown_distributed(wait_for_peers=clean)
 
 
 def is_collective_failure(exc: BaseException) -> bool:
