@@ -108,15 +108,12 @@ def is_timeout(elapsed_s: float, limit_s: float) -> bool:
 
 def agree(flag: bool | StopFlag, device: object = "cpu") -> bool:
     """True on every rank when any rank has the flag set (all-reduce MAX); local value otherwise."""
-    local = flag.requested() if isinstance(flag, StopFlag) else bool(flag)
     import torch
-    import torch.distributed as dist
 
-    if not (dist.is_available() and dist.is_initialized()):
-        return local
-    t = torch.tensor([1.0 if local else 0.0], device=device)  # type: ignore[arg-type]
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item() > 0)
+    from hpc_sr.train.distributed import any_rank
+
+    local = flag.requested() if isinstance(flag, StopFlag) else bool(flag)
+    return any_rank(local, torch.device(device))  # type: ignore[arg-type]
 
 
 # ----------------------------------------------------------------------------------------------- SLURM

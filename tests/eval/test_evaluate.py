@@ -18,7 +18,7 @@ from hpc_sr.models.srgan import Generator
 from hpc_sr.train.checkpoint import export_generator, load_generator
 from hpc_sr.train.distributed import DistEnv
 from hpc_sr.train.trainer import Trainer
-from tests.conftest import PYTHON, REPO, subprocess_env, tiny_overrides
+from tests.conftest import REPO, subprocess_env, tiny_overrides, torchrun_cmd
 
 
 @pytest.fixture(scope="module")
@@ -75,12 +75,8 @@ def test_evaluate_under_torchrun_reduces_exactly(
 ) -> None:
     single = evaluate(trained_run, tiny_shards, split="train", quiet=True)
     out = tmp_path / "dist.json"
-    cmd = [
-        PYTHON,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
+    cmd = torchrun_cmd(
+        2,
         "-m",
         "hpc_sr",
         "evaluate",
@@ -92,7 +88,7 @@ def test_evaluate_under_torchrun_reduces_exactly(
         "train",
         "--json",
         str(out),
-    ]
+    )
     proc = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-2000:]
     dist = json.loads(out.read_text())

@@ -23,7 +23,7 @@ import torch
 from hpc_sr.config import load_config
 from hpc_sr.errors import TrainingError
 from hpc_sr.train.backend_deepspeed import build_ds_config, consolidated_module_state
-from tests.conftest import PYTHON, REPO, subprocess_env, tiny_overrides
+from tests.conftest import REPO, subprocess_env, tiny_overrides, torchrun_cmd
 
 WORKER = REPO / "tests" / "train" / "ds_worker.py"
 DS_CONFIGS = REPO / "configs" / "deepspeed"
@@ -60,16 +60,7 @@ def loss_rows(run_dir: Path) -> list[tuple[int, float, float, float]]:
 def torchrun(out_dir: Path, jobs: list[dict[str, Any]], timeout: int = 420) -> subprocess.CompletedProcess:
     jobs_file = out_dir / "jobs.json"
     jobs_file.write_text(json.dumps(jobs))
-    cmd = [
-        PYTHON,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        str(WORKER),
-        str(out_dir),
-        str(jobs_file),
-    ]
+    cmd = torchrun_cmd(2, WORKER, str(out_dir), str(jobs_file))
     return subprocess.run(
         cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=timeout
     )
