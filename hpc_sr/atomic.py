@@ -1,11 +1,13 @@
-"""Atomic file writes: a temp file in the target's directory, fsync, then rename over the target.
+"""Atomic file writes: a temp file in the target's directory, fsync, rename over the target, fsync the folder.
 
-A reader (or a resumed run) sees either the old file or the complete new one, never a half-written file.
+A reader (or a resumed run) sees either the old file or the complete new one, never a half-written file; the
+directory fsync makes the rename itself durable (it survives a crash of the machine, not only of the process).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
@@ -17,6 +19,25 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+# Errors of file systems that cannot fsync a directory (some FUSE and network mounts): nothing to make durable
+_DIR_FSYNC_UNSUPPORTED = frozenset({errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP})
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """fsync a directory, so that renames / creations / removals of its entries are durable.
+
+    File systems that refuse fsync on a directory (EINVAL, ENOTSUP) are tolerated; any other error is raised.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in _DIR_FSYNC_UNSUPPORTED:
+            raise
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -32,6 +53,7 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[A
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -110,7 +110,7 @@ def _fractions(text: str) -> tuple[float, float, float]:
 
 # ----------------------------------------------------------------------------------------------- training
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train SRResNet / SRGAN (single process, torchrun or srun)")
+    p = sub.add_parser("train", help="train a generator (and GAN): single process, torchrun or srun")
     p.add_argument("--config", default=None, help="YAML config (configs/*.yaml); defaults when omitted")
     p.add_argument(
         "--resume",
@@ -145,7 +145,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_evaluate(a: argparse.Namespace) -> int:
-    from hpc_sr.eval.evaluate import evaluate
+    from hpc_sr.apps.evaluate import evaluate
 
     evaluate(
         a.checkpoint,
@@ -163,25 +163,19 @@ def _run_evaluate(a: argparse.Namespace) -> int:
 
 
 def _add_upscale(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("upscale", help="upscale .npy/.npz/FITS images with a trained generator")
-    p.add_argument(
-        "--checkpoint", required=True, help="checkpoint step dir, run dir (latest) or exported G.pt"
+    from hpc_sr.apps.upscale import add_upscale_arguments
+
+    p = sub.add_parser(
+        "upscale", help="upscale .npy/.npz/FITS images (files, folders, globs) with a trained generator"
     )
-    p.add_argument("--out", required=True, help="output directory (same file names and formats)")
-    p.add_argument("--no-ema", action="store_true")
-    p.add_argument("--self-ensemble", action="store_true")
-    p.add_argument("--no-clamp", action="store_true", help="keep values outside [0, 1]")
-    p.add_argument("inputs", nargs="+", help="input files (.npy, .npz, .fits)")
+    add_upscale_arguments(p)
     p.set_defaults(func=_run_upscale)
 
 
 def _run_upscale(a: argparse.Namespace) -> int:
-    from hpc_sr.eval.evaluate import upscale_files
+    from hpc_sr.apps.upscale import run_upscale
 
-    upscale_files(
-        a.checkpoint, a.out, a.inputs, ema=not a.no_ema, ensemble=a.self_ensemble, clamp=not a.no_clamp
-    )
-    return 0
+    return run_upscale(a)
 
 
 def _add_submit(sub: argparse._SubParsersAction) -> None:
@@ -204,38 +198,104 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_demo(a: argparse.Namespace) -> int:
-    from hpc_sr.demo import run_demo
+    from hpc_sr.apps.demo import run_demo
 
     return run_demo(a.workdir, num=a.num, steps=a.steps, overrides=a.overrides)
 
 
+# ----------------------------------------------------------------------------------------------- config
+def _add_config(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("config", help="print the resolved config, or list the registered archs, losses, sources")
+    csub = p.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    show = csub.add_parser("show", help="the resolved, validated config as YAML (what `train` would use)",
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    show.add_argument("--config", default=None, help="YAML config; the defaults when omitted")
+    show.add_argument("overrides", nargs="*", help="dotted overrides, e.g. model.g.arch=rcan")
+    csub.add_parser("archs", help="registered generators, discriminators, loss terms and data sources")
+    p.set_defaults(func=_run_config)
+
+
+def _run_config(a: argparse.Namespace) -> int:
+    if a.config_command == "show":
+        from hpc_sr.config import dump_config, load_config
+        from hpc_sr.train.components import check_config
+
+        cfg = load_config(a.config, a.overrides)
+        check_config(cfg)
+        print(dump_config(cfg), end="")
+        return 0
+    from hpc_sr.apps.catalog import format_catalog
+
+    print(format_catalog())
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------- commands
-_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_simulate,
-    _add_pack,
-    _add_verify,
-    _add_inspect,
-    _add_train,
-    _add_evaluate,
-    _add_upscale,
-    _add_submit,
-    _add_demo,
-]
+# name -> (one-line help, function adding the sub-command's arguments). Only the chosen command's arguments
+# are built, so `hpc-sr --help` and `hpc-sr --version` import nothing heavy (measured in tools/bench_cli.py).
+_COMMANDS: dict[str, tuple[str, Callable[[argparse._SubParsersAction], None] | None]] = {
+    "simulate": ("simulate lensing HR/LR pairs into HDF5 shards + manifest", _add_simulate),
+    "pack": ("pack DeepLense .npy folders, .npz or FITS pairs into HDF5 shards", _add_pack),
+    "verify": ("recheck shard counts, shapes and sha256 against the manifest", _add_verify),
+    "inspect": ("counts, split sizes, value ranges, bicubic PSNR/SSIM, example grid", _add_inspect),
+    "train": ("train a generator (and GAN): single process, torchrun or srun", _add_train),
+    "evaluate": ("PSNR/SSIM/MSE/flux of a generator and of bicubic on a split", _add_evaluate),
+    "upscale": ("upscale .npy/.npz/FITS images (files, folders, globs) with a trained generator", _add_upscale),
+    "submit": ("submit training to SLURM through submitit (one task per GPU)", _add_submit),
+    "demo": ("the quick start: simulate, train the CPU quickstart, evaluate vs bicubic", _add_demo),
+    "config": ("print the resolved config; list registered archs, losses and data sources", _add_config),
+    "ckpt": ("checkpoints: list | export | average | prune | verify (hpc-sr ckpt --help)", None),
+    "runs": ("compare runs: metrics table, --by KEY groups, --plot curves (hpc-sr runs --help)", None),
+}
+_PASS_THROUGH = {"ckpt": "hpc_sr.apps.ckpt", "runs": "hpc_sr.apps.runs"}  # own parsers: argv passed on
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _version() -> str:
+    from hpc_sr import __version__
+
+    return f"hpc-sr {__version__}"
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only ``command``'s sub-parser gets its arguments (all of them when None is not wanted)."""
     parser = argparse.ArgumentParser(prog="hpc-sr", description=__doc__)
+    parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in _COMMANDS:
-        add(sub)
+    defaults_sub = _DefaultsSubparsers(sub)
+    for name, (text, add) in _COMMANDS.items():
+        if name == command and add is not None:
+            add(defaults_sub)  # type: ignore[arg-type]
+        else:
+            sub.add_parser(name, help=text)
     return parser
+
+
+class _DefaultsSubparsers:
+    """Wraps the sub-parser action so that every sub-command's help shows its defaults."""
+
+    def __init__(self, sub: argparse._SubParsersAction) -> None:
+        self._sub = sub
+
+    def add_parser(self, name: str, **kw: object) -> argparse.ArgumentParser:
+        kw.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        return self._sub.add_parser(name, **kw)  # type: ignore[arg-type]
+
+
+def _command_of(argv: Sequence[str]) -> str | None:
+    return next((a for a in argv if not a.startswith("-")), None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `hpc-sr` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = _command_of(argv)
+    if command in _PASS_THROUGH and argv and argv[0] == command:
+        import importlib
+
+        return int(importlib.import_module(_PASS_THROUGH[command]).main(argv[1:]) or 0)
     from hpc_sr.errors import HpcSrError
 
-    args = build_parser().parse_args(argv)
+    args = build_parser(command).parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except HpcSrError as exc:

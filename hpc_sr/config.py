@@ -8,11 +8,13 @@ the closest valid one. ``save_config`` writes the resolved config (atomically) a
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import os
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -31,7 +33,7 @@ class ConfigError(HpcSrError, ValueError):
 class DataConfig:
     """Where training pairs come from and how they are batched."""
 
-    source: Literal["shards", "simulate"] = "shards"
+    source: str = "shards"  # a registered training source: shards | simulate | ... (hpc_sr.data.streams)
     path: str = "data/demo"  # shard directory (manifest.json inside) for source=shards
     preset: str = "deeplense_sr"  # simulator preset for source=simulate
     hr_size: int = 150  # HR image side for source=simulate
@@ -40,7 +42,7 @@ class DataConfig:
     patch_size: int = 0  # LR patch side for random aligned crops; 0 = whole images
     augment: bool = True  # random flips and rot90 (lensing images have no preferred orientation)
     num_workers: int = 2
-    loader: Literal["item", "block", "memory"] = "item"
+    loader: Literal["item", "block", "memory", "device"] = "item"  # device: the split on the training device
     block_size: int = 64  # items per contiguous read for loader=block
     val_images: int = 0  # cap on validation images (0 = the whole val split)
     sim_device: str = (
@@ -49,17 +51,37 @@ class DataConfig:
 
 
 @dataclass
-class ModelConfig:
-    """SRResNet generator and SRGAN discriminator."""
+class GeneratorConfig:
+    """The generator: a registered arch (hpc_sr.models) and that arch's own options."""
 
-    channels: int = 64
-    blocks: int = 16
-    batch_norm: bool = False
-    res_scale: float = 0.1
-    bicubic_skip: bool = True  # output = bicubic(LR) + net(LR) (global skip); False = plain SRResNet
-    d_channels: int = 64
-    d_blocks: int = 4  # strided conv pairs in the discriminator
-    d_spectral_norm: bool = False
+    arch: str = "srresnet"  # srresnet | edsr | rcan | rrdb | swinir | ... (`hpc-sr config archs`)
+    options: dict[str, Any] = field(default_factory=dict)  # validated by the arch's options dataclass
+    bicubic_skip: bool = True  # output = bicubic(LR) + net(LR); the last layer starts at zero
+    lr_consistent: bool = False  # project the output so its s x s block means equal LR exactly
+
+
+@dataclass
+class DiscriminatorConfig:
+    """The discriminator (GAN phase only)."""
+
+    arch: str = "srgan"  # srgan | unet
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ModelConfig:
+    """Generator ``g`` and discriminator ``d``."""
+
+    g: GeneratorConfig = field(default_factory=GeneratorConfig)
+    d: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+
+
+def default_losses() -> list[dict[str, Any]]:
+    """Pixel L1 in both phases, RaGAN in the GAN phase (the v1 defaults)."""
+    return [
+        {"term": "pixel", "weight": 1.0, "kind": "l1"},
+        {"term": "adversarial", "weight": 5e-3, "kind": "ragan"},
+    ]
 
 
 @dataclass
@@ -78,13 +100,8 @@ class TrainConfig:
     min_lr_ratio: float = 0.01
     grad_accum: int = 1
     grad_clip: float = 0.0  # max global grad norm; 0 = off
-    pixel_loss: Literal["l1", "mse"] = "l1"
-    pixel_weight: float = 1.0
-    adv_loss: Literal["bce", "lsgan", "ragan"] = "ragan"
-    adv_weight: float = 5e-3
-    feature_weight: float = 0.0  # discriminator feature matching
-    flux_weight: float = 0.0  # relative total-flux error of SR vs HR
-    ssim_weight: float = 0.0  # 1 - SSIM
+    # weighted loss terms of G (hpc_sr.models.losses): {term: NAME, weight: W, <the term's options>}
+    losses: list[dict[str, Any]] = field(default_factory=default_losses)
     init_g: str = ""  # start G from these weights (checkpoint dir, run dir or exported G.pt), e.g. SRResNet
     n_d: int = 1  # discriminator steps per generator step
     ema_decay: float = 0.999  # 0 = no EMA
@@ -157,8 +174,8 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
-def _coerce(key: str, value: Any, tp: Any) -> Any:
-    """Return ``value`` as type ``tp`` or raise ConfigError naming ``key``."""
+def coerce_value(key: str, value: Any, tp: Any) -> Any:
+    """Return ``value`` as type ``tp`` or raise ConfigError naming ``key`` (also for arch options)."""
     origin = typing.get_origin(tp)
     if origin is Literal:
         choices = typing.get_args(tp)
@@ -173,15 +190,30 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             if arg is type(None) and value is None:
                 return None
             try:
-                return _coerce(key, value, arg)
+                return coerce_value(key, value, arg)
             except ConfigError as exc:
                 errors.append(str(exc))
         raise ConfigError(f"{key}: {value!r} fits none of {_type_name(tp)}")
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ConfigError(f"{key}: expected a mapping of names to values, got {value!r}")
+        return dict(value)
+    if origin is list:
+        (item,) = typing.get_args(tp) or (Any,)
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [v if item is Any else coerce_value(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
+    if tp is Any:
+        return value
     if origin is tuple:
         args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:  # tuple[int, ...]: any length
+            if not isinstance(value, list | tuple):
+                raise ConfigError(f"{key}: expected a list, got {value!r}")
+            return tuple(coerce_value(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value))
         if not isinstance(value, list | tuple) or len(value) != len(args):
             raise ConfigError(f"{key}: expected a list of {len(args)} values, got {value!r}")
-        return tuple(_coerce(f"{key}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args)))
+        return tuple(coerce_value(f"{key}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args)))
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -234,13 +266,17 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
         if dataclasses.is_dataclass(tp):
             kwargs[name] = _build(tp, value or {}, f"{key}.")
         else:
-            kwargs[name] = _coerce(key, value, tp)
+            kwargs[name] = coerce_value(key, value, tp)
     return cls(**kwargs)
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:
-    """Build and validate a Config from nested plain data."""
-    return _build(Config, data or {})
+    """Build and validate a Config from nested plain data (v1 flat keys are migrated, with a warning)."""
+    cfg = _build(Config, migrate_legacy(data or {}))
+    for i, term in enumerate(cfg.train.losses):  # weights as numbers (YAML 1.1 reads "1e-2" as a string)
+        if isinstance(term, dict) and "weight" in term:
+            term["weight"] = coerce_value(f"train.losses[{i}].weight", term["weight"], float)
+    return cfg
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:
@@ -272,11 +308,30 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return path, value
 
 
+def _set_loss_term(terms: list[Any], name: str, rest: list[str], value: Any, text: str) -> None:
+    """``train.losses.<term>.<key>=value``: set a key of the term named ``name`` (added when missing)."""
+    if len(rest) != 1:
+        raise ConfigError(
+            f"override {text!r}: use train.losses.<term>.<key>=value (e.g. train.losses.pixel.weight=2)"
+        )
+    for term in terms:
+        if isinstance(term, dict) and term.get("term") == name:
+            term[rest[0]] = value
+            return
+    terms.append({"term": name, "weight": 1.0, rest[0]: value})
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply dotted overrides to nested plain data, checking keys against the schema."""
-    data = {k: dict(v) if isinstance(v, dict) else v for k, v in (data or {}).items()}
+    """Apply dotted overrides to nested plain data, checking keys against the schema.
+
+    Inside a mapping-typed key (``model.g.options``) any key is accepted here and checked later by the arch's
+    options; ``train.losses.<term>.<key>=value`` sets one key of one loss term (adding the term if missing).
+    Old flat keys (``model.channels``, ``train.adv_weight``, ...) are translated with a deprecation warning.
+    """
+    data = copy.deepcopy(migrate_legacy(data or {}))
     for text in overrides:
         path, value = parse_override(text)
+        path = _legacy_override_path(path)
         cls: type = Config
         node = data
         for i, part in enumerate(path):
@@ -286,6 +341,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
                 raise _unknown(key, part, list(hints))
             tp = hints[part]
             last = i == len(path) - 1
+            origin = typing.get_origin(tp)
             if dataclasses.is_dataclass(tp):
                 if last:
                     raise ConfigError(f"override {text!r}: {key!r} is a section; set one of its keys")
@@ -295,8 +351,101 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
                 cls = tp
             elif last:
                 node[part] = value
+            elif origin is dict:
+                sub = node.get(part)
+                node[part] = dict(sub) if isinstance(sub, dict) else {}
+                inner = node[part]
+                for sub_key in path[i + 1 : -1]:
+                    inner[sub_key] = dict(inner.get(sub_key) or {})
+                    inner = inner[sub_key]
+                inner[path[-1]] = value
+                break
+            elif key == "train.losses":
+                if "losses" not in node:
+                    node["losses"] = default_losses()
+                _set_loss_term(node["losses"], path[i + 1], path[i + 2 :], value, text)
+                break
             else:
                 raise ConfigError(f"override {text!r}: {key!r} is not a section")
+    return data
+
+
+# ----------------------------------------------------------------------------------------------- legacy keys
+# v1 configs (and the configs stored in v1 checkpoints) used flat keys; they load with a warning.
+LEGACY_MODEL_KEYS: dict[str, tuple[str, ...]] = {
+    "channels": ("g", "options", "channels"),
+    "blocks": ("g", "options", "blocks"),
+    "batch_norm": ("g", "options", "batch_norm"),
+    "res_scale": ("g", "options", "res_scale"),
+    "bicubic_skip": ("g", "bicubic_skip"),
+    "d_channels": ("d", "options", "channels"),
+    "d_blocks": ("d", "options", "blocks"),
+    "d_spectral_norm": ("d", "options", "spectral_norm"),
+}
+LEGACY_LOSS_KEYS: dict[str, tuple[str, str]] = {
+    "pixel_loss": ("pixel", "kind"),
+    "pixel_weight": ("pixel", "weight"),
+    "adv_loss": ("adversarial", "kind"),
+    "adv_weight": ("adversarial", "weight"),
+    "feature_weight": ("feature_matching", "weight"),
+    "flux_weight": ("flux", "weight"),
+    "ssim_weight": ("ssim", "weight"),
+}
+
+
+def _warn_legacy(old: str, new: str) -> None:
+    warnings.warn(f"deprecated v1 config keys {old}: read as {new}", FutureWarning, stacklevel=4)
+
+
+def _legacy_override_path(path: list[str]) -> list[str]:
+    if len(path) == 2 and path[0] == "model" and path[1] in LEGACY_MODEL_KEYS:
+        new = ["model", *LEGACY_MODEL_KEYS[path[1]]]
+    elif len(path) == 2 and path[0] == "train" and path[1] in LEGACY_LOSS_KEYS:
+        new = ["train", "losses", *LEGACY_LOSS_KEYS[path[1]]]
+    else:
+        return path
+    _warn_legacy(".".join(path), ".".join(new))
+    return new
+
+
+def migrate_legacy(data: dict[str, Any]) -> dict[str, Any]:
+    """Translate v1 flat model/loss keys into ``model.g``/``model.d`` and ``train.losses`` (with a warning)."""
+    model, train = data.get("model"), data.get("train")
+    old_model = [k for k in LEGACY_MODEL_KEYS if isinstance(model, dict) and k in model]
+    old_train = [k for k in LEGACY_LOSS_KEYS if isinstance(train, dict) and k in train]
+    if not old_model and not old_train:
+        return data
+    data = copy.deepcopy(data)
+    if old_model:
+        model = data["model"]
+        for k in old_model:
+            node = model
+            *parents, leaf = LEGACY_MODEL_KEYS[k]
+            for p in parents:
+                node = node.setdefault(p, {})
+            node[leaf] = model.pop(k)
+        _warn_legacy(
+            ", ".join(f"model.{k}" for k in old_model),
+            ", ".join("model." + ".".join(LEGACY_MODEL_KEYS[k]) for k in old_model),
+        )
+    if old_train:
+        train = data["train"]
+        if "losses" in train:
+            raise ConfigError(f"train: give either train.losses or the old keys {old_train}, not both")
+        old = {k: train.pop(k) for k in old_train}
+        _warn_legacy(", ".join(f"train.{k}" for k in old_train), "terms of train.losses")
+        pixel = {"term": "pixel", "weight": old.get("pixel_weight", 1.0), "kind": old.get("pixel_loss", "l1")}
+        adv = {
+            "term": "adversarial",
+            "weight": old.get("adv_weight", 5e-3),
+            "kind": old.get("adv_loss", "ragan"),
+        }
+        terms = [pixel, adv]
+        optional = (("feature_weight", "feature_matching"), ("flux_weight", "flux"), ("ssim_weight", "ssim"))
+        for k, name in optional:
+            if float(old.get(k, 0.0) or 0.0) > 0:
+                terms.append({"term": name, "weight": old[k]})
+        train["losses"] = terms
     return data
 
 

@@ -15,3 +15,7 @@ class CheckpointError(HpcSrError):
 
 class TrainingError(HpcSrError):
     """Training cannot go on (too many non-finite losses, an unwritable run directory, ...)."""
+
+
+class EnvironmentVariableError(HpcSrError, ValueError):
+    """An environment variable the toolkit reads holds a value it cannot use (the message names both)."""

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from hpc_sr.train.components import check_config
 from hpc_sr.config import Config, ConfigError, flatten, load_config, save_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -18,14 +19,14 @@ def test_overrides_are_typed_and_applied() -> None:
             "train.lr_g=2e-4",
             "data.batch_size=32",
             "train.betas=[0.5, 0.9]",
-            "model.batch_norm=true",
+            "model.g.bicubic_skip=false",
             "log.name=exp1",
         ],
     )
     assert cfg.train.lr_g == pytest.approx(2e-4) and isinstance(cfg.train.lr_g, float)
     assert cfg.data.batch_size == 32
     assert cfg.train.betas == (0.5, 0.9)
-    assert cfg.model.batch_norm is True
+    assert cfg.model.g.bicubic_skip is False
     assert cfg.run_dir == Path("runs/exp1")
 
 
@@ -36,7 +37,12 @@ def test_overrides_are_typed_and_applied() -> None:
         ("trian.steps=5", r"unknown config key 'trian'; did you mean 'train'\?"),
         ("data.batch_size=many", r"data.batch_size: expected an integer, got 'many'"),
         ("train.precision=bf61", r"train.precision: 'bf61' is not one of .*did you mean 'bf16'"),
-        ("model.batch_norm=3", r"model.batch_norm: expected true or false"),
+        ("model.g.bicubic_skip=3", r"model.g.bicubic_skip: expected true or false"),
+        ("train.betas=[0.9]", r"train.betas: expected a list of 2 values"),
+        ("train.steps.x=3", r"'train.steps' is not a section"),
+        ("model.g.options=3", r"model.g.options: expected a mapping"),
+        ("train.losses=3", r"train.losses: expected a list"),
+        ("model.g.arch.x=3", r"'model.g.arch' is not a section"),
         ("train=3", r"'train' is a section"),
         ("train.steps", r"not of the form section.key=value"),
     ],
@@ -64,13 +70,58 @@ def test_resolved_config_round_trips(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs").glob("*.yaml")))
-def test_every_shipped_config_loads(name: str) -> None:
-    assert isinstance(load_config(REPO / "configs" / name), Config)
+def test_every_shipped_config_loads_and_resolves(name: str) -> None:
+    cfg = load_config(REPO / "configs" / name)
+    assert isinstance(cfg, Config)
+    check_config(cfg)  # arch, options, loss terms and data source all registered
 
 
-def test_demo_embedded_quickstart_equals_the_config_file() -> None:
-    import yaml
+def test_file_errors_name_the_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"config file not found: .*missing.yaml"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: not valid YAML"):
+        load_config(bad)
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match=r"list.yaml: top level must be a mapping of sections"):
+        load_config(listing)
+    section = tmp_path / "section.yaml"
+    section.write_text("train: 3\n")
+    with pytest.raises(ConfigError, match=r"train: expected a mapping, got 3"):
+        load_config(section)
 
-    from hpc_sr.demo import QUICKSTART
 
-    assert yaml.safe_load((REPO / "configs" / "quickstart_cpu.yaml").read_text()) == QUICKSTART
+def test_arch_options_and_loss_terms_by_dotted_override() -> None:
+    cfg = load_config(None, ["model.g.arch=rcan", "model.g.options.groups=2", "train.losses.pixel.kind=mse",
+                             "train.losses.ssim.weight=0.5"])
+    assert cfg.model.g.arch == "rcan" and cfg.model.g.options == {"groups": 2}
+    terms = {t["term"]: t for t in cfg.train.losses}
+    assert terms["pixel"]["kind"] == "mse" and terms["ssim"]["weight"] == 0.5 and "adversarial" in terms
+    check_config(cfg)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.g.arch=rcna", r"model.g.arch: unknown arch 'rcna' \(did you mean 'rcan'\?\); valid: .*srresnet"),
+        ("model.g.options.chanels=8", r"model.g.options.chanels; did you mean 'channels'"),
+        ("model.d.arch=unit", r"model.d.arch: unknown arch 'unit' \(did you mean 'unet'"),
+        ("train.losses.pixle.weight=1", r"unknown loss term 'pixle' \(did you mean 'pixel'"),
+        ("data.source=simulation", r"data.source: unknown source 'simulation' \(did you mean 'simulate'"),
+    ],
+)
+def test_check_config_names_bad_registry_entries(override: str, message: str) -> None:
+    cfg = load_config(None, [override, "train.steps=10", "train.pretrain_steps=5"])
+    with pytest.raises(ConfigError, match=message):
+        check_config(cfg)
+
+
+def test_v1_flat_model_keys_migrate_in_files_and_overrides(tmp_path: Path) -> None:
+    old = tmp_path / "v1.yaml"
+    old.write_text("model:\n  channels: 32\n  d_blocks: 3\n")
+    with pytest.warns(FutureWarning, match="model.channels, model.d_blocks"):
+        cfg = load_config(old, ["model.blocks=4"])
+    assert cfg.model.g.options == {"channels": 32, "blocks": 4}
+    assert cfg.model.d.options == {"blocks": 3}

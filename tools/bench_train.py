@@ -52,7 +52,7 @@ from tqdm import tqdm  # noqa: E402
 
 from hpc_sr.config import load_config  # noqa: E402
 from hpc_sr.models.srgan import count_parameters, flops_per_image  # noqa: E402
-from hpc_sr.train.distributed import DistEnv  # noqa: E402
+from hpc_sr.dist.env import DistEnv  # noqa: E402
 from tools.bench_common import (  # noqa: E402
     PeakMemory,
     current_memory_bytes,
@@ -249,7 +249,7 @@ def bench(a: argparse.Namespace) -> dict[str, Any]:
     if any(c.backend == "deepspeed" for c in configs):
         quiet_deepspeed()
         try:
-            from hpc_sr.train.backend_deepspeed import ensure_process_group
+            from hpc_sr.train.backends.deepspeed import ensure_process_group
 
             if "RANK" not in os.environ:  # not under torchrun: DeepSpeed still reads the launcher variables
                 DistEnv(master_port=free_port()).export()

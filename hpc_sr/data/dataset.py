@@ -1,4 +1,4 @@
-"""Torch datasets over HDF5 shards (per item, in blocks, in memory) and over on-the-fly simulation.
+"""Torch datasets over HDF5 shards: per item, in blocks, or the whole split in memory.
 
 All shard datasets return ``(lr, hr)`` float32 tensors (1, h, w) / (1, H, W) and share these rules:
 
@@ -8,7 +8,8 @@ All shard datasets return ``(lr, hr)`` float32 tensors (1, h, w) / (1, H, W) and
   size the manifest records, and with ``verify=True`` (default) its sha256 (about 0.2 s per 100 MB).
   A read error later raises DataError naming the shard.
 - Random crops (``patch_size`` p: LR p x p, HR scale*p x scale*p at the aligned place) and flips/rot90
-  (``augment``, the same transform on LR and HR) draw from ``numpy.random.default_rng((seed, epoch, index))``
+  (``augment``, the same transform on LR and HR; :mod:`hpc_sr.data.augment`) draw from
+  ``numpy.random.default_rng((seed, epoch, index))``
   with the pair's global index: the result does not depend on the number of workers or ranks, and a resumed
   run that calls ``set_epoch(epoch)`` sees exactly the same pairs.
 """
@@ -26,7 +27,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
+from hpc_sr.data.augment import check_patch, crop_and_augment, draw_numpy
 from hpc_sr.data.shards import Manifest, check_shard_file, load_manifest
+from hpc_sr.dist.env import rank_world
 from hpc_sr.errors import DataError
 
 Pair = tuple[torch.Tensor, torch.Tensor]
@@ -37,13 +40,6 @@ def seed_worker(worker_id: int) -> None:
     s = torch.initial_seed() % 2**32
     np.random.seed(s)
     random.seed(s)
-
-
-def dist_rank_world() -> tuple[int, int]:
-    """(rank, world size) of torch.distributed when initialised, else (0, 1)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
 
 
 # ----------------------------------------------------------------------------------------------- shards
@@ -68,12 +64,7 @@ class _ShardBase:
         self.indices = m.split_indices(split)
         if len(self.indices) == 0:
             raise DataError(f"{m.root}: split {split!r} is empty")
-        lr_h, lr_w = m.lr_shape[1:]
-        if patch_size < 0 or patch_size > min(lr_h, lr_w):
-            raise DataError(
-                f"patch_size {patch_size} (HR {patch_size * m.scale}) does not fit the LR images "
-                f"{lr_h}x{lr_w} (HR {m.hr_shape[1]}x{m.hr_shape[2]}) of {m.root}"
-            )
+        check_patch(patch_size, tuple(m.lr_shape[1:]), m.scale, str(m.root))
         self.patch_size, self.augment, self.seed, self.epoch = patch_size, augment, seed, 0
         self._shard, self._local = m.locate(self.indices)
         for i in np.unique(self._shard):
@@ -125,51 +116,32 @@ class _ShardBase:
         self._pid = os.getpid()
 
     # -- reading and transforms -------------------------------------------------------------------------
-    def _window(self, rng: np.random.Generator | None) -> tuple[slice, slice, slice, slice]:
-        """LR and HR (rows, cols) slices of the crop (whole image when patch_size is 0)."""
-        p, s = self.patch_size, self.manifest.scale
-        if not p:
-            full = slice(None)
-            return full, full, full, full
-        assert rng is not None
-        lr_h, lr_w = self.manifest.lr_shape[1:]
-        y, x = int(rng.integers(0, lr_h - p + 1)), int(rng.integers(0, lr_w - p + 1))
-        return slice(y, y + p), slice(x, x + p), slice(s * y, s * (y + p)), slice(s * x, s * (x + p))
-
     def _rng(self, gidx: int) -> np.random.Generator | None:
         if not (self.patch_size or self.augment):
             return None
         return np.random.default_rng([self.seed, self.epoch, gidx])
 
-    def _augment(self, lr: np.ndarray, hr: np.ndarray, rng: np.random.Generator | None) -> Pair:
-        if self.augment:
-            assert rng is not None
-            k, flip = int(rng.integers(4)), bool(rng.integers(2))
-            lr, hr = np.rot90(lr, k, axes=(-2, -1)), np.rot90(hr, k, axes=(-2, -1))
-            if flip:
-                lr, hr = lr[..., ::-1], hr[..., ::-1]
-        return (
-            torch.from_numpy(np.ascontiguousarray(lr, dtype=np.float32)),
-            torch.from_numpy(np.ascontiguousarray(hr, dtype=np.float32)),
-        )
+    def _transform(self, lr: np.ndarray, hr: np.ndarray, gidx: int) -> Pair:
+        """Crop + flip/rot90 of one pair (hpc_sr.data.augment), drawn from (seed, epoch, index)."""
+        lr_t = torch.from_numpy(np.ascontiguousarray(lr, dtype=np.float32))
+        hr_t = torch.from_numpy(np.ascontiguousarray(hr, dtype=np.float32))
+        rng = self._rng(gidx)
+        if rng is None:
+            return lr_t, hr_t
+        d = draw_numpy(rng, tuple(self.manifest.lr_shape[1:]), self.patch_size, self.augment)
+        lr_c, hr_c = crop_and_augment(lr_t[None], hr_t[None], d, self.patch_size, self.manifest.scale)
+        return lr_c[0], hr_c[0]
 
     def _read_item(self, pos: int) -> Pair:
         gidx, shard, local = int(self.indices[pos]), int(self._shard[pos]), int(self._local[pos])
-        rng = self._rng(gidx)
-        ly, lx, hy, hx = self._window(rng)
         hr_ds, lr_ds = self._datasets(shard)
         try:
-            lr, hr = lr_ds[local, :, ly, lx], hr_ds[local, :, hy, hx]
+            lr, hr = lr_ds[local], hr_ds[local]
         except (OSError, KeyError, ValueError) as exc:
             raise DataError(
                 f"shard {self.manifest.shard_path(shard)}: reading item {local} failed: {exc}"
             ) from exc
-        return self._augment(lr, hr, rng)
-
-    def _transform(self, lr: np.ndarray, hr: np.ndarray, gidx: int) -> Pair:
-        rng = self._rng(gidx)
-        ly, lx, hy, hx = self._window(rng)
-        return self._augment(lr[:, ly, lx], hr[:, hy, hx], rng)
+        return self._transform(lr, hr, gidx)
 
     def item_name(self, pos: int) -> str | None:
         """The source name recorded for split position ``pos`` (packed sets), else None."""
@@ -230,6 +202,10 @@ class InMemoryShardDataset(_ShardBase, Dataset):
                 raise DataError(f"shard {m.shard_path(int(shard))}: read failed: {exc}") from exc
         self.close()
 
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """The resident split as (lr (N,1,h,w), hr (N,1,H,W)) float32 arrays, in split order (no copy)."""
+        return self._lr, self._hr
+
     def __len__(self) -> int:
         return len(self.indices)
 
@@ -275,7 +251,7 @@ class BlockShardDataset(_ShardBase, IterableDataset):
             self.blocks += [(int(s), int(min(s + block_size, b))) for s in range(int(a), int(b), block_size)]
 
     def _rank_world(self) -> tuple[int, int]:
-        r, w = dist_rank_world()
+        r, w = rank_world()
         return (r if self.rank is None else self.rank), (w if self.world_size is None else self.world_size)
 
     def __len__(self) -> int:
@@ -365,64 +341,3 @@ def build_dataset(
     if loader == "block":
         return BlockShardDataset(root, split, block_size=block_size, **kw)
     raise DataError(f"unknown loader {loader!r}; choose item, block or memory")
-
-
-# ----------------------------------------------------------------------------------------------- simulation
-class SimulatedDataset(IterableDataset):
-    """Endless (lr, hr) batches simulated on the fly by LensingSimulator (use DataLoader(batch_size=None)).
-
-    Seeding is rank- and worker-aware: the torch generator is seeded from
-    ``SeedSequence([seed, rank, worker, epoch])``, so ranks and workers draw different pairs and a run is
-    reproducible for a fixed rank/worker layout.
-    """
-
-    def __init__(
-        self,
-        preset: str = "deeplense_sr",
-        hr_size: int = 150,
-        scale: int = 2,
-        batch_size: int = 16,
-        seed: int = 0,
-        device: str | torch.device = "cpu",
-        patch_size: int = 0,
-        rank: int | None = None,
-    ) -> None:
-        lr_size = hr_size // scale
-        if patch_size < 0 or patch_size > lr_size:
-            raise DataError(
-                f"patch_size {patch_size} (HR {patch_size * scale}) does not fit the simulated "
-                f"LR images {lr_size}x{lr_size} (HR {hr_size}x{hr_size})"
-            )
-        self.preset, self.hr_size, self.scale, self.batch_size = preset, hr_size, scale, batch_size
-        self.seed, self.device, self.patch_size, self.rank = seed, str(device), patch_size, rank
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __iter__(self) -> Iterator[Pair]:
-        from hpc_sr.data.lensing import LensingSimulator
-
-        rank = dist_rank_world()[0] if self.rank is None else self.rank
-        info = get_worker_info()
-        wid = info.id if info is not None else 0
-        sim = LensingSimulator(preset=self.preset, hr_size=self.hr_size, scale=self.scale, device=self.device)
-        ss = np.random.SeedSequence([self.seed, rank, wid, self.epoch])
-        s = int(ss.generate_state(1, np.uint64)[0] >> 1)
-        gen = torch.Generator(device=self.device).manual_seed(s)
-        while True:
-            b = sim.sample(self.batch_size, generator=gen)
-            lr, hr = b.lr, b.hr
-            if self.patch_size:
-                lr, hr = self._crop(lr, hr, gen)
-            yield lr.contiguous(), hr.contiguous()
-
-    def _crop(self, lr: torch.Tensor, hr: torch.Tensor, gen: torch.Generator) -> Pair:
-        p, s = self.patch_size, self.scale
-        n, _, h, w = lr.shape
-        ys = torch.randint(0, h - p + 1, (n,), generator=gen, device=gen.device).tolist()
-        xs = torch.randint(0, w - p + 1, (n,), generator=gen, device=gen.device).tolist()
-        yx = list(enumerate(zip(ys, xs)))
-        lr_c = torch.stack([lr[i, :, y : y + p, x : x + p] for i, (y, x) in yx])
-        hr_c = torch.stack([hr[i, :, s * y : s * (y + p), s * x : s * (x + p)] for i, (y, x) in yx])
-        return lr_c, hr_c

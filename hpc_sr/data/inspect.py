@@ -105,17 +105,17 @@ def format_report(r: dict[str, Any]) -> str:
 
 def save_grid(lr: np.ndarray, hr: np.ndarray, path: str | Path, rows: int = 4) -> Path:
     """Write a PNG with up to ``rows`` examples, LR | HR per row (atomically)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure  # no pyplot: a notebook's backend is left alone
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     n = min(rows, len(hr))
     if n == 0:
         raise DataError("no examples to draw")
-    fig, axes = plt.subplots(n, 2, figsize=(5, 2.5 * n), squeeze=False)
+    fig = Figure(figsize=(5, 2.5 * n))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(n, 2, squeeze=False)
     for i in range(n):
         for j, (img, title) in enumerate(((lr[i, 0], "LR"), (hr[i, 0], "HR"))):
             ax = axes[i, j]
@@ -123,9 +123,6 @@ def save_grid(lr: np.ndarray, hr: np.ndarray, path: str | Path, rows: int = 4) -
             ax.set_title(f"{title} {img.shape[0]}x{img.shape[1]}", fontsize=8)
             ax.axis("off")
     fig.tight_layout()
-    try:
-        with atomic_open(path, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=100)
-    finally:
-        plt.close(fig)
+    with atomic_open(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=100)
     return path

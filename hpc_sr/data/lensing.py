@@ -44,6 +44,7 @@ __all__ = [
     "LensingSimulator",
     "Prior",
     "SimBatch",
+    "WindowBatch",
     "gaussian_blur",
     "simulate",
 ]
@@ -61,6 +62,11 @@ _IDX = {name: i for i, name in enumerate(PARAM_NAMES)}
 _PSF_TRUNCATE = 5.0  # lenstronomy's PSF default truncation, in sigmas
 _FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
 _CHUNK_ELEMENTS = 1 << 17  # supersampled pixels rendered at once: keeps the working set in cache
+# Peak locator of the window path (LensingSimulator._peak_corners); figures in the module docstring.
+_PEAK_STRIDE = 3  # HR pixels between the points of the coarse (unblurred, point-sampled) image
+_PEAK_SMOOTH = 3.0  # sigma (HR pixels) of the Gaussian that smooths the coarse image before its maxima
+_PEAK_CANDIDATES = 3  # brightest local maxima of the smoothed coarse image, each given a patch
+_PEAK_PATCH = 12  # side (HR pixels) of the patch rendered around each candidate (and the lens-light centre)
 
 
 @dataclass(frozen=True)
@@ -194,6 +200,21 @@ class SimBatch:
     params: Tensor
 
 
+@dataclass(frozen=True)
+class WindowBatch:
+    """Windows of simulated pairs (see LensingSimulator.sample_windows).
+
+    hr (N,1,w,w) and lr (N,1,w/scale,w/scale) in [0, 1]; params (N, len(PARAM_NAMES)), whose last column
+    (hr_peak_flux) holds the flux each window was divided by; offsets (N,2) int64, the HR (row, col) of each
+    window's top-left pixel in its image (multiples of scale: LR offsets are offsets // scale).
+    """
+
+    hr: Tensor
+    lr: Tensor
+    params: Tensor
+    offsets: Tensor
+
+
 def _resolve_preset(preset: str | LensPreset) -> LensPreset:
     if isinstance(preset, LensPreset):
         return preset
@@ -254,11 +275,17 @@ def _gauss_kernels(sigma_px: Tensor) -> Tensor:
 
 def _blur_kernels(img: Tensor, k: Tensor) -> Tensor:
     """Separable blur of (C,1,H,W) images by per-image 1-D kernels k (C, K), replicate ('nearest') padding."""
-    c, _, h, w = img.shape
+    r = (k.shape[1] - 1) // 2
+    return _blur_valid(F.pad(img, (r, r, r, r), mode="replicate") if r else img, k)
+
+
+def _blur_valid(x: Tensor, k: Tensor) -> Tensor:
+    """Separable blur of (C,1,H+2r,W+2r) images by kernels k (C, 2r+1), no padding: (C,1,H,W) out."""
+    c = x.shape[0]
     r = (k.shape[1] - 1) // 2
     if r == 0:
-        return img * k[:, :1].reshape(c, 1, 1, 1)
-    x = F.pad(img, (r, r, r, r), mode="replicate")
+        return x * k[:, :1].reshape(c, 1, 1, 1)
+    h, w = x.shape[2] - 2 * r, x.shape[3] - 2 * r
     kk = k.reshape(c, 1, 1, 1, -1)
     rows = x[:, :, 0:h, :] * kk[..., 0]
     for j in range(1, 2 * r + 1):
@@ -267,6 +294,35 @@ def _blur_kernels(img: Tensor, k: Tensor) -> Tensor:
     for j in range(1, 2 * r + 1):
         out.addcmul_(rows[..., j : j + w], kk[..., j])
     return out
+
+
+def _blur_mm(x: Tensor, k: Tensor) -> Tensor:
+    """_blur_valid as two matrix products by banded matrices (fewer, faster kernels; equal to rounding).
+
+    x (C,R,H+2r,W+2r): R regions of each image, all blurred by that image's kernel k[c] (C, 2r+1).
+    """
+    c, taps = k.shape
+    h, w = x.shape[-2] - taps + 1, x.shape[-1] - taps + 1
+    rows = _band(k, h, x.shape[-2]).unsqueeze(1)  # (C,1,h,H+2r)
+    cols = rows if w == h else _band(k, w, x.shape[-1]).unsqueeze(1)
+    return torch.matmul(torch.matmul(rows, x), cols.transpose(-1, -2))
+
+
+def _band(k: Tensor, n_out: int, n_in: int) -> Tensor:
+    """(C, n_out, n_in) matrices whose row i holds kernel k[c] at columns i..i+2r (a valid 1-D convolution)."""
+    c, taps = k.shape
+    idx = (torch.arange(n_out, device=k.device)[:, None] + torch.arange(taps, device=k.device)).expand(
+        c, -1, -1
+    )
+    band = torch.zeros(c, n_out, n_in, dtype=k.dtype, device=k.device)
+    return band.scatter_(2, idx, k[:, None, :].expand(c, n_out, taps))
+
+
+def _max3x3(img: Tensor) -> Tensor:
+    """3x3 running maximum of (C,1,H,W) images, edges replicated (F.max_pool2d is slow on CPU)."""
+    x = F.pad(img, (1, 1, 1, 1), mode="replicate")
+    rows = torch.maximum(torch.maximum(x[..., :-2, :], x[..., 1:-1, :]), x[..., 2:, :])
+    return torch.maximum(torch.maximum(rows[..., :-2], rows[..., 1:-1]), rows[..., 2:])
 
 
 def gaussian_blur(img: Tensor, sigma_px: Tensor) -> Tensor:
@@ -305,9 +361,22 @@ class LensingSimulator:
         sub = (torch.arange(s, dtype=torch.float64) + 0.5) / s - 0.5
         pix = torch.arange(hr_size, dtype=torch.float64) - (hr_size - 1) / 2
         coords = (sub[:, None] + pix[None, :]) * dp  # (s, H)
-        self._x = coords.reshape(1, 1, s, 1, hr_size).to(self.device, dtype)
-        self._y = coords.reshape(1, s, 1, hr_size, 1).to(self.device, dtype)
+        self._sub = coords.to(self.device, dtype)  # (s, H): windows gather their rows and columns here
+        self._x = self._sub.reshape(1, 1, s, 1, hr_size)
+        self._y = self._sub.reshape(1, s, 1, hr_size, 1)
         self._chunk = max(1, _CHUNK_ELEMENTS // (hr_size * hr_size * s * s))
+        # Peak locator of the window path (see _peak_corners): the coarse grid (every _PEAK_STRIDE-th pixel
+        # centre) and the kernel that smooths the coarse image.
+        stride = min(_PEAK_STRIDE, hr_size)
+        self._coarse_idx = torch.arange(stride // 2, hr_size, stride, device=self.device)
+        self._coarse_xy = (pix * dp).to(self.device, dtype)[self._coarse_idx]
+        g = self._coarse_idx.numel()
+        t = torch.arange(-3, 4)  # +-3 coarse points: a rough Gaussian smoothing, replicated at the border
+        w = torch.exp(-0.5 * (t * stride / _PEAK_SMOOTH).double() ** 2)
+        cols = (torch.arange(g)[:, None] + t).clamp_(0, g - 1)
+        smooth = torch.zeros(g, g, dtype=torch.float64).scatter_add_(1, cols, (w / w.sum()).expand(g, -1))
+        self._coarse_smooth = smooth.to(self.device, dtype)  # coarse image -> S @ image @ S^T
+        self._peak_patch = min(_PEAK_PATCH, hr_size)
 
     # --------------------------------------------------------------------------- sampling
     def sample_params(self, n: int, generator: torch.Generator | None = None) -> Tensor:
@@ -361,6 +430,239 @@ class LensingSimulator:
             out[s : s + self._chunk] = self._add_noise(img, c, generator) if noise else img
         return out
 
+    # --------------------------------------------------------------------------- windows
+    def sample_offsets(self, n: int, window: int, generator: torch.Generator | None = None) -> Tensor:
+        """(n, 2) int64 HR (row, col) top-left corners of window x window crops, one per sample, uniform
+        over the positions that are multiples of ``scale`` and keep the window inside the image."""
+        self._check_window(window)
+        gdev = generator.device if generator is not None else torch.device("cpu")
+        positions = (self.hr_size - window) // self.scale + 1
+        off = torch.randint(0, positions, (n, 2), generator=generator, device=gdev)
+        return off.to(self.device).mul_(self.scale)
+
+    def sample_windows(self, n: int, window: int, generator: torch.Generator | None = None) -> WindowBatch:
+        """n (hr, lr) windows, each of its own parameters and at its own random aligned place in its image.
+
+        ``window`` is the HR side, a multiple of ``scale`` (LR windows are window // scale). Only the windows
+        (plus the PSF margin) and the small peak patches are rendered: see "Windows" in the module docstring.
+        Draws from ``generator``: the parameters (as sample_params), the offsets, then the noise.
+        """
+        if n < 1:
+            raise DataError(f"number of windows n={n} must be >= 1")
+        params = self.sample_params(n, generator)
+        offsets = self.sample_offsets(n, window, generator)
+        return self._window_pairs(params, offsets, window, True, generator)
+
+    def window_pairs(
+        self,
+        params: Tensor,
+        offsets: Tensor,
+        window: int,
+        noise: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> WindowBatch:
+        """The (hr, lr) windows of given params (N,P) at given HR offsets (N,2), multiples of ``scale``."""
+        params, offsets = self._window_inputs(params, offsets, window, aligned=True)
+        return self._window_pairs(params.clone(), offsets, window, noise, generator)
+
+    def render_windows(
+        self,
+        params: Tensor,
+        offsets: Tensor,
+        window: int,
+        noise: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Flux windows (N,1,w,w) at HR: ``render(params)[i, :, y:y+w, x:x+w]`` for offsets[i] = (y, x).
+
+        Noise-free, equal to the crop of the full render (the same sub-pixel coordinates and PSF, replicate
+        padding only where the window meets the image border); with noise, the same noise model.
+        """
+        params, offsets = self._window_inputs(params, offsets, window, aligned=False)
+        coeffs = self._coeffs(params)
+        out = torch.empty(params.shape[0], 1, window, window, dtype=self.dtype, device=self.device)
+        chunk = self._window_chunk(window)
+        for s in range(0, params.shape[0], chunk):
+            c = {k: v[s : s + chunk] for k, v in coeffs.items()}
+            r = (c["psf"].shape[1] - 1) // 2
+            img = _blur_mm(self._region_clean(c, offsets[s : s + chunk] - r, window + 2 * r), c["psf"])
+            out[s : s + chunk] = self._add_noise(img, c, generator) if noise else img
+        return out
+
+    def peak_mask(self, params: Tensor, offsets: Tensor, window: int) -> Tensor:
+        """(N,1,H,W) bool: the pixels of each image whose maximum is a window's normalising peak flux.
+
+        The window itself and the peak patches (see "Windows" in the module docstring); for measuring how
+        close that peak is to the full image's maximum.
+        """
+        params, offsets = self._window_inputs(params, offsets, window, aligned=False)
+        squares = [(offsets, window)]
+        if window < self.hr_size:
+            corners = self._peak_corners(self._coeffs(params))
+            squares += [(corners[:, j], self._peak_patch) for j in range(corners.shape[1])]
+        ar = torch.arange(self.hr_size, device=self.device)
+        mask = torch.zeros(params.shape[0], self.hr_size, self.hr_size, dtype=torch.bool, device=self.device)
+        for top_left, side in squares:
+            inside = (ar >= top_left.unsqueeze(-1)) & (ar < top_left.unsqueeze(-1) + side)  # (N, 2, H)
+            mask |= inside[:, 0, :, None] & inside[:, 1, None, :]
+        return mask.unsqueeze(1)
+
+    def _check_window(self, window: int) -> None:
+        ok = isinstance(window, int) and not isinstance(window, bool)
+        if not ok or window < self.scale or window > self.hr_size or window % self.scale:
+            raise DataError(
+                f"window={window!r} must be a multiple of scale={self.scale} from {self.scale} to "
+                f"hr_size={self.hr_size}"
+            )
+
+    def _window_inputs(
+        self, params: Tensor, offsets: Tensor, window: int, aligned: bool
+    ) -> tuple[Tensor, Tensor]:
+        """params (N,P) and offsets (N,2) int64 on this device, checked (DataError naming the bad one)."""
+        self._check_window(window)
+        if params.ndim != 2 or params.shape[1] < len(SAMPLED_NAMES):
+            raise DataError(f"params has shape {tuple(params.shape)}; expected (N, {len(PARAM_NAMES)})")
+        integer = not (
+            offsets.dtype.is_floating_point or offsets.dtype.is_complex or offsets.dtype == torch.bool
+        )
+        if offsets.shape != (params.shape[0], 2) or not integer:
+            raise DataError(
+                f"offsets has shape {tuple(offsets.shape)} and dtype {offsets.dtype}; expected integers of "
+                f"shape ({params.shape[0]}, 2)"
+            )
+        offsets = offsets.to(self.device, torch.int64)
+        bad = (offsets < 0) | (offsets > self.hr_size - window)
+        if aligned:
+            bad |= offsets % self.scale != 0
+        if bool(bad.any()):
+            row = int(bad.any(dim=1).nonzero()[0, 0])
+            what = f"multiples of scale={self.scale} in" if aligned else "in"
+            raise DataError(
+                f"offsets[{row}]={offsets[row].tolist()}: window offsets must be {what} "
+                f"[0, hr_size - window] = [0, {self.hr_size - window}]"
+            )
+        return params.to(self.device, self.dtype), offsets
+
+    def _chunk_budget(self) -> int:
+        """Sub-pixels rendered at once: cache-sized on CPU, far more on a GPU (fewer, larger kernels)."""
+        return _CHUNK_ELEMENTS if self.device.type == "cpu" else _CHUNK_ELEMENTS * 64
+
+    def _window_chunk(self, window: int) -> int:
+        side = window + 8  # with a typical PSF margin
+        return max(1, self._chunk_budget() // (side * side * self.supersample**2))
+
+    def _window_pairs(
+        self, params: Tensor, offsets: Tensor, window: int, noise: bool, generator: torch.Generator | None
+    ) -> WindowBatch:
+        n, sc = params.shape[0], self.scale
+        flux = torch.empty(n, 1, window, window, dtype=self.dtype, device=self.device)
+        lr_flux = torch.empty(n, 1, window // sc, window // sc, dtype=self.dtype, device=self.device)
+        coeffs = self._coeffs(params)
+        chunk = self._window_chunk(window)
+        for s in range(0, n, chunk):
+            c = coeffs if n <= chunk else {k: v[s : s + chunk] for k, v in coeffs.items()}
+            off = offsets[s : s + chunk]
+            r = (c["psf"].shape[1] - 1) // 2
+            m = r
+            if self.lr_mode == "independent":  # LR needs whole scale x scale blocks of the clean image
+                m = sc * -(-max(r, sc * ((c["psf_lr"].shape[1] - 1) // 2)) // sc)
+            clean = self._region_clean(c, off - m, window + 2 * m)
+            img = _blur_mm(clean[..., m - r : m + window + r, m - r : m + window + r], c["psf"])
+            flux[s : s + chunk] = self._add_noise(img, c, generator) if noise else img
+            if self.lr_mode == "independent":
+                img = self._window_lr(c, off, window, clean, m)
+                lr_flux[s : s + chunk] = self._add_noise(img, c, generator) if noise else img
+        chunk = max(1, 4 * self._chunk_budget() // self._peak_elements())
+        for s in range(0, n, chunk):
+            c = coeffs if n <= chunk else {k: v[s : s + chunk] for k, v in coeffs.items()}
+            params[s : s + chunk, _IDX["hr_peak_flux"]] = self._window_peak(
+                c, offsets[s : s + chunk], window, flux[s : s + chunk], noise, generator
+            )
+        peak = params[:, _IDX["hr_peak_flux"]].reshape(-1, 1, 1, 1)
+        hr = flux.div_(peak).clamp_(0.0, 1.0)
+        if self.lr_mode == "mean":
+            lr = F.avg_pool2d(hr, sc)
+        else:
+            lr = lr_flux.div_(peak * sc**2).clamp_(0.0, 1.0)
+        return WindowBatch(hr=hr, lr=lr, params=params, offsets=offsets)
+
+    def _region_clean(self, c: dict[str, Tensor], top_left: Tensor, side: int) -> Tensor:
+        """Unblurred flux (C,1,side,side) of the pixels from top_left (C,2) on, indices clamped to the image
+        (pixels beyond the border repeat the border pixel: replicate padding). With top_left (C,K,2) and c
+        viewed for K regions (see _render_clean): (C,K,side,side)."""
+        ar = torch.arange(side, device=self.device)
+        rows = (top_left[..., :1] + ar).clamp_(0, self.hr_size - 1)  # (C, [K,] side)
+        cols = (top_left[..., 1:] + ar).clamp_(0, self.hr_size - 1)
+        lead, s = rows.shape[:-1], self.supersample
+        x = self._sub[:, cols].movedim(0, -2).reshape(*lead, 1, s, 1, side)  # the sub-pixels of _x, _y
+        y = self._sub[:, rows].movedim(0, -2).reshape(*lead, s, 1, side, 1)
+        return self._render_clean(c, x, y)
+
+    def _window_lr(self, c: dict[str, Tensor], off: Tensor, window: int, clean: Tensor, m: int) -> Tensor:
+        """Independent-mode LR flux windows from the clean region (margin m, a multiple of scale)."""
+        sc, lr_size = self.scale, self.hr_size // self.scale
+        rl = (c["psf_lr"].shape[1] - 1) // 2
+        binned = F.avg_pool2d(clean, sc).mul_(sc**2)  # flux per coarse pixel; block 0 is LR (off - m) / sc
+        ar = torch.arange(window // sc + 2 * rl, device=self.device)
+        need = (torch.div(off, sc, rounding_mode="floor") - rl).unsqueeze(-1) + ar  # (C, 2, L + 2 rl)
+        base = torch.div(off - m, sc, rounding_mode="floor").unsqueeze(-1)
+        need = need.clamp_(0, lr_size - 1).sub_(base)  # LR replicate padding at the image border
+        idx = torch.arange(clean.shape[0], device=self.device).reshape(-1, 1, 1)
+        return _blur_mm(binned[idx, 0, need[:, 0, :, None], need[:, 1, None, :]].unsqueeze(1), c["psf_lr"])
+
+    def _peak_elements(self) -> int:
+        """Sub-pixels one window's peak costs (coarse image and patches with a typical PSF margin)."""
+        side = self._peak_patch + 8
+        return self._coarse_xy.numel() ** 2 + (_PEAK_CANDIDATES + 1) * side * side * self.supersample**2
+
+    def _window_peak(
+        self,
+        c: dict[str, Tensor],
+        off: Tensor,
+        window: int,
+        flux: Tensor,
+        noise: bool,
+        generator: torch.Generator | None,
+    ) -> Tensor:
+        """The normalising peak flux (C,): the maximum of the window's and the peak patches' pixels.
+
+        Each pixel counts once, with one noise draw: patch pixels inside the window or an earlier patch are
+        left out (the window's or that patch's value stands for them).
+        """
+        peak = flux.amax(dim=(1, 2, 3))
+        if window == self.hr_size:
+            return peak
+        p = self._peak_patch
+        corners = self._peak_corners(c)  # (C, k, 2)
+        per_region = {key: v.unsqueeze(1) if v.ndim == 5 else v for key, v in c.items()}
+        r = (c["psf"].shape[1] - 1) // 2
+        img = _blur_mm(self._region_clean(per_region, corners - r, p + 2 * r), c["psf"])  # (C,k,p,p)
+        if noise:
+            img = self._add_noise(img, c, generator)
+        pos = corners.unsqueeze(-1) + torch.arange(p, device=self.device)  # (C, k, 2, p): rows and cols
+        squares = [(off, window)] + [(corners[:, j], p) for j in range(corners.shape[1] - 1)]
+        for j, (top_left, side) in enumerate(squares):  # square j may overlap patches j.. (the window: all)
+            start = top_left.reshape(-1, 1, 2, 1)
+            inside = (pos[:, j:] >= start) & (pos[:, j:] < start + side)
+            img[:, j:].masked_fill_(inside[:, :, 0, :, None] & inside[:, :, 1, None, :], -math.inf)
+        return torch.maximum(peak, img.amax(dim=(1, 2, 3)))
+
+    def _peak_corners(self, c: dict[str, Tensor]) -> Tensor:
+        """Top-left corners (C, k, 2) of the peak patches, inside the image: one centred on each of the
+        _PEAK_CANDIDATES brightest local maxima of the smoothed coarse image, one on the lens-light centre."""
+        xy, idx, p = self._coarse_xy, self._coarse_idx, self._peak_patch
+        g = xy.numel()
+        coarse = self._render_clean(c, xy.reshape(1, 1, 1, 1, g), xy.reshape(1, 1, 1, g, 1))  # (C,1,g,g)
+        coarse = torch.matmul(torch.matmul(self._coarse_smooth, coarse), self._coarse_smooth.t())
+        coarse = coarse.masked_fill(coarse < _max3x3(coarse), -math.inf)  # local maxima only
+        top = coarse.flatten(1).topk(min(_PEAK_CANDIDATES, g * g), dim=1).indices  # (C, k)
+        centres = torch.stack((idx[top // g], idx[top % g]), dim=-1)
+        if bool(c["ll_on"].any()):  # a cuspy lens light peaks at its centre, which the coarse grid misses
+            lens = torch.stack((c["lens_y"].flatten(), c["lens_x"].flatten()), dim=-1)
+            lens = lens.div(self.preset.pixel_scale).add_((self.hr_size - 1) / 2).round_()
+            centres = torch.cat((centres, lens.clamp_(0, self.hr_size - 1).to(torch.int64).unsqueeze(1)), 1)
+        return centres.sub_(p // 2).clamp_(0, self.hr_size - p)
+
     def _coeffs(self, p: Tensor) -> dict[str, Tensor]:
         """Per-image constants of the whole batch, computed once (chunks slice them)."""
         col = {name: p[:, i] for i, name in enumerate(SAMPLED_NAMES)}
@@ -388,9 +690,15 @@ class LensingSimulator:
             out["psf_lr"] = _gauss_kernels(sigma_px / self.scale)
         return out
 
-    def _render_clean(self, c: dict[str, Tensor]) -> Tensor:
-        """Unblurred flux image (C,1,H,W): supersampled sub-pixels summed (their flux includes 1/s^2)."""
-        x, y = self._x, self._y
+    def _render_clean(self, c: dict[str, Tensor], x: Tensor | None = None, y: Tensor | None = None) -> Tensor:
+        """Unblurred flux image (C,1,H,W): supersampled sub-pixels summed (their flux includes 1/s^2).
+
+        x (1 or C,1,s,1,W) and y (1 or C,s,1,H,1) are the sub-pixel centres; the whole image's by default.
+        With x (C,K,1,s,1,W), y (C,K,s,1,H,1) and c's per-image tensors viewed as (C,1,1,1,1,1), K regions
+        per image: (C,K,H,W) out.
+        """
+        if x is None or y is None:
+            x, y = self._x, self._y
         dx, dy = x - c["lens_x"], y - c["lens_y"]  # (C,1,s,1,W), (C,s,1,H,1)
         # SIE (NIE with lenstronomy's tiny core s) in its major-axis frame (Keeton & Kochanek 1998):
         # alpha_x' = b/sq atan(sq x' / (psi + s)), alpha_y' = b/sq atanh(sq y' / (psi + q^2 s)),
@@ -415,7 +723,8 @@ class LensingSimulator:
             u = (dx * c["ll_m11"]) + (dy * c["ll_m12"])
             v = (dx * c["ll_m12"]) + (dy * c["ll_m22"])
             img += _sersic(u, v, {k[3:]: t for k, t in c.items() if k.startswith("ll_")})
-        return img.sum(dim=(1, 2)).unsqueeze(1) if self.supersample > 1 else img[:, 0]
+        out = img.sum(dim=(-4, -3)) if img.shape[-4] * img.shape[-3] > 1 else img[..., 0, 0, :, :]
+        return out.unsqueeze(1) if img.ndim == 5 else out
 
     def _add_noise(self, img: Tensor, c: dict[str, Tensor], generator: torch.Generator | None) -> Tensor:
         """Poisson (Gaussian approximation, or exact counts) at exposure t plus Gaussian background."""

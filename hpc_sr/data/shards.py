@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from hpc_sr.atomic import fsync_dir
 from hpc_sr.errors import DataError
 
 FORMAT_VERSION = 1
@@ -284,6 +285,7 @@ class ShardWriter:
         name = self._tmp.name[1:-len(".tmp")]
         info = ShardInfo(name, self._n, self._tmp.stat().st_size, sha256_file(self._tmp))
         os.replace(self._tmp, self.out / name)
+        fsync_dir(self.out)
         self._tmp = None
         self.shards.append(info)
 

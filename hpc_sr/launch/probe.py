@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from hpc_sr.config import atomic_write_text, load_config
-from hpc_sr.train.signals import REQUEUE_EXIT_CODE, agree, install_stop_flag, requeue_self
+from hpc_sr.dist.signals import REQUEUE_EXIT_CODE, agree, install_stop_flag, requeue_self
 
 
 def _write_json(path: Path, data: dict) -> None:

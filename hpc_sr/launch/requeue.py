@@ -15,15 +15,15 @@ import socket
 from collections.abc import Callable
 
 from hpc_sr.errors import HpcSrError, TrainingError
-from hpc_sr.train.distributed import first_host, port_from_job_id
-from hpc_sr.train.signals import REQUEUE_EXIT_CODE, install_stop_flag, requeue_self
+from hpc_sr.dist.env import first_host, port_from_job_id
+from hpc_sr.dist.signals import REQUEUE_EXIT_CODE, install_stop_flag, requeue_self
 
 DEFAULT_ENTRY = "hpc_sr.train.entry:train_main"
 EntryFn = Callable[..., int]
 
 
 def master_port(job_id: str | int) -> int:
-    """The port every task of a job derives alike (:func:`hpc_sr.train.distributed.port_from_job_id`)."""
+    """The port every task of a job derives alike (:func:`hpc_sr.dist.env.port_from_job_id`)."""
     return port_from_job_id(int(job_id))
 
 

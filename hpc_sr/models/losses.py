@@ -1,4 +1,14 @@
-"""Losses for SRResNet / SRGAN training.
+"""Loss terms of the generator, registered by name, plus the functional forms they use.
+
+    train:
+      losses:
+        - {term: pixel, kind: mse, weight: 1.0}
+        - {term: flux, weight: 0.1}
+        - {term: adversarial, kind: ragan, weight: 5.0e-3}   # GAN phase only
+
+A term is a class registered with ``@register_loss(name, Options)`` anywhere in ``hpc_sr.models`` (one file per
+new term is enough); ``build_losses(cfg.train.losses)`` validates each entry against the term's options
+dataclass. Terms that need the discriminator (``needs_discriminator``) count in the GAN phase only.
 
 Label convention everywhere: **real = 1, fake = 0** (the discriminator is trained to call HR images real);
 the generator's adversarial loss rewards fakes that the discriminator calls real. Logits are raw (no
@@ -10,9 +20,17 @@ LSGAN paper's 1/2 factors; ``ragan`` (relativistic average, ESRGAN) averages its
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from hpc_sr.config import ConfigError
+from hpc_sr.models.registry import load_all, make_options
 
 PIXEL_KINDS = ("l1", "mse")
 ADV_KINDS = ("bce", "lsgan", "ragan")
@@ -86,3 +104,156 @@ def ssim_loss(sr: Tensor, hr: Tensor) -> Tensor:
         sr, hr, gaussian_kernel=True, sigma=1.5, kernel_size=11, data_range=1.0
     )
     return 1.0 - ssim
+
+
+# ----------------------------------------------------------------------------------------------- terms
+@dataclass
+class LossInputs:
+    """What a term may look at: SR and HR (float32), LR, and D's outputs in the GAN phase."""
+
+    sr: Tensor
+    hr: Tensor
+    lr: Tensor
+    fake_logits: Tensor | None = None
+    real_logits: Tensor | None = None  # on HR, without gradient
+    fake_feats: list[Tensor] = field(default_factory=list)
+    real_feats: list[Tensor] = field(default_factory=list)
+
+
+class LossTerm:
+    """Base of a loss term: ``term(inputs) -> scalar``; the weight is applied by the caller."""
+
+    name = "base"
+    needs_discriminator = False
+
+    def __init__(self, opts: Any) -> None:
+        self.opts = opts
+
+    def __call__(self, x: LossInputs) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class WeightedTerm:
+    name: str
+    weight: float
+    term: LossTerm
+
+
+LOSSES: dict[str, tuple[type[LossTerm], type]] = {}
+T = TypeVar("T", bound=type)
+
+
+def register_loss(name: str, options: type) -> Callable[[T], T]:
+    """Class decorator: register a :class:`LossTerm` subclass ``cls(opts)`` under ``name``."""
+
+    def wrap(cls: T) -> T:
+        LOSSES[name] = (cls, options)
+        cls.name = name  # type: ignore[attr-defined]
+        return cls
+
+    return wrap
+
+
+def loss_names() -> list[str]:
+    load_all()
+    return sorted(LOSSES)
+
+
+def build_losses(specs: list[dict[str, Any]], key: str = "train.losses") -> list[WeightedTerm]:
+    """Validated terms from the config list (``{term, weight, <options>}`` each)."""
+    load_all()
+    out: list[WeightedTerm] = []
+    seen: set[str] = set()
+    for i, spec in enumerate(specs):
+        where = f"{key}[{i}]"
+        if not isinstance(spec, dict) or "term" not in spec:
+            raise ConfigError(f"{where}: expected a mapping with a 'term' key, got {spec!r}")
+        spec = dict(spec)
+        name = str(spec.pop("term"))
+        if name not in LOSSES:
+            hint = difflib.get_close_matches(name, list(LOSSES), n=1)
+            extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+            raise ConfigError(f"{where}.term: unknown loss term {name!r}{extra}; valid: {', '.join(sorted(LOSSES))}")
+        if name in seen:
+            raise ConfigError(f"{where}: loss term {name!r} is listed twice")
+        seen.add(name)
+        weight = spec.pop("weight", 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, int | float | str):
+            raise ConfigError(f"{where}.weight: expected a number, got {weight!r}")
+        try:
+            weight = float(weight)
+        except ValueError:
+            raise ConfigError(f"{where}.weight: expected a number, got {weight!r}") from None
+        cls, options = LOSSES[name]
+        out.append(WeightedTerm(name, weight, cls(make_options(options, spec, f"{where}({name})"))))
+    return out
+
+
+def adversarial_kind(terms: list[WeightedTerm]) -> str:
+    """The adversarial kind the discriminator trains with (the adversarial term's; ragan without one)."""
+    for t in terms:
+        if isinstance(t.term, AdversarialLoss):
+            return t.term.opts.kind
+    return "ragan"
+
+
+@dataclass
+class PixelOptions:
+    kind: Literal["l1", "mse"] = "l1"
+
+
+@register_loss("pixel", PixelOptions)
+class PixelLoss(LossTerm):
+    """Mean L1 or MSE to HR (MSE is the conditional mean: the PSNR-optimal choice)."""
+
+    def __call__(self, x: LossInputs) -> Tensor:
+        return pixel_loss(x.sr, x.hr, self.opts.kind)
+
+
+@dataclass
+class NoOptions:
+    pass
+
+
+@register_loss("flux", NoOptions)
+class FluxLoss(LossTerm):
+    """Relative total-flux error of SR vs HR."""
+
+    def __call__(self, x: LossInputs) -> Tensor:
+        return flux_loss(x.sr, x.hr)
+
+
+@register_loss("ssim", NoOptions)
+class SSIMLoss(LossTerm):
+    """1 - SSIM (gaussian 11, sigma 1.5)."""
+
+    def __call__(self, x: LossInputs) -> Tensor:
+        return ssim_loss(x.sr, x.hr)
+
+
+@dataclass
+class AdversarialOptions:
+    kind: Literal["bce", "lsgan", "ragan"] = "ragan"
+
+
+@register_loss("adversarial", AdversarialOptions)
+class AdversarialLoss(LossTerm):
+    """G's adversarial loss (the discriminator trains with the same kind)."""
+
+    needs_discriminator = True
+
+    def __call__(self, x: LossInputs) -> Tensor:
+        assert x.fake_logits is not None
+        real = x.real_logits.float() if x.real_logits is not None else None
+        return generator_adversarial_loss(real, x.fake_logits.float(), self.opts.kind)
+
+
+@register_loss("feature_matching", NoOptions)
+class FeatureMatchingLoss(LossTerm):
+    """L1 between D's activations on SR and on HR."""
+
+    needs_discriminator = True
+
+    def __call__(self, x: LossInputs) -> Tensor:
+        return feature_matching_loss([f.float() for f in x.real_feats], [f.float() for f in x.fake_feats])

@@ -14,7 +14,6 @@ never taken for a good one; stale temp directories are removed at the next save.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -25,29 +24,19 @@ from typing import Any
 import torch
 
 from hpc_sr.atomic import atomic_open, atomic_write_text
-from hpc_sr.config import ModelConfig, config_from_dict
+from hpc_sr.config import ModelConfig, migrate_legacy
+from hpc_sr.dist import collectives as du
 from hpc_sr.errors import CheckpointError
-from hpc_sr.train import distributed as du
+from hpc_sr.models.registry import discriminator_spec, generator_from_spec, generator_spec
+from hpc_sr.train import faults
 
 FORMAT = "hpc_sr.checkpoint"
 GENERATOR_FORMAT = "hpc_sr.generator"
-VERSION = 1
+VERSION = 1  # trainer.pt layout (unchanged by v2: its config is migrated on load)
+GENERATOR_VERSION = 2
 TRAINER_FILE = "trainer.pt"
 META_FILE = "meta.json"
 LATEST = "latest"
-FAULT_PAUSE = "HPC_SR_FAULT_SAVE_PAUSE"  # test hook: "<stage>[@<step>]" -> pause there (then SIGKILL the run)
-FAULT_STAGES = ("created", "rank_files", "trainer_file", "renamed")
-
-
-def _fault_point(stage: str, step: int, directory: Path) -> None:
-    """Fault-injection hook for the reliability tests: touch a marker and sleep at a named stage of a save."""
-    wanted = os.environ.get(FAULT_PAUSE, "")
-    if not wanted:
-        return
-    name, _, at = wanted.partition("@")
-    if name == stage and (not at or int(at) == step):
-        (directory.parent / f".fault-{stage}-{step}").touch()
-        time.sleep(3600)
 
 
 def step_dirname(step: int) -> str:
@@ -149,7 +138,7 @@ class CheckpointManager:
         if du.any_rank(error is not None, device):
             raise CheckpointError(error or f"checkpoint {final}: rank 0 could not create the directory")
         if self.rank == 0:
-            _fault_point("created", step, tmp)
+            faults.save_point("created", step, tmp)
         try:
             (tmp / "rng").mkdir(exist_ok=True)
             atomic_torch_save(rank_state, tmp / "rng" / f"rank_{self.rank:05d}.pt")
@@ -158,14 +147,14 @@ class CheckpointManager:
         backend_state = backend.save(tmp)  # collective for DeepSpeed: every rank must call it
         du.barrier()
         if self.rank == 0:
-            _fault_point("rank_files", step, tmp)
+            faults.save_point("rank_files", step, tmp)
         if self.rank == 0 and error is None:
             try:
                 atomic_torch_save(
                     {**trainer_state, "backend_state": backend_state, "format": FORMAT, "version": VERSION},
                     tmp / TRAINER_FILE,
                 )
-                _fault_point("trainer_file", step, tmp)
+                faults.save_point("trainer_file", step, tmp)
                 atomic_write_text(
                     tmp / META_FILE, json.dumps({**meta, "step": step, "time": time.time()}, indent=2)
                 )
@@ -176,7 +165,7 @@ class CheckpointManager:
                 os.replace(tmp, final)
                 if replaced is not None:
                     shutil.rmtree(replaced, ignore_errors=True)
-                _fault_point("renamed", step, final)
+                faults.save_point("renamed", step, final)
                 atomic_write_text(self.dir / LATEST, final.name + "\n")
                 self._prune()
             except OSError as exc:
@@ -239,21 +228,43 @@ def best_checkpoint(steps: list[Path]) -> Path | None:
     return best
 
 
-def model_config_diff(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """``model.key: saved -> current`` for every model key that differs."""
-    keys = sorted(set(saved) | set(current))
+def resolved_model(model: dict[str, Any] | ModelConfig) -> dict[str, Any]:
+    """``{"g": generator_spec, "d": discriminator_spec}`` of a model section (v1 flat keys migrated)."""
+    if isinstance(model, ModelConfig):
+        return {"g": generator_spec(model.g), "d": discriminator_spec(model.d)}
+    model = migrate_legacy({"model": dict(model)})["model"]
+    return {"g": generator_spec(model.get("g") or {}), "d": discriminator_spec(model.get("d") or {})}
+
+
+def flat_keys(d: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """``{"model.g.options.channels": 8, ...}`` of a nested dict."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flat_keys(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def model_config_diff(saved: dict[str, Any], current: dict[str, Any], prefix: str = "model.") -> list[str]:
+    """``model.g.options.channels: checkpoint 8 vs config 16`` for every key that differs."""
+    a, b = flat_keys(saved, prefix), flat_keys(current, prefix)
     return [
-        f"model.{k}: checkpoint {saved.get(k)!r} vs config {current.get(k)!r}"
-        for k in keys
-        if saved.get(k) != current.get(k)
+        f"{k}: checkpoint {a.get(k)!r} vs config {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)
     ]
 
 
-def check_model_config(state: dict[str, Any], model_cfg: ModelConfig, scale: int, source: Path) -> None:
+def check_model_config(
+    state: dict[str, Any], model_cfg: ModelConfig, scale: int, source: Path, generator_only: bool = False
+) -> None:
     """Refuse a checkpoint whose model config differs from the run's, naming the keys."""
-    saved = state.get("config", {})
-    diff = model_config_diff(saved.get("model", {}), dataclasses.asdict(model_cfg))
-    saved_scale = saved.get("data", {}).get("scale", scale)
+    saved_cfg = state.get("config", {})
+    saved, current = resolved_model(saved_cfg.get("model", {})), resolved_model(model_cfg)
+    if generator_only:
+        saved, current = {"g": saved["g"]}, {"g": current["g"]}
+    diff = model_config_diff(saved, current)
+    saved_scale = saved_cfg.get("data", {}).get("scale", scale)
     if saved_scale != scale:
         diff.append(f"data.scale: checkpoint {saved_scale!r} vs config {scale!r}")
     if diff:
@@ -269,10 +280,15 @@ def generator_payload(
     step: int,
     ema: bool = False,
 ) -> dict[str, Any]:
-    """The exported-generator file format (a plain state_dict plus what rebuilds the model)."""
+    """The exported-generator file format: a plain state_dict plus what rebuilds the model without a config.
+
+    ``generator`` holds the resolved spec (arch, full options, bicubic_skip, lr_consistent); ``model`` keeps the
+    model section it came from. Files written before v2 hold only ``model`` (flat SRResNet keys): they load too.
+    """
     return {
         "format": GENERATOR_FORMAT,
-        "version": VERSION,
+        "version": GENERATOR_VERSION,
+        "generator": resolved_model(model_cfg)["g"],
         "model": model_cfg,
         "scale": scale,
         "state_dict": {k: v.detach().float().cpu().contiguous() for k, v in state_dict.items()},
@@ -280,6 +296,13 @@ def generator_payload(
         "step": step,
         "ema": ema,  # whether these are the EMA weights
     }
+
+
+def payload_generator_spec(payload: dict[str, Any]) -> dict[str, Any]:
+    """The generator spec of an exported payload (v2 ``generator``, or v1's flat ``model`` keys)."""
+    if isinstance(payload.get("generator"), dict):
+        return generator_spec(payload["generator"])
+    return resolved_model(payload.get("model") or {})["g"]
 
 
 def generator_state_from_checkpoint(step_dir: Path, ema: bool = True) -> dict[str, Any]:
@@ -291,7 +314,7 @@ def generator_state_from_checkpoint(step_dir: Path, ema: bool = True) -> dict[st
     if used_ema:
         sd = state["ema"]["module"]
     elif state.get("backend") == "deepspeed":
-        from hpc_sr.train.backend_deepspeed import consolidated_module_state
+        from hpc_sr.train.backends.deepspeed import consolidated_module_state
 
         sd = consolidated_module_state(step_dir, "g")
     else:
@@ -310,6 +333,11 @@ def load_generator_payload(path: str | Path, ema: bool = True) -> dict[str, Any]
             raise CheckpointError(
                 f"{path}: not an exported hpc_sr generator (expected format {GENERATOR_FORMAT})"
             )
+        if int(payload.get("version", 1)) > GENERATOR_VERSION:
+            raise CheckpointError(
+                f"{path}: generator file version {payload.get('version')} is newer than this hpc_sr reads "
+                f"({GENERATOR_VERSION}); upgrade hpc_sr"
+            )
         return payload
     if (path / "checkpoints").is_dir():
         latest = CheckpointManager(path).latest()
@@ -323,10 +351,7 @@ def load_generator_payload(path: str | Path, ema: bool = True) -> dict[str, Any]
 
 def build_generator_from_payload(payload: dict[str, Any]) -> torch.nn.Module:
     """Rebuild the generator and load its weights (strict: a key mismatch names the keys)."""
-    from hpc_sr.models.srgan import Generator
-
-    model_cfg = config_from_dict({"model": payload["model"]}).model
-    g = Generator.from_config(model_cfg, int(payload["scale"]))
+    g = generator_from_spec(payload_generator_spec(payload), int(payload["scale"]))
     missing, unexpected = g.load_state_dict(payload["state_dict"], strict=False)
     if missing or unexpected:
         raise CheckpointError(

@@ -2,31 +2,21 @@
 
 from __future__ import annotations
 
-import os
-
 from hpc_sr.config import Config, load_config
+from hpc_sr.dist import env as dist_env
 from hpc_sr.errors import TrainingError
-from hpc_sr.train import distributed as du
-
-
-def configure_threads(env: du.DistEnv) -> None:
-    """One intra-op thread per rank when several ranks share a CPU host and nobody chose (RECIPES: 7x)."""
-    import torch
-
-    if "OMP_NUM_THREADS" in os.environ:
-        torch.set_num_threads(max(1, int(os.environ["OMP_NUM_THREADS"])))
-    elif env.distributed and not torch.cuda.is_available():
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, env.world_size)))
 
 
 def run_training(cfg: Config, resume: str = "auto") -> int:
     """Set up distributed state from the environment, train, tear down; returns the exit code."""
+    from hpc_sr.train.components import check_config
     from hpc_sr.train.trainer import Trainer
 
-    env = du.DistEnv.from_environment()
-    configure_threads(env)
-    device = du.select_device(env)
-    du.init_distributed(env, device, timeout_s=cfg.dist.timeout_s)
+    check_config(cfg)  # before any process group or file: a typo fails at once
+    env = dist_env.DistEnv.from_environment()
+    dist_env.configure_threads(env)
+    device = dist_env.select_device(env)
+    dist_env.init_distributed(env, device, timeout_s=cfg.dist.timeout_s)
     clean = False
     try:
         code = Trainer(cfg, env, device, resume=resume).run()
@@ -41,7 +31,7 @@ def run_training(cfg: Config, resume: str = "auto") -> int:
             ) from exc
         raise
     finally:
-        du.shutdown_distributed(wait_for_peers=clean)
+        dist_env.shutdown_distributed(wait_for_peers=clean)
 
 
 def is_collective_failure(exc: BaseException) -> bool:

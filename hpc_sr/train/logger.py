@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import math
 import os
+import math
 import resource
 import sys
 import time
@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hpc_sr.config import Config, flatten
+from hpc_sr.config import Config, LogConfig, flatten
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -24,18 +24,10 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def format_eta(seconds: float) -> str:
-    if not math.isfinite(seconds) or seconds < 0:
-        return "?"
-    h, rem = divmod(int(seconds), 3600)
-    m, s = divmod(rem, 60)
-    return f"{h:d}:{m:02d}:{s:02d}"
-
-
 class RunLogger:
     """Writes only on rank 0; every method is a no-op elsewhere."""
 
-    def __init__(self, cfg: Config, run_dir: Path, rank: int, world_size: int) -> None:
+    def __init__(self, log: LogConfig, run_dir: Path, rank: int, world_size: int) -> None:
         self.enabled = rank == 0
         self.world_size = world_size
         self.run_dir = run_dir
@@ -46,7 +38,7 @@ class RunLogger:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
         self._jsonl = open(run_dir / "metrics.jsonl", "a", buffering=1)  # noqa: SIM115 - kept open for the run
-        if cfg.log.tensorboard:
+        if log.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             self._tb = SummaryWriter(log_dir=str(run_dir / "tb"))

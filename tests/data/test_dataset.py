@@ -16,7 +16,6 @@ from hpc_sr.data.dataset import (
     BlockShardDataset,
     InMemoryShardDataset,
     ShardDataset,
-    SimulatedDataset,
     build_dataset,
     seed_worker,
 )
@@ -145,7 +144,7 @@ def test_crops_aligned_and_augment_keeps_pairing(simulated: Path) -> None:
 
 
 def test_patch_too_large_names_both_sizes(marked: Path) -> None:
-    msg = r"patch_size 17 \(HR 34\) does not fit the LR images 16x16 \(HR 32x32\)"
+    msg = r"patch_size=17 \(HR 34\) does not fit the LR images 16x16 \(HR 32x32\)"
     with pytest.raises(DataError, match=msg):
         ShardDataset(marked, "train", patch_size=17, verify=False)
     with pytest.raises(DataError, match="scale 2, the dataset was asked for scale 4"):
@@ -163,19 +162,6 @@ def test_handles_are_lazy_and_not_pickled(marked: Path) -> None:
     assert clone._handles == {}
     assert torch.equal(clone[0][1], first[1])
     ds.close()
-
-
-def test_simulated_dataset_rank_aware_and_aligned() -> None:
-    def first(rank: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        return next(iter(SimulatedDataset(hr_size=32, batch_size=3, seed=seed, rank=rank, patch_size=6)))
-
-    lr, hr = first(0)
-    assert lr.shape == (3, 1, 6, 6) and hr.shape == (3, 1, 12, 12) and lr.dtype == torch.float32
-    torch.testing.assert_close(F.avg_pool2d(hr, 2), lr, atol=1e-6, rtol=0)
-    assert torch.equal(first(0)[1], hr)
-    assert not torch.equal(first(1)[1], hr)
-    with pytest.raises(DataError, match="patch_size 20"):
-        SimulatedDataset(hr_size=32, patch_size=20)
 
 
 class _Draws(Dataset):

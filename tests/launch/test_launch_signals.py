@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from hpc_sr.train import signals
-from hpc_sr.train.signals import (
+from hpc_sr.dist import signals
+from hpc_sr.dist.signals import (
     REQUEUE_EXIT_CODE,
     StopFlag,
     agree,
@@ -142,7 +142,7 @@ def test_agree_without_process_group() -> None:
 _AGREE_WORKER = textwrap.dedent("""
     import datetime, os, sys
     import torch.distributed as dist
-    from hpc_sr.train.signals import agree
+    from hpc_sr.dist.signals import agree
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
     mine = dist.get_rank() == int(sys.argv[1])
     print(int(agree(mine)), int(agree(False)))

@@ -8,14 +8,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from hpc_sr.config import ConfigError, load_config
 from hpc_sr.models.losses import (
+    LossInputs,
+    build_losses,
     discriminator_loss,
     feature_matching_loss,
     flux_loss,
     generator_adversarial_loss,
+    loss_names,
     pixel_loss,
 )
-from hpc_sr.models.srgan import Discriminator, Generator
+from hpc_sr.models.registry import build_discriminator, build_generator
 
 KINDS = ["bce", "lsgan", "ragan"]
 # logits of a discriminator that is right: per kind, "real" and "fake" outputs it aims for
@@ -121,7 +125,9 @@ def test_ragan_values_and_needs_real_logits() -> None:
 @pytest.mark.parametrize("kind", KINDS)
 def test_adversarial_gradient_reaches_generator_not_discriminator(kind: str) -> None:
     torch.manual_seed(0)
-    g, d = Generator(channels=4, blocks=1, bicubic_skip=False), Discriminator(channels=4, blocks=2)
+    g = build_generator("srresnet", {"channels": 4, "blocks": 1}, 2)
+    torch.nn.init.normal_(g.tail.weight, std=0.1)  # not the zero tail: the adversarial gradient must flow
+    d = build_discriminator("srgan", {"channels": 4, "blocks": 2})
     lr, hr = torch.rand(2, 1, 8, 8), torch.rand(2, 1, 16, 16)
     d.requires_grad_(False)
     real_logits, real_feats = d.forward_features(hr)
@@ -156,3 +162,46 @@ def test_flux_loss() -> None:
     sr = (hr * 1.2).requires_grad_()
     flux_loss(sr, hr).backward()
     assert sr.grad is not None and (sr.grad > 0).all()
+
+
+def test_registry_lists_terms_and_builds_weighted_terms() -> None:
+    assert {"pixel", "adversarial", "feature_matching", "flux", "ssim", "lr_consistency"} <= set(loss_names())
+    terms = build_losses([{"term": "pixel", "kind": "mse", "weight": 2}, {"term": "flux", "weight": "1e-1"}])
+    assert [(t.name, t.weight) for t in terms] == [("pixel", 2.0), ("flux", 0.1)]
+    sr, hr = torch.zeros(1, 1, 4, 4), torch.ones(1, 1, 4, 4)
+    x = LossInputs(sr=sr, hr=hr, lr=torch.ones(1, 1, 2, 2))
+    assert terms[0].term(x).item() == pytest.approx(1.0)  # MSE, not L1 scaled
+    assert terms[1].term(x).item() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ([{"term": "pixl"}], r"train\.losses\[0\]\.term: unknown loss term 'pixl' \(did you mean 'pixel'"),
+        ([{"term": "pixel", "knd": "l1"}], r"train\.losses\[0\]\(pixel\)\.knd; did you mean 'kind'"),
+        ([{"term": "pixel", "kind": "l3"}], r"kind: 'l3' is not one of \['l1', 'mse'\]"),
+        ([{"term": "pixel"}, {"term": "pixel"}], r"listed twice"),
+        ([{"weight": 1}], r"expected a mapping with a 'term' key"),
+        ([{"term": "flux", "weight": "heavy"}], r"train\.losses\[0\]\.weight: expected a number"),
+    ],
+)
+def test_bad_terms_are_config_errors_naming_the_key(spec: list[dict], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        build_losses(spec)
+
+
+def test_lr_consistency_term_is_zero_for_a_consistent_image() -> None:
+    (term,) = build_losses([{"term": "lr_consistency"}])
+    hr = torch.rand(2, 1, 8, 8)
+    lr = F.avg_pool2d(hr, 2)
+    assert term.term(LossInputs(sr=hr, hr=hr, lr=lr)).item() == 0.0
+    assert term.term(LossInputs(sr=hr + 0.1, hr=hr, lr=lr)).item() == pytest.approx(0.1, rel=1e-5)
+
+
+def test_v1_flat_loss_keys_migrate_to_terms() -> None:
+    with pytest.warns(FutureWarning, match="train.adv_weight"):
+        cfg = load_config(None, ["train.pixel_loss=mse", "train.adv_weight=1e-2", "train.flux_weight=0.5"])
+    by_name = {t["term"]: t for t in cfg.train.losses}
+    assert by_name["pixel"]["kind"] == "mse"
+    assert by_name["adversarial"]["weight"] == pytest.approx(1e-2)
+    assert by_name["flux"]["weight"] == pytest.approx(0.5)

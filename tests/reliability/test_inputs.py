@@ -17,7 +17,7 @@ from hpc_sr.cli import main as cli_main
 from hpc_sr.config import load_config
 from hpc_sr.data.shards import MANIFEST, sha256_file
 from hpc_sr.errors import DataError, TrainingError
-from hpc_sr.train.distributed import DistEnv
+from hpc_sr.dist.env import DistEnv
 from hpc_sr.train.trainer import Trainer, micro_batch_size
 from tests.conftest import tiny_overrides
 from tests.reliability.reli_util import rows
@@ -148,11 +148,11 @@ def test_bad_config_through_the_cli(
 def test_batch_must_split_over_ranks_and_accumulation(batch: int, world: int, accum: int, ok: bool) -> None:
     cfg = load_config(None, [f"data.batch_size={batch}", f"train.grad_accum={accum}"])
     if ok:
-        assert micro_batch_size(cfg, world) * world * accum == batch
+        assert micro_batch_size(cfg.data.batch_size, cfg.train.grad_accum, world) * world * accum == batch
     else:
         with pytest.raises(
             TrainingError,
             match=rf"data.batch_size={batch} is not divisible by world size "
             rf"{world} x train.grad_accum={accum}",
         ):
-            micro_batch_size(cfg, world)
+            micro_batch_size(cfg.data.batch_size, cfg.train.grad_accum, world)

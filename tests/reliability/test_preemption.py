@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from hpc_sr.train.signals import REQUEUE_EXIT_CODE
+from hpc_sr.dist.signals import REQUEUE_EXIT_CODE
 from tests.conftest import tiny_overrides, wait_for
 from tests.reliability.reli_util import (
     finish,

@@ -12,32 +12,18 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from pathlib import Path
-
-
-def _slow_steps(seconds: float) -> None:
-    from hpc_sr.train.trainer import Trainer
-
-    original = Trainer._train_step
-
-    def slow(self: Trainer, phase: str) -> tuple[dict[str, float], float]:
-        out = original(self, phase)
-        time.sleep(seconds)
-        return out
-
-    Trainer._train_step = slow  # type: ignore[method-assign]
 
 
 def main(out_dir: str, overrides: list[str]) -> int:
     out = Path(out_dir)
     rank = int(os.environ.get("RANK", "0"))
     (out / f"pid_rank{rank}").write_text(str(os.getpid()))
-    from hpc_sr.train.signals import install_stop_flag
+    from hpc_sr.dist.signals import install_stop_flag
 
     install_stop_flag()  # like the launchers: a signal during start-up is not lost
-    if float(os.environ.get("RELI_STEP_SLEEP", "0")) > 0:
-        _slow_steps(float(os.environ["RELI_STEP_SLEEP"]))
+    if os.environ.get("RELI_STEP_SLEEP"):  # the trainer's own test hook sleeps after every step
+        os.environ["HPC_SR_FAULT_STEP_SLEEP"] = os.environ["RELI_STEP_SLEEP"]
     from hpc_sr.train.entry import train_main
 
     try:

@@ -8,14 +8,13 @@ from pathlib import Path
 import torch
 
 from hpc_sr.config import load_config
-from hpc_sr.train import distributed as du
-from hpc_sr.train.entry import configure_threads
+from hpc_sr.dist import env as du
 from hpc_sr.train.trainer import Trainer
 
 
 def main(out_dir: str, overrides: list[str]) -> int:
     env = du.DistEnv.from_environment()
-    configure_threads(env)
+    du.configure_threads(env)
     cfg = load_config(None, overrides)
     device = du.select_device(env)
     du.init_distributed(env, device, timeout_s=cfg.dist.timeout_s)

@@ -17,15 +17,14 @@ from pathlib import Path
 import torch
 
 from hpc_sr.config import load_config
-from hpc_sr.train import distributed as du
-from hpc_sr.train.backend_deepspeed import optimizer_state_mb
-from hpc_sr.train.entry import configure_threads
+from hpc_sr.dist import env as du
+from hpc_sr.train.backends.deepspeed import optimizer_state_mb
 from hpc_sr.train.trainer import Trainer
 
 
 def main(out_dir: str, jobs_file: str) -> int:
     env = du.DistEnv.from_environment()
-    configure_threads(env)
+    du.configure_threads(env)
     device = du.select_device(env)
     du.init_distributed(env, device)
     try:
@@ -42,7 +41,7 @@ def main(out_dir: str, jobs_file: str) -> int:
             opt_mb = {name: optimizer_state_mb(trainer.backend, name) for name in trainer.backend.names()}
             torch.save({"weights": weights, "optimizer_mb": opt_mb, "seconds": time.perf_counter() - t0},
                        Path(out_dir) / f"{job['tag']}_rank{env.rank}.pt")
-            du.barrier()
+            torch.distributed.barrier()
         return 0
     finally:
         du.shutdown_distributed()

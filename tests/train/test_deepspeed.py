@@ -22,7 +22,7 @@ import torch
 
 from hpc_sr.config import load_config
 from hpc_sr.errors import TrainingError
-from hpc_sr.train.backend_deepspeed import build_ds_config, consolidated_module_state
+from hpc_sr.train.backends.deepspeed import build_ds_config, consolidated_module_state
 from tests.conftest import REPO, subprocess_env, tiny_overrides, torchrun_cmd
 
 WORKER = REPO / "tests" / "train" / "ds_worker.py"
@@ -52,7 +52,7 @@ def read_rows(run_dir: Path, kind: str = "train") -> list[dict[str, Any]]:
 
 def loss_rows(run_dir: Path) -> list[tuple[int, float, float, float]]:
     return [
-        (r["step"], r["loss_g_pixel"], r.get("loss_g_adv", 0.0), r.get("loss_d", 0.0))
+        (r["step"], r["loss_g_pixel"], r.get("loss_g_adversarial", 0.0), r.get("loss_d", 0.0))
         for r in read_rows(run_dir)
     ]
 
@@ -250,7 +250,7 @@ def test_bf16_engines_train_in_bf16(runs: Path) -> None:
 def test_fp32_matches_ddp(runs: Path, tag: str, ddp_tag: str) -> None:
     ddp, ds = read_rows(runs / ddp_tag), read_rows(runs / f"{tag}_straight")
     assert [r["step"] for r in ddp] == [r["step"] for r in ds]
-    keys = ("loss_g_pixel", "loss_g_adv", "loss_d", "grad_norm_g", "grad_norm_d")
+    keys = ("loss_g_pixel", "loss_g_adversarial", "loss_d", "grad_norm_g", "grad_norm_d")
     for a, b in zip(ddp, ds):
         for key in (k for k in keys if k in a):
             tol = NORM_REL_TOL if key.startswith("grad_norm") else DDP_REL_TOL
@@ -279,7 +279,7 @@ def test_zero_partitions_optimizer_state_across_ranks(runs: Path) -> None:
 def test_generator_exported_from_zero2_checkpoint_evaluates_like_the_engine(
     runs: Path, tiny_shards: Path, tmp_path: Path
 ) -> None:
-    from hpc_sr.eval.evaluate import evaluate
+    from hpc_sr.apps.evaluate import evaluate
     from hpc_sr.train.checkpoint import atomic_torch_save, export_generator, generator_payload
 
     ckpt = runs / "z2_fp32_straight" / "checkpoints" / f"step_{STEPS:08d}"
@@ -308,7 +308,7 @@ def test_generator_exported_from_zero2_checkpoint_evaluates_like_the_engine(
 @pytest.fixture
 def one_process() -> Any:
     """In-process DeepSpeed: tear down the one-rank group and the launcher variables it set afterwards."""
-    from hpc_sr.train import distributed as du
+    from hpc_sr.dist import env as du
 
     unset = [k for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK") if k not in os.environ]
     yield
@@ -318,7 +318,7 @@ def one_process() -> Any:
 
 
 def make_trainer(overrides: list[str], resume: str) -> Any:
-    from hpc_sr.train.distributed import DistEnv
+    from hpc_sr.dist.env import DistEnv
     from hpc_sr.train.trainer import Trainer
 
     return Trainer(load_config(None, overrides), DistEnv(), torch.device("cpu"), resume=resume)
@@ -327,7 +327,7 @@ def make_trainer(overrides: list[str], resume: str) -> Any:
 def test_single_process_zero0_bf16_run_set_lr_and_fp32_masters(
     tiny_shards: Path, tmp_path: Path, one_process: None
 ) -> None:
-    from hpc_sr.train.backend_deepspeed import DeepSpeedBackend, inner_optimizer
+    from hpc_sr.train.backends.deepspeed import DeepSpeedBackend, inner_optimizer
 
     trainer = make_trainer(
         tiny_overrides(
@@ -402,7 +402,7 @@ def test_two_rank_checkpoint_in_one_process_zero0_resumes_zero2_is_refused(
 
 
 def test_engine_buckets_are_aligned_for_odd_parameter_counts() -> None:
-    from hpc_sr.train.backend_deepspeed import engine_config
+    from hpc_sr.train.backends.deepspeed import engine_config
 
     odd = torch.nn.Linear(70_001, 1, bias=False)  # 70,001 parameters: odd, above the 65,536 floor
     zero = engine_config({"zero_optimization": {"stage": 2}}, odd)["zero_optimization"]

@@ -7,14 +7,9 @@ import math
 import pytest
 import torch
 
-from hpc_sr.train.distributed import (
-    DistEnv,
-    first_host,
-    port_from_job_id,
-    rng_state,
-    seed_everything,
-    set_rng_state,
-)
+from hpc_sr.dist.env import DistEnv, configure_threads, env_float, env_int, first_host, port_from_job_id
+from hpc_sr.errors import EnvironmentVariableError
+from hpc_sr.train.rng import rng_state, seed_everything, set_rng_state
 from hpc_sr.train.ema import ModelEMA
 from hpc_sr.train.schedule import lr_at
 
@@ -111,3 +106,46 @@ def test_schedules_warm_up_and_decay() -> None:
     assert lr_at(50, 1.0, 100, kind="constant") == 1.0
     with pytest.raises(ValueError, match="unknown schedule"):
         lr_at(50, 1.0, 100, kind="linear")
+
+
+@pytest.mark.parametrize(
+    ("environ", "name"),
+    [
+        ({"RANK": "", "WORLD_SIZE": "2"}, "RANK"),
+        ({"RANK": "0", "WORLD_SIZE": "two"}, "WORLD_SIZE"),
+        ({"RANK": "0", "WORLD_SIZE": "2", "MASTER_PORT": "x"}, "MASTER_PORT"),
+        ({"SLURM_PROCID": "1", "SLURM_NTASKS": "four"}, "SLURM_NTASKS"),
+        ({"SLURM_PROCID": "-1", "SLURM_NTASKS": "4"}, "SLURM_PROCID"),
+    ],
+)
+def test_bad_launcher_variables_name_the_variable_and_value(environ: dict[str, str], name: str) -> None:
+    with pytest.raises(EnvironmentVariableError, match=rf"{name}="):
+        DistEnv.from_environment(environ)
+
+
+def test_rank_outside_world_is_an_error() -> None:
+    with pytest.raises(EnvironmentVariableError, match="rank 4 is outside world size 2"):
+        DistEnv.from_environment({"RANK": "4", "WORLD_SIZE": "2"})
+
+
+def test_env_helpers() -> None:
+    assert env_int("N", 3, environ={}) == 3
+    assert env_int("N", 3, environ={"N": " 7 "}) == 7
+    with pytest.raises(EnvironmentVariableError, match=r"N='' is not an integer"):
+        env_int("N", 3, environ={"N": ""})
+    with pytest.raises(EnvironmentVariableError, match=r"N='0' must be >= 1"):
+        env_int("N", 3, minimum=1, environ={"N": "0"})
+    assert env_float("S", 1.5, environ={"S": "2.5"}) == 2.5
+    with pytest.raises(EnvironmentVariableError, match="positive"):
+        env_float("S", 1.5, environ={"S": "-1"})
+
+
+def test_empty_omp_num_threads_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OMP_NUM_THREADS", "")
+    with pytest.raises(EnvironmentVariableError, match="OMP_NUM_THREADS=''"):
+        configure_threads(DistEnv())
+    threads = torch.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    configure_threads(DistEnv())
+    assert torch.get_num_threads() == 1
+    torch.set_num_threads(threads)

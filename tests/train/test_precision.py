@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from hpc_sr.config import load_config
-from hpc_sr.train.distributed import DistEnv
+from hpc_sr.dist.env import DistEnv
 from hpc_sr.train.trainer import Trainer
 from tests.conftest import tiny_overrides
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from hpc_sr.config import load_config
-from hpc_sr.train.distributed import DistEnv
+from hpc_sr.dist.env import DistEnv
 from hpc_sr.train.trainer import Trainer
 from tests.conftest import PYTHON, subprocess_env, tiny_overrides
 

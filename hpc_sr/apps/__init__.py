@@ -1,0 +1,1 @@
+"""Applications of a trained generator (deployable exports and the tools built on them)."""

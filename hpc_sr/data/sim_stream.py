@@ -1,0 +1,50 @@
+"""Training source ``simulate``: pairs rendered on the fly by the lensing simulator (``data.source: simulate``).
+
+The worked example of a data source in one file (docs/ARCHITECTURE.md): a class registered with
+``@register_source`` that yields this rank's micro-batches and saves/restores its position.
+
+Renders on ``data.sim_device`` (``auto`` = the training device). With ``data.patch_size`` each sample gets its
+own random aligned window and flip/rotation (hpc_sr.data.augment), as the shard streams do. The torch
+generator's state is the stream position (checkpointed per rank); ranks draw from different seeds.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from hpc_sr.config import DataConfig
+from hpc_sr.data.augment import check_patch, crop_and_augment, draw
+from hpc_sr.data.streams import register_source
+from hpc_sr.dist.env import DistEnv
+
+
+@register_source("simulate")
+class SimulatedStream:
+    """Endless per-rank micro-batches rendered by the lensing simulator (no DataLoader workers)."""
+
+    def __init__(self, data: DataConfig, seed: int, env: DistEnv, device: torch.device, micro_batch: int) -> None:
+        from hpc_sr.data.lensing import LensingSimulator
+
+        sim_device = device if data.sim_device == "auto" else torch.device(data.sim_device)
+        self.sim = LensingSimulator(data.preset, hr_size=data.hr_size, scale=data.scale, device=sim_device)
+        lr_size = data.hr_size // data.scale
+        check_patch(data.patch_size, (lr_size, lr_size), data.scale, f"the simulated {data.preset!r} images")
+        self.generator = torch.Generator(device=sim_device)
+        self.generator.manual_seed(seed * 1_000_003 + env.rank)
+        self.micro_batch, self.patch, self.scale, self.augment = micro_batch, data.patch_size, data.scale, data.augment
+        self.lr_hw = (lr_size, lr_size)
+        self.device = device
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = self.sim.sample(self.micro_batch, generator=self.generator)
+        d = draw(self.micro_batch, self.lr_hw, self.patch, self.augment, self.generator)
+        lr, hr = crop_and_augment(batch.lr, batch.hr, d, self.patch, self.scale)
+        return lr.to(self.device), hr.to(self.device)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])

@@ -1,0 +1,1 @@
+"""Neutral distributed plumbing: where this process runs (env), collectives, stop signals."""

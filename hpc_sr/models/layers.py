@@ -1,0 +1,84 @@
+"""Layers every generator shares: the bicubic skip, the exact LR-consistency projection, the base class.
+
+    class MyNet(SRGenerator):
+        def __init__(self, opts, scale, common):
+            super().__init__(scale, common)
+            ...
+            self.tail = nn.Conv2d(c, common.in_channels, 3, padding=1)
+            self.zero_init_if_skip(self.tail)    # untrained model == bicubic
+        def predict(self, lr): ...               # (N,C,h,w) -> (N,C,s*h,s*w)
+
+``SRGenerator.forward`` adds bicubic(LR) when ``bicubic_skip`` and projects onto the LR-consistent images when
+``lr_consistent``; it holds no parameters, so state_dict keys are the arch's own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hpc_sr.models.registry import GeneratorCommon
+
+SUPPORTED_SCALES = (2, 4)
+
+
+def bicubic(lr: Tensor, scale: int) -> Tensor:
+    """Bicubic upsampling, ``align_corners=False`` (the baseline every metric compares against)."""
+    return F.interpolate(lr, scale_factor=float(scale), mode="bicubic", align_corners=False)
+
+
+def lr_consistency_projection(sr: Tensor, lr: Tensor, scale: int) -> Tensor:
+    """The closest image (in L2) to ``sr`` whose ``scale x scale`` block means equal ``lr`` exactly.
+
+    Subtracts each block's mean error from its pixels, so the total flux equals ``scale**2 * sum(lr)``.
+    """
+    residual = F.avg_pool2d(sr, scale) - lr
+    return sr - residual.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1)
+
+
+class SRGenerator(nn.Module):
+    """Base of every generator: subclasses build their layers and implement :meth:`predict`."""
+
+    arch = "base"
+
+    def __init__(self, scale: int, common: GeneratorCommon) -> None:
+        super().__init__()
+        if scale not in SUPPORTED_SCALES:
+            raise ValueError(
+                f"{type(self).__name__}: scale={scale!r} is not supported; valid scales: {list(SUPPORTED_SCALES)}"
+            )
+        self.scale = scale
+        self.in_channels = common.in_channels
+        self.bicubic_skip = common.bicubic_skip
+        self.lr_consistent = common.lr_consistent
+
+    def zero_init_if_skip(self, layer: nn.Module) -> None:
+        """Zero the last layer's weights and bias when the bicubic skip is on: untrained output == bicubic."""
+        if self.bicubic_skip:
+            for p in layer.parameters():
+                nn.init.zeros_(p)
+
+    def predict(self, lr: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, lr: Tensor) -> Tensor:
+        out = self.predict(lr)
+        if self.bicubic_skip:
+            out = out + bicubic(lr, self.scale)
+        if self.lr_consistent:
+            out = lr_consistency_projection(out, lr, self.scale)
+        return out
+
+
+def pixel_shuffle_upsampler(
+    channels: int, scale: int, act: Callable[[], nn.Module] | None = None
+) -> nn.Sequential:
+    """log2(scale) stages of conv3x3 (4x channels) + PixelShuffle(2) [+ a new activation from ``act()``]."""
+    layers: list[nn.Module] = []
+    for _ in range(scale.bit_length() - 1):
+        layers += [nn.Conv2d(channels, 4 * channels, 3, padding=1), nn.PixelShuffle(2)]
+        if act is not None:
+            layers.append(act())
+    return nn.Sequential(*layers)

@@ -1,0 +1,104 @@
+"""DDP back-end: torch DistributedDataParallel (plain modules for one process), AMP, one GradScaler per model."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from hpc_sr.config import Config
+from hpc_sr.train.backends.base import Backend, make_optimizer
+
+
+class DDPBackend(Backend):
+    """torch DistributedDataParallel (or plain modules for one process), AMP with one GradScaler per model."""
+
+    name = "ddp"
+
+    def __init__(self, cfg: Config, device: torch.device, world_size: int) -> None:
+        super().__init__(cfg, device, world_size)
+        self._names: list[str] = []
+        self._raw: dict[str, nn.Module] = {}
+        self._wrapped: dict[str, nn.Module] = {}
+        self._opt: dict[str, torch.optim.Optimizer] = {}
+        self._scaler: dict[str, torch.amp.GradScaler] = {}
+
+    def add(self, name: str, module: nn.Module, lr: float) -> None:
+        t = self.cfg.train
+        module.to(self.device)
+        if t.channels_last:
+            module.to(memory_format=torch.channels_last)
+        self._raw[name] = module
+        wrapped: nn.Module = module
+        if self.world_size > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            wrapped = DDP(module, device_ids=ids, find_unused_parameters=self.cfg.dist.find_unused_parameters)
+        if t.compile:
+            wrapped = torch.compile(wrapped)  # type: ignore[assignment]
+        self._wrapped[name] = wrapped
+        self._opt[name] = make_optimizer(module.parameters(), lr, t.betas, t.weight_decay)
+        self._scaler[name] = torch.amp.GradScaler(self.device.type, enabled=t.precision == "fp16")
+        self._names.append(name)
+
+    def model(self, name: str) -> nn.Module:
+        return self._wrapped[name]
+
+    def module(self, name: str) -> nn.Module:
+        return self._raw[name]
+
+    def optimizer(self, name: str) -> torch.optim.Optimizer:
+        return self._opt[name]
+
+    @contextlib.contextmanager
+    def accumulate(self, name: str, last_micro: bool) -> Iterator[None]:
+        wrapped = self._wrapped[name]
+        ddp = getattr(wrapped, "_orig_mod", wrapped)
+        if isinstance(ddp, DDP) and not last_micro:
+            with ddp.no_sync():
+                yield
+        else:
+            yield
+
+    def backward(self, name: str, loss: torch.Tensor, last_micro: bool) -> None:
+        self._scaler[name].scale(loss / self.grad_accum).backward()
+
+    def step(self, name: str) -> torch.Tensor:
+        opt, scaler = self._opt[name], self._scaler[name]
+        scaler.unscale_(opt)
+        params = [p for p in self._raw[name].parameters() if p.grad is not None]
+        clip = self.cfg.train.grad_clip
+        norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
+        scaler.step(opt)
+        scaler.update()
+        return norm.detach()  # a device tensor: read at log steps, no host sync here
+
+    def zero_grad(self, name: str) -> None:
+        self._opt[name].zero_grad(set_to_none=True)
+
+    def set_lr(self, name: str, lr: float) -> None:
+        for group in self._opt[name].param_groups:
+            group["lr"] = lr
+
+    def save(self, directory: Path) -> dict[str, Any]:
+        return {
+            name: {
+                "model": self._raw[name].state_dict(),
+                "optimizer": self._opt[name].state_dict(),
+                "scaler": self._scaler[name].state_dict(),
+            }
+            for name in self._names
+        }
+
+    def load(self, directory: Path, state: dict[str, Any]) -> None:
+        for name in self._names:
+            if name not in state:
+                continue
+            self._raw[name].load_state_dict(state[name]["model"])
+            self._opt[name].load_state_dict(state[name]["optimizer"])
+            if state[name].get("scaler"):
+                self._scaler[name].load_state_dict(state[name]["scaler"])

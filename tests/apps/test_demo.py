@@ -1,0 +1,29 @@
+"""`hpc-sr demo`: the embedded quick-start equals configs/quickstart_cpu.yaml, and a tiny demo runs end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from hpc_sr.apps.demo import QUICKSTART
+from hpc_sr.cli import main
+from tests.conftest import REPO
+
+
+def test_demo_embedded_quickstart_equals_the_config_file() -> None:
+    assert yaml.safe_load((REPO / "configs" / "quickstart_cpu.yaml").read_text()) == QUICKSTART
+
+
+def test_demo_runs_end_to_end_at_tiny_size(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    work = tmp_path / "demo"
+    code = main(["demo", "--workdir", str(work), "--num", "40", "--steps", "4", "data.batch_size=4",
+                 "data.patch_size=8", "data.hr_size=32", "model.g.options.channels=4", "model.g.options.blocks=1",
+                 "train.val_every=4", "train.ckpt_every=4", "log.log_every=2", "log.tensorboard=false"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "gain over bicubic" in out and "[demo] done" in out
+    result = json.loads((work / "runs" / "quickstart" / "eval_test.json").read_text())
+    assert result["n"] == 4 and result["bicubic"]["psnr"] > 0
+    assert list((work / "runs" / "quickstart" / "images").glob("test_*.png"))

@@ -1,0 +1,95 @@
+"""`hpc-sr evaluate`: checkpoints and exported generators agree; exact reduction over ranks; self-ensemble."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from hpc_sr.apps.evaluate import evaluate
+from hpc_sr.cli import main
+from hpc_sr.config import load_config
+from hpc_sr.dist.env import DistEnv
+from hpc_sr.train.checkpoint import export_generator
+from hpc_sr.train.trainer import Trainer
+from tests.conftest import REPO, subprocess_env, tiny_overrides, torchrun_cmd
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    runs = tmp_path_factory.mktemp("runs")
+    trainer = Trainer(
+        load_config(None, tiny_overrides(tiny_shards, runs, steps=4, pretrain=4)),
+        DistEnv(),
+        torch.device("cpu"),
+        resume="never",
+    )
+    assert trainer.run() == 0
+    return runs / "tiny"
+
+
+def test_evaluate_checkpoint_and_exported_generator_agree(
+    trained_run: Path, tiny_shards: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "eval.json"
+    code = main(
+        [
+            "evaluate",
+            "--checkpoint",
+            str(trained_run),
+            "--data",
+            str(tiny_shards),
+            "--json",
+            str(out),
+            "--save-images",
+            "2",
+        ]
+    )
+    assert code == 0
+    table = capsys.readouterr().out
+    assert "bicubic" in table and "gain over bicubic" in table
+    result = json.loads(out.read_text())
+    assert result["n"] == 5 and set(result["model"]) >= {"psnr", "psnr_pooled", "ssim", "mse", "flux_err"}
+    assert list((tmp_path / "images").glob("test_*.png"))
+    g_file = export_generator(trained_run, tmp_path / "G.pt")
+    again = evaluate(g_file, tiny_shards, quiet=True)
+    assert again["model"] == pytest.approx(result["model"], rel=1e-6)
+    assert again["bicubic"] == result["bicubic"]
+
+
+def test_evaluate_under_torchrun_reduces_exactly(
+    trained_run: Path, tiny_shards: Path, tmp_path: Path
+) -> None:
+    single = evaluate(trained_run, tiny_shards, split="train", quiet=True)
+    out = tmp_path / "dist.json"
+    cmd = torchrun_cmd(
+        2,
+        "-m",
+        "hpc_sr",
+        "evaluate",
+        "--checkpoint",
+        str(trained_run),
+        "--data",
+        str(tiny_shards),
+        "--split",
+        "train",
+        "--json",
+        str(out),
+    )
+    proc = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    dist = json.loads(out.read_text())
+    assert dist["n"] == single["n"] == 38
+    for who in ("model", "bicubic"):
+        assert dist[who] == pytest.approx(single[who], rel=1e-9)
+
+
+def test_self_ensemble_flag_changes_the_result_of_a_trained_model(trained_run: Path, tiny_shards: Path) -> None:
+    plain = evaluate(trained_run, tiny_shards, quiet=True)
+    ens = evaluate(trained_run, tiny_shards, quiet=True, ensemble=True)
+    assert ens["self_ensemble"] and not plain["self_ensemble"]
+    assert ens["bicubic"] == plain["bicubic"]
+    assert ens["model"]["mse"] != pytest.approx(plain["model"]["mse"], rel=1e-6)
