@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.2.0"
+from hpc_sr.version import __version__
 
 if TYPE_CHECKING:
     import numpy as np

@@ -95,7 +95,7 @@ def _add_inspect(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_inspect(a: argparse.Namespace) -> int:
-    from hpc_sr.data.inspect import inspect_dataset
+    from hpc_sr.apps.inspect import inspect_dataset
 
     inspect_dataset(a.dir, sample=a.sample, png=a.png, split=a.split)
     return 0
@@ -251,7 +251,7 @@ _PASS_THROUGH = {"ckpt": "hpc_sr.apps.ckpt", "runs": "hpc_sr.apps.runs"}  # own 
 
 
 def _version() -> str:
-    from hpc_sr import __version__
+    from hpc_sr.version import __version__
 
     return f"hpc-sr {__version__}"
 

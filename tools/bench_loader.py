@@ -1,147 +1,368 @@
-"""Loader throughput: HDF5 shards (per item, blocks, in memory) against the same pairs as DeepLense .npy.
+"""Training-stream throughput: LR patch pairs per second per process, as the trainer consumes them.
 
-    python tools/bench_loader.py --num 2000 --hr-size 150 --workers 2
+    python tools/bench_loader.py                                   # 2000 pairs 150/75 px, patches LR 24
+    python tools/bench_loader.py --num 10000 --batches 16,32,64 --rounds 7 --out loader.json
+    python tools/bench_loader.py --device cuda                     # memory = pinned RAM, device = on the GPU
 
-Writes ``num`` random pairs (LR = 2x2 mean of HR, float32) as SRC/HR/*.npy + SRC/LR/*.npy in a temp folder,
-packs them with ``pack_to_shards`` (split 1,0,0 so every pair is read), then times one full pass of a
-DataLoader (batch 32) for each reader with 0 and ``--workers`` workers. Files are freshly written, so every
-reader is measured from the page cache; the setup column includes hashing the shards (verify=True) and, for
-``memory``, loading the split. With ``--repeats R`` every reader makes R passes, interleaved with the others
-(the order rotates each round), and the figures are medians; ``ratio`` compares with the npy baseline
-(0 workers) of the same run. Prints a table and one JSON line (also written to ``--out``).
+Writes ``--num`` random pairs (HR ``--hr-size``, LR = its 2x2 mean, float32) to one .npz and packs them with
+``pack_to_shards`` (split 1,0,0: every pair is in train). Then, for every micro-batch size of ``--batches``,
+times ``next(stream)`` of the REAL training stream (``hpc_sr.data.streams.make_train_stream``, the object the
+trainer draws from: aligned random crops of ``--patch`` LR pixels and the 8 flips/rotations) for each
+``data.loader``: ``item`` and ``block`` (DataLoader, ``--workers`` workers, per-item crops), ``memory`` (the
+batched :class:`~hpc_sr.data.streams.MemoryStream`: one gather per micro-batch) and ``device`` (the split on
+the training device; on CPU the same as memory). Baselines: ``v1 whole`` is the v1-style in-memory read
+(a DataLoader over ``InMemoryShardDataset``, whole images, per-item ``__getitem__`` + collate, no
+augmentation) and ``v1 per-item crop`` the same with per-item crop + augment.
+
+Gather alternatives (``alt:*``, measured here so that hpc_sr/data/augment.py can adopt the fastest): every
+one does what ``MemoryStream.__next__`` does per micro-batch (seed a generator, draw crops and transforms,
+gather LR and HR from the resident split) with a different gather: ``alt:current`` (``crop_and_augment``),
+``alt:int32-maps`` (cached int32 offset maps of the 8 transforms, one flat ``index_select``; same output),
+``alt:strided`` (window views ``as_strided`` + ``index_select`` along dim 0, then transposes and flips on the
+subsets that need them; same output) and ``alt:crop-only`` (the strided gather without augmentation: the
+lower bound of any gather). Each alternative's output is compared with ``crop_and_augment`` first.
+
+All tasks take turns in ``--rounds`` rounds of ``--window``-second windows (tools.bench_common.round_robin,
+the order rotating each round); a figure is the median over its windows; ratios are taken within the run
+(``ratio_v1``: vs ``v1 whole`` of the same batch size). With ``--workers`` > 0 the DataLoader workers keep
+prefetching between windows, so those rows read high. Prints a table and one JSON line (also ``--out``).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
+import itertools
 import shutil
-import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
+from torch import Tensor
+from torch.utils.data import DataLoader
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hpc_sr.data.dataset import build_dataset, seed_worker  # noqa: E402
+from hpc_sr.config import load_config  # noqa: E402
+from hpc_sr.data.augment import N_DIHEDRAL, crop_and_augment, draw  # noqa: E402
+from hpc_sr.data.dataset import InMemoryShardDataset  # noqa: E402
 from hpc_sr.data.shards import pack_to_shards  # noqa: E402
-from tools.bench_common import emit, machine_info  # noqa: E402
+from hpc_sr.data.streams import batch_seed, make_train_stream  # noqa: E402
+from hpc_sr.dist.env import DistEnv  # noqa: E402
+from tools.bench_common import (  # noqa: E402
+    emit,
+    machine_info,
+    median,
+    print_table,
+    round_robin,
+    rounded,
+    spread,
+    sync,
+)
+
+LOADERS = ("item", "block", "memory", "device")
+ALTERNATIVES = ("current", "int32-maps", "strided", "crop-only")
 
 
-class NpyPairs(Dataset):
-    """The baseline: one np.load per image from a DeepLense layout."""
-
-    def __init__(self, src: Path) -> None:
-        self.names = sorted(p.name for p in (src / "HR").iterdir())
-        self.src = src
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        n = self.names[i]
-        hr = np.load(self.src / "HR" / n)[None]
-        lr = np.load(self.src / "LR" / n)[None]
-        return torch.from_numpy(lr), torch.from_numpy(hr)
-
-
-def write_npy(src: Path, num: int, hr_size: int, seed: int) -> None:
+# ----------------------------------------------------------------------------------------------- data
+def write_shards(work: Path, num: int, hr_size: int, shard_size: int, seed: int) -> Path:
+    """``num`` random pairs (LR = 2x2 mean of HR) packed as shards, all in the train split."""
     rng = np.random.default_rng(seed)
-    (src / "HR").mkdir(parents=True)
-    (src / "LR").mkdir()
+    hr = rng.random((num, 1, hr_size, hr_size), dtype=np.float32)
     h = hr_size // 2
-    for i in tqdm(range(num), desc="write npy", unit="pair"):
-        hr = rng.random((hr_size, hr_size), dtype=np.float32)
-        np.save(src / "HR" / f"lens_{i:06d}.npy", hr)
-        np.save(src / "LR" / f"lens_{i:06d}.npy", hr.reshape(h, 2, h, 2).mean((1, 3)))
+    lr = hr.reshape(num, 1, h, 2, h, 2).mean((3, 5), dtype=np.float32)
+    np.savez(work / "pairs.npz", hr=hr, lr=lr)
+    del hr, lr
+    out = work / "shards"
+    pack_to_shards("npz", work / "pairs.npz", out, shard_size=shard_size, split=(1.0, 0.0, 0.0))
+    (work / "pairs.npz").unlink()
+    return out
 
 
-def time_pass(ds: Dataset, workers: int, batch_size: int) -> tuple[float, float, int, int]:
-    """(seconds for the pass, seconds after the first batch, pairs, pairs after the first batch)."""
-    kw = {"shuffle": True} if not isinstance(ds, torch.utils.data.IterableDataset) else {}
-    dl = DataLoader(ds, batch_size=batch_size, num_workers=workers, worker_init_fn=seed_worker, **kw)
-    t0 = time.perf_counter()
-    it = iter(dl)
-    n0 = len(next(it)[1])
-    t1 = time.perf_counter()
-    n = n0 + sum(len(hr) for _, hr in it)
-    t2 = time.perf_counter()
-    return t2 - t0, t2 - t1, n, n - n0
+def data_overrides(path: Path, loader: str, batch: int, patch: int, workers: int, block: int) -> list[str]:
+    return [f"data.path={path}", f"data.loader={loader}", f"data.batch_size={batch}", f"data.patch_size={patch}",
+            "data.augment=true", f"data.num_workers={workers}", f"data.block_size={block}"]  # fmt: skip
 
 
-def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--num", type=int, default=2000)
-    ap.add_argument("--hr-size", type=int, default=150)
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--block-size", type=int, default=64)
-    ap.add_argument("--shard-size", type=int, default=4096)
-    ap.add_argument("--compression", default="none", choices=["none", "lzf", "gzip"])
-    ap.add_argument("--tmp", default=None, help="work folder (default: a new temp folder, removed after)")
-    ap.add_argument("--repeats", type=int, default=1,
-                    help="passes per reader, interleaved (the order rotates); figures are their medians")
-    ap.add_argument("--out", default=None, help="also write the JSON result to this file")
-    a = ap.parse_args(argv)
+def stream_task(stream: Any, micro: int, device: torch.device) -> Callable[[], int]:
+    def run() -> int:
+        lr, hr = next(stream)
+        sync(device)
+        return int(lr.shape[0])
 
-    work = Path(tempfile.mkdtemp(prefix="bench_loader_", dir=a.tmp))
-    try:
-        write_npy(work / "src", a.num, a.hr_size, seed=0)
-        t0 = time.perf_counter()
-        pack_to_shards("deeplense", work / "src", work / "shards", shard_size=a.shard_size,
-                       compression=a.compression, split=(1.0, 0.0, 0.0))
-        pack_s = time.perf_counter() - t0
-        rows: list[dict] = [{"reader": "pack npy->shards", "workers": 0, "seconds": pack_s,
-                             "pairs_per_s": a.num / pack_s}]
-        configs = [("npy files", w) for w in (0, a.workers)]
-        configs += [(f"shards {kind}", w) for kind in ("item", "block") for w in (0, a.workers)]
-        configs += [("shards memory", 0)]
-        configs = list(dict.fromkeys(configs))  # --workers 0: no duplicate rows
-        passes: dict[tuple[str, int], list[dict]] = {c: [] for c in configs}
-        order = [configs[r % len(configs):] + configs[:r % len(configs)] for r in range(a.repeats)]
-        for name, w in tqdm([c for rnd in order for c in rnd], desc="bench", unit="pass"):
-            t0 = time.perf_counter()
-            if name == "npy files":
-                ds: Dataset = NpyPairs(work / "src")
+    return run
+
+
+def v1_task(ds: Any, batch: int, device: torch.device) -> Callable[[], int]:
+    """v1-style read: a DataLoader over the in-memory dataset (per-item getitem + collate), endless."""
+    state: dict[str, Any] = {"it": None}
+
+    def run() -> int:
+        if state["it"] is None:
+            state["it"] = iter(DataLoader(ds, batch_size=batch, shuffle=True, drop_last=True, num_workers=0))
+        try:
+            lr, hr = next(state["it"])
+        except StopIteration:
+            state["it"] = None
+            return run()
+        lr, hr = lr.to(device), hr.to(device)
+        sync(device)
+        return int(lr.shape[0])
+
+    return run
+
+
+# ----------------------------------------------------------------------------------------------- gathers
+def dihedral(x: Tensor, e: int) -> Tensor:
+    """Transform ``e`` = 2k + flip of augment.py's convention: rot90 k times on the last two dims, then a
+    left-right flip."""
+    y = torch.rot90(x, e // 2, dims=(-2, -1))
+    return y.flip(-1) if e % 2 else y
+
+
+@lru_cache(maxsize=64)
+def offset_maps(ph: int, pw: int, width: int, device: str) -> Tensor:
+    """(8, ph*pw) int32 flat offsets (row * width + col, in an image ``width`` wide) of each transform of a
+    ph x pw window, relative to the window's top-left corner."""
+    off = (torch.arange(ph).view(ph, 1) * width + torch.arange(pw).view(1, pw)).to(torch.int32)
+    return torch.stack([dihedral(off, e).reshape(-1) for e in range(N_DIHEDRAL)]).to(device)
+
+
+def gather_int32(img: Tensor, index: Tensor, y: Tensor, x: Tensor, e: Tensor, ph: int, pw: int) -> Tensor:
+    """One flat index_select with int32 offsets: cached transform maps + per-sample base offsets."""
+    n, (_, c, h, w) = index.shape[0], img.shape
+    if c != 1 or img.numel() >= 2**31:
+        raise ValueError("int32 maps: one channel and < 2**31 elements")
+    base = (index * (h * w) + y * w + x).to(torch.int32)
+    off = offset_maps(ph, pw, w, str(img.device)).index_select(0, e)
+    off += base.view(n, 1)
+    return img.reshape(-1).index_select(0, off.view(-1)).view(n, 1, ph, pw)
+
+
+@lru_cache(maxsize=1)
+def flip_table() -> Tensor:
+    """(8, 3) {0,1}: transform e = [transpose] then [flip rows] then [flip cols], found by trying them."""
+    probe = torch.arange(9.0).view(3, 3)
+
+    def apply(a: int, b: int, c: int) -> Tensor:
+        t = probe.t() if a else probe
+        t = t.flip(0) if b else t
+        return t.flip(1) if c else t
+
+    combos = list(itertools.product((0, 1), repeat=3))
+    return torch.tensor([next(abc for abc in combos if torch.equal(apply(*abc), dihedral(probe, e)))
+                         for e in range(N_DIHEDRAL)])  # fmt: skip
+
+
+def gather_strided(
+    img: Tensor, index: Tensor, y: Tensor, x: Tensor, e: Tensor, ph: int, pw: int, augment: bool = True
+) -> Tensor:
+    """Windows as rows of an ``as_strided`` view (index_select along dim 0 copies whole rows), then the
+    transposes and flips applied to the samples that need them."""
+    n, (_, c, h, w) = index.shape[0], img.shape
+    if c != 1:
+        raise ValueError("strided gather: one channel")
+    flat = img.reshape(-1)
+    base = index * (h * w) + y * w + x
+    length = flat.numel() - (ph - 1) * w - (pw - 1)
+    plain = flat.as_strided((length, ph, pw), (1, w, 1))
+    if not augment:
+        return plain.index_select(0, base).view(n, 1, ph, pw)
+    abc = flip_table().to(e.device)[e]  # (n, 3)
+    out = torch.empty(n, ph, pw, dtype=img.dtype, device=img.device)
+    t_sel = abc[:, 0].nonzero().view(-1)
+    p_sel = (abc[:, 0] == 0).nonzero().view(-1)
+    out.index_copy_(0, p_sel, plain.index_select(0, base[p_sel]))
+    if t_sel.numel():
+        transposed = flat.as_strided((length, pw, ph), (1, 1, w))
+        out.index_copy_(0, t_sel, transposed.index_select(0, base[t_sel]))
+    for col, dim in ((1, 1), (2, 2)):
+        sel = abc[:, col].nonzero().view(-1)
+        if sel.numel():
+            out.index_copy_(0, sel, out.index_select(0, sel).flip(dim))
+    return out.view(n, 1, ph, pw)
+
+
+def alt_task(
+    kind: str, lr: Tensor, hr: Tensor, micro: int, patch: int, scale: int, device: torch.device
+) -> Callable[[], int]:
+    """A MemoryStream-equivalent micro-batch (seed, draw, gather LR + HR) with gather ``kind``."""
+    state = {"p": 0}
+    n = lr.shape[0]
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(0)).to(lr.device)
+
+    def run() -> int:
+        p = state["p"] = (state["p"] + 1) % (n // micro)
+        index = order[p * micro : (p + 1) * micro]
+        g = torch.Generator().manual_seed(batch_seed(0, 0, 0, p))
+        d = draw(micro, tuple(lr.shape[-2:]), patch, kind != "crop-only", g)
+        if kind == "current":
+            crop_and_augment(lr, hr, d, patch, scale, index=index)
+        else:
+            y, x, e = d.y.to(lr.device), d.x.to(lr.device), d.e.to(lr.device)
+            if kind == "int32-maps":
+                gather_int32(lr, index, y, x, e, patch, patch)
+                gather_int32(hr, index, y * scale, x * scale, e, patch * scale, patch * scale)
             else:
-                ds = build_dataset(work / "shards", "train", loader=name.split()[1], block_size=a.block_size)
-            setup = time.perf_counter() - t0
-            secs, steady_s, n, n_steady = time_pass(ds, w, a.batch_size)
-            assert n == a.num, f"{name} read {n} pairs, expected {a.num}"
-            passes[(name, w)].append({"setup_s": setup, "seconds": secs, "pairs_per_s": n / secs,
-                                      "steady_pairs_per_s": n_steady / max(steady_s, 1e-9)})
-        for (name, w), runs in passes.items():  # medians over the interleaved passes
-            rows.append({"reader": name, "workers": w, "passes": len(runs),
-                         **{k: statistics.median(r[k] for r in runs) for k in runs[0]}})
-        base = rows[1]["pairs_per_s"]  # npy files, 0 workers
-        for r in rows[1:]:
-            r["ratio"] = r["pairs_per_s"] / base
+                aug = kind == "strided"
+                gather_strided(lr, index, y, x, e, patch, patch, aug)
+                gather_strided(hr, index, y * scale, x * scale, e, patch * scale, patch * scale, aug)
+        sync(device)
+        return micro
+
+    return run
+
+
+def check_alternatives(lr: Tensor, hr: Tensor, patch: int, scale: int) -> dict[str, bool]:
+    """Every alternative gives exactly crop_and_augment's pixels (crop-only: with the identity transform)."""
+    g = torch.Generator().manual_seed(123)
+    m = min(64, lr.shape[0])
+    index = torch.randperm(lr.shape[0], generator=g)[:m].to(lr.device)
+    ok: dict[str, bool] = {"current": True}
+    for kind in ALTERNATIVES[1:]:
+        d = draw(m, tuple(lr.shape[-2:]), patch, kind != "crop-only", g)
+        want = crop_and_augment(lr, hr, d, patch, scale, index=index)
+        y, x, e = d.y.to(lr.device), d.x.to(lr.device), d.e.to(lr.device)
+        s, hp = scale, patch * scale
+        if kind == "int32-maps":
+            got = (gather_int32(lr, index, y, x, e, patch, patch), gather_int32(hr, index, y * s, x * s, e, hp, hp))
+        else:
+            aug = kind == "strided"
+            got = (gather_strided(lr, index, y, x, e, patch, patch, aug),
+                   gather_strided(hr, index, y * s, x * s, e, hp, hp, aug))  # fmt: skip
+        ok[kind] = bool(torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]))
+    return ok
+
+
+# ----------------------------------------------------------------------------------------------- main
+def bench(a: argparse.Namespace) -> dict[str, Any]:
+    device = torch.device(a.device)
+    torch.set_num_threads(a.threads)
+    batches = [int(b) for b in a.batches.split(",") if b.strip()]
+    work = Path(tempfile.mkdtemp(prefix="bench_loader_", dir=a.tmp))
+    tasks: dict[str, Callable[[], int]] = {}
+    setup_s: dict[str, float] = {}
+    meta: dict[str, dict[str, Any]] = {}
+    try:
+        t0 = time.perf_counter()
+        path = write_shards(work, a.num, a.hr_size, a.shard_size, a.seed)
+        pack_s = time.perf_counter() - t0
+        env = DistEnv()
+        resident = None
+        t0 = time.perf_counter()
+        whole = InMemoryShardDataset(path, "train")  # v1 baselines: one copy each, all batch sizes
+        setup_s["v1 whole"] = time.perf_counter() - t0
+        per_item = InMemoryShardDataset(path, "train", patch_size=a.patch, augment=True, seed=a.seed)
+        for b in batches:
+            for loader in LOADERS:
+                if loader == "device" and device.type == "cpu" and not a.cpu_device_rows:
+                    continue  # = memory on CPU; --cpu-device-rows times it anyway
+                t0 = time.perf_counter()
+                cfg = load_config(None, data_overrides(path, loader, b, a.patch, a.workers, a.block_size))
+                stream = make_train_stream(cfg.data, a.seed, env, device, b)
+                setup_s[f"{loader}|{b}"] = time.perf_counter() - t0
+                tasks[f"{loader}|{b}"] = stream_task(stream, b, device)
+                meta[f"{loader}|{b}"] = {"reader": loader, "kind": "stream", "workers": a.workers
+                                         if loader in ("item", "block") else 0}  # fmt: skip
+                if loader == "memory" and resident is None:
+                    resident = (stream.lr, stream.hr)
+            tasks[f"v1 whole|{b}"] = v1_task(whole, b, device)
+            tasks[f"v1 per-item crop|{b}"] = v1_task(per_item, b, device)
+            meta[f"v1 whole|{b}"] = {"reader": "v1 whole", "kind": "baseline", "workers": 0}
+            meta[f"v1 per-item crop|{b}"] = {"reader": "v1 per-item crop", "kind": "baseline", "workers": 0}
+        checks: dict[str, bool] = {}
+        if resident is not None and not a.no_alternatives:
+            lr, hr = resident
+            if device.type == "cuda":  # the alternatives gather where the split lives: on the GPU here
+                lr, hr = lr.to(device), hr.to(device)
+            checks = check_alternatives(lr, hr, a.patch, 2)
+            for b in batches:
+                for kind in ALTERNATIVES:
+                    tasks[f"alt:{kind}|{b}"] = alt_task(kind, lr, hr, b, a.patch, 2, device)
+                    meta[f"alt:{kind}|{b}"] = {"reader": f"alt:{kind}", "kind": "alternative", "workers": 0}
+        for fn in tasks.values():  # warm-up: first DataLoader iterators, caches
+            fn()
+        rates = round_robin(tasks, a.rounds, a.window)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    print(f"\n{a.num} pairs, HR {a.hr_size}x{a.hr_size} float32, batch {a.batch_size}, "
-          f"{os.cpu_count()} CPUs, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}")
-    print("pairs/s = pairs / whole pass (worker start-up included); steady = after the first batch")
-    print(f"medians of {a.repeats} interleaved pass(es) per reader; ratio = pairs/s vs npy files, 0 workers")
-    print(f"{'reader':<18} {'workers':>7} {'setup s':>8} {'pass s':>8} {'pairs/s':>9} {'steady':>9} "
-          f"{'ratio':>6}")
-    for r in rows:
-        print(f"{r['reader']:<18} {r['workers']:>7} {r.get('setup_s', 0):>8.2f} {r['seconds']:>8.2f} "
-              f"{r['pairs_per_s']:>9.0f} {r.get('steady_pairs_per_s', r['pairs_per_s']):>9.0f} "
-              f"{r.get('ratio', float('nan')):>6.2f}")
-    result = {"bench": "loader", "num": a.num, "hr_size": a.hr_size, "batch_size": a.batch_size,
-              "block_size": a.block_size, "compression": a.compression, "cpus": os.cpu_count(),
-              "host": platform.node(), "repeats": a.repeats, "machine": machine_info(), "rows": rows}
-    emit(result, a.out)
-    return result
+    rows = []
+    for key, r in rates.items():
+        reader, b = key.rsplit("|", 1)
+        base = median(rates[f"v1 whole|{b}"])
+        mem = median(rates[f"memory|{b}"]) if f"memory|{b}" in rates else float("nan")
+        rows.append({**meta[key], "batch": int(b), "pairs_per_s": rounded(median(r), 1),
+                     "spread": rounded(spread(r), 2), "windows": len(r),
+                     "ratio_v1": rounded(median(r) / base, 3), "ratio_memory": rounded(median(r) / mem, 3),
+                     "setup_s": rounded(setup_s.get(key, setup_s.get(reader, float("nan"))), 2)})  # fmt: skip
+    rows.sort(key=lambda r: (r["batch"], ["stream", "baseline", "alternative"].index(r["kind"])))
+    best = {b: max((r for r in rows if r["batch"] == b and r["kind"] == "stream"), key=lambda r: r["pairs_per_s"])
+            for b in batches}  # fmt: skip
+    return {
+        "bench": "loader",
+        "device": str(device),
+        "machine": machine_info(device),
+        "sizes": {"num": a.num, "hr_size": a.hr_size, "lr_patch": a.patch, "hr_patch": 2 * a.patch,
+                  "batches": batches, "workers": a.workers, "block_size": a.block_size,
+                  "shard_size": a.shard_size, "threads": a.threads},  # fmt: skip
+        "timing": {"rounds": a.rounds, "window_s": a.window, "pack_s": rounded(pack_s, 2)},
+        "alternatives_match_current": checks,
+        "target_pairs_per_s": a.target,
+        "memory_meets_target": {b: bool((r := next((x for x in rows if x["reader"] == "memory" and x["batch"] == b),
+                                                    None)) and r["pairs_per_s"] >= a.target) for b in batches},
+        "best_stream": {b: r["reader"] for b, r in best.items()},
+        "rows": rows,
+    }  # fmt: skip
+
+
+def print_report(res: dict[str, Any]) -> None:
+    m, s = res["machine"], res["sizes"]
+    print(f"\n{m['cpu']} ({m['cpus']} CPUs), torch {m['torch']}, {m.get('gpu', res['device'])}, "
+          f"{s['threads']} thread(s), load average {m['load_avg_1m']}, {m['date']}")
+    print(f"{s['num']} pairs HR {s['hr_size']} px, LR patch {s['lr_patch']} (HR {s['hr_patch']}) + 8 flips/rot; "
+          f"medians of {res['timing']['rounds']} interleaved {res['timing']['window_s']} s windows; "
+          "ratio v1 = vs v1 whole-image in-memory read, same batch")  # fmt: skip
+    print_table(res["rows"], [
+        ("batch", "batch", "d"), ("reader", "reader", ""), ("workers", "workers", "d"),
+        ("pairs_per_s", "pairs/s", ",.0f"), ("ratio_v1", "ratio v1", ".2f"),
+        ("ratio_memory", "ratio memory", ".2f"), ("spread", "spread", ".2f"), ("setup_s", "setup s", ".2f"),
+    ])  # fmt: skip
+    print(f"alternatives give the same pixels as crop_and_augment: {res['alternatives_match_current']}")
+    print(f"memory >= {res['target_pairs_per_s']:,} pairs/s: {res['memory_meets_target']}")
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--num", type=int, default=2000, help="pairs in the train split")
+    ap.add_argument("--hr-size", type=int, default=150)
+    ap.add_argument("--patch", type=int, default=24, help="LR patch side")
+    ap.add_argument("--batches", default="16,32,64", help="micro-batch sizes, comma separated")
+    ap.add_argument("--workers", type=int, default=0, help="DataLoader workers of item/block")
+    ap.add_argument("--block-size", type=int, default=64)
+    ap.add_argument("--shard-size", type=int, default=4096)
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--window", type=float, default=0.5, help="seconds per timing window")
+    ap.add_argument("--target", type=float, default=200_000.0, help="pairs/s per process to meet (memory)")
+    ap.add_argument("--no-alternatives", action="store_true", help="skip the alt:* gather rows")
+    ap.add_argument("--cpu-device-rows", action="store_true", help="time loader=device on CPU too (= memory)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tmp", default=None, help="work folder (default: a new temp folder, removed after)")
+    ap.add_argument("--out", default=None, help="also write the JSON result to this file")
+    a = ap.parse_args(argv)
+    if a.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is available")
+    res = bench(a)
+    print_report(res)
+    emit(res, a.out)
+    return res
 
 
 if __name__ == "__main__":

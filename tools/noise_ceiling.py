@@ -3,7 +3,9 @@
 For every image of the split, re-render HR without noise from its recorded parameters (same peak scaling),
 then make it consistent with LR (add each 2x2 block's mean residual: LR is exactly the block mean of HR).
 That estimate knows the noise-free sky, so its error is only the HR noise that LR does not reveal; no model
-can beat it except by chance. Prints model-free metrics of bicubic, the noise-free image and the ceiling.
+can beat it except by chance. Prints model-free metrics of bicubic, the noise-free image and the ceiling; the
+last line is their JSON. The method lives in hpc_sr.eval.physics (clean_images, noise_ceiling_estimate); see
+docs/EVALUATION.md.
 
     python tools/noise_ceiling.py data/deeplense_sr --split test [--limit 600] [--preset deeplense_sr]
 """
@@ -17,17 +19,14 @@ import sys
 import h5py
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from hpc_sr.data.lensing import PARAM_NAMES, LensingSimulator
+from hpc_sr.data.lensing import PARAM_NAMES
 from hpc_sr.data.shards import load_manifest
 from hpc_sr.errors import DataError
 from hpc_sr.eval.metrics import MetricAccumulator, bicubic_upscale
+from hpc_sr.eval.physics import clean_images, lr_consistent_projection
 
-
-def lr_consistent(hr: torch.Tensor, lr: torch.Tensor, scale: int) -> torch.Tensor:
-    """Orthogonal projection onto {x : avg_pool(x, scale) = lr}."""
-    return hr + F.interpolate(lr - F.avg_pool2d(hr, scale), scale_factor=scale, mode="nearest")
+DEFAULT_PRESET = "deeplense_sr"
 
 
 def read_split(root: str, split: str, limit: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
@@ -47,18 +46,24 @@ def read_split(root: str, split: str, limit: int) -> tuple[torch.Tensor, torch.T
     return lr, hr, p, m.scale
 
 
+def split_preset(root: str) -> str:
+    """The preset a shard directory was simulated with (its manifest's provenance), else deeplense_sr."""
+    return str(load_manifest(root).provenance.get("preset") or DEFAULT_PRESET)
+
+
 def ceiling(
-    root: str, split: str = "test", limit: int = 0, preset: str = "deeplense_sr", batch: int = 32
+    root: str, split: str = "test", limit: int = 0, preset: str | None = None, batch: int = 32
 ) -> dict[str, dict[str, float]]:
+    """Metrics vs HR of bicubic, the noise-free HR and the ceiling (noise-free HR made LR-consistent)."""
     lr, hr, params, scale = read_split(root, split, limit)
-    sim = LensingSimulator(preset, hr_size=hr.shape[-1], scale=scale, dtype=torch.float64)
+    preset = preset or split_preset(root)
     acc = {name: MetricAccumulator() for name in ("bicubic", "noise_free", "ceiling")}
     for i in range(0, len(lr), batch):
-        lo, h, p = lr[i : i + batch], hr[i : i + batch], params[i : i + batch].double()
-        clean = (sim.render(p, noise=False) / p[:, -1].reshape(-1, 1, 1, 1)).clamp(0, 1).float()
+        lo, h, p = lr[i : i + batch], hr[i : i + batch], params[i : i + batch]
+        clean = clean_images(p, preset, hr.shape[-1])  # float64, clipped to [0, 1] as HR
         acc["bicubic"].update(bicubic_upscale(lo, scale), h)
         acc["noise_free"].update(clean, h)
-        acc["ceiling"].update(lr_consistent(clean, lo, scale), h)
+        acc["ceiling"].update(lr_consistent_projection(clean, lo, scale), h)
     return {name: a.compute() for name, a in acc.items()}
 
 
@@ -67,7 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("data")
     ap.add_argument("--split", default="test")
     ap.add_argument("--limit", type=int, default=0)
-    ap.add_argument("--preset", default="deeplense_sr", help="the preset the set was simulated with")
+    ap.add_argument(
+        "--preset",
+        default=None,
+        help=f"the preset the set was simulated with (default: the manifest's, else {DEFAULT_PRESET})",
+    )
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     try:

@@ -35,6 +35,7 @@ from hpc_sr.train.checkpoint import (
     generator_payload,
     is_complete,
     flat_keys,
+    load_generator,
     load_generator_payload,
     payload_generator_spec,
     read_meta,
@@ -107,6 +108,18 @@ def format_list(rows: list[dict[str, Any]]) -> str:
                       f"{r['ssim']:.4f}" if r["ssim"] is not None else "", flags))
     widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in lines)
+
+
+# ----------------------------------------------------------------------------------------------- export
+def export_any(source: str | Path, out: str | Path, fmt: str = "state_dict", ema: bool = True) -> Path:
+    """Export a generator from a checkpoint, run dir or G.pt as a state_dict file, TorchScript or ONNX."""
+    from hpc_sr.apps.export import export_model
+
+    if fmt == "state_dict":
+        return export_generator(source, out, ema=ema)
+    model, payload = load_generator(source, ema=ema)
+    meta = {"ema": bool(payload.get("ema")), "source": str(source), "step": payload.get("step")}
+    return export_model(model, Path(out), fmt, meta=meta)
 
 
 # ----------------------------------------------------------------------------------------------- average
@@ -276,9 +289,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("list", help="checkpoints of a run: step, size, val metrics, best/latest, incomplete")
     s.add_argument("run_dir")
     s.add_argument("--json", action="store_true")
-    s = sub.add_parser("export", help="write a plain generator file (G.pt) from a checkpoint")
-    s.add_argument("checkpoint", help="step directory or run directory (its latest checkpoint)")
+    s = sub.add_parser("export", help="write a generator file: G.pt (state_dict), TorchScript or ONNX")
+    s.add_argument("checkpoint", help="step directory, run directory (its latest checkpoint) or exported G.pt")
     s.add_argument("--out", required=True)
+    s.add_argument("--format", default="state_dict", choices=["state_dict", "torchscript", "onnx"],
+                   help="state_dict: needs hpc_sr to load; torchscript / onnx: torch or onnxruntime alone, "
+                   "dynamic height and width (default: state_dict)")
     s.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True,
                    help="EMA weights when the checkpoint has them (default) or the raw generator")
     s = sub.add_parser("average", help="uniform average of the generators of several checkpoints")
@@ -301,9 +317,9 @@ def main(argv: list[str] | None = None) -> int:
             rows = list_checkpoints(args.run_dir)
             print(json.dumps(rows, indent=2) if args.json else format_list(rows))
         elif args.command == "export":
-            out = export_generator(args.checkpoint, args.out, ema=args.ema)
+            out = export_any(args.checkpoint, args.out, args.format, ema=args.ema)
             kind = "EMA weights where the checkpoint has them" if args.ema else "raw generator weights"
-            print(f"wrote {out} ({human(out.stat().st_size)}, {kind}, from {args.checkpoint})")
+            print(f"wrote {out} ({args.format}, {human(out.stat().st_size)}, {kind}, from {args.checkpoint})")
         elif args.command == "average":
             out = average_checkpoints(args.checkpoints, args.out, ema=args.ema)
             print(f"wrote {out}: average of {len(args.checkpoints)} generators")

@@ -45,7 +45,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-import hpc_sr
+from hpc_sr.version import __version__
 from hpc_sr.atomic import atomic_open
 from hpc_sr.errors import HpcSrError
 
@@ -109,7 +109,7 @@ def export_metadata(model: nn.Module, meta: dict[str, Any] | None = None) -> dic
         "in_channels": _model_attr(model, meta, "in_channels", int),
         "bicubic_skip": _model_attr(model, meta, "bicubic_skip", bool, default=False),
         "lr_consistent": _model_attr(model, meta, "lr_consistent", bool, default=False),
-        "hpc_sr_version": hpc_sr.__version__,
+        "hpc_sr_version": __version__,
     }
     for key, value in meta.items():
         info.setdefault(key, value)

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-import hpc_sr
+from hpc_sr.version import __version__
 from hpc_sr.apps import fits_io
 from hpc_sr.apps.tiling import upscale_array
 from hpc_sr.atomic import atomic_open
@@ -304,7 +304,7 @@ def upscale_paths(
     jobs = plan_outputs([str(i) for i in inputs], out_dir, suffix, overwrite)
     st = _Settings(model, int(scale), normalize, device, batch_size, tile, overlap, ensemble)
     arch = getattr(model, "arch", None) or type(model).__name__
-    history = [f"hpc_sr {hpc_sr.__version__} upscale x{scale}: model {arch}"]
+    history = [f"hpc_sr {__version__} upscale x{scale}: model {arch}"]
     if model_label:
         history.append(f"hpc_sr checkpoint: {model_label}")
     history.append(f"hpc_sr tile={tile} overlap={overlap} self_ensemble={ensemble}")

@@ -299,7 +299,7 @@ def _prepare_out(out: Path) -> None:
 
 
 def _provenance(command: str, **extra: Any) -> dict[str, Any]:
-    from hpc_sr import __version__
+    from hpc_sr.version import __version__
 
     return {"command": command, "argv": list(sys.argv), "package_version": __version__,
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **extra}

@@ -4,8 +4,10 @@ The worked example of a data source in one file (docs/ARCHITECTURE.md): a class 
 ``@register_source`` that yields this rank's micro-batches and saves/restores its position.
 
 Renders on ``data.sim_device`` (``auto`` = the training device). With ``data.patch_size`` each sample gets its
-own random aligned window and flip/rotation (hpc_sr.data.augment), as the shard streams do. The torch
-generator's state is the stream position (checkpointed per rank); ranks draw from different seeds.
+own random aligned window, and only that window (plus the PSF margin) is rendered
+(:meth:`~hpc_sr.data.lensing.LensingSimulator.sample_windows`); then each sample's flip/rotation
+(hpc_sr.data.augment), as the shard streams do. The torch generator's state is the stream position
+(checkpointed per rank); ranks draw from different seeds.
 """
 
 from __future__ import annotations
@@ -38,9 +40,14 @@ class SimulatedStream:
         self.device = device
 
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
-        batch = self.sim.sample(self.micro_batch, generator=self.generator)
-        d = draw(self.micro_batch, self.lr_hw, self.patch, self.augment, self.generator)
-        lr, hr = crop_and_augment(batch.lr, batch.hr, d, self.patch, self.scale)
+        if self.patch:  # render each sample's own window only
+            batch = self.sim.sample_windows(self.micro_batch, self.patch * self.scale, generator=self.generator)
+            d = draw(self.micro_batch, (self.patch, self.patch), 0, self.augment, self.generator)
+            lr, hr = crop_and_augment(batch.lr, batch.hr, d, 0, self.scale)
+        else:
+            full = self.sim.sample(self.micro_batch, generator=self.generator)
+            d = draw(self.micro_batch, self.lr_hw, 0, self.augment, self.generator)
+            lr, hr = crop_and_augment(full.lr, full.hr, d, 0, self.scale)
         return lr.to(self.device), hr.to(self.device)
 
     def state_dict(self) -> dict[str, Any]:

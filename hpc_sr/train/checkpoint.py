@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from hpc_sr.atomic import atomic_open, atomic_write_text
+from hpc_sr.atomic import atomic_open, atomic_write_text, fsync_dir
 from hpc_sr.config import ModelConfig, migrate_legacy
 from hpc_sr.dist import collectives as du
 from hpc_sr.errors import CheckpointError
@@ -131,6 +131,7 @@ class CheckpointManager:
         try:
             if self.rank == 0:
                 self.dir.mkdir(parents=True, exist_ok=True)
+                fsync_dir(self.dir.parent)  # checkpoints/ itself is durable in the run directory
                 self._remove_stale_temps()
                 tmp.mkdir()
         except OSError as exc:
@@ -163,6 +164,7 @@ class CheckpointManager:
                     replaced = final.with_name(f".pruned-{final.name}")
                     os.replace(final, replaced)
                 os.replace(tmp, final)
+                fsync_dir(self.dir)  # step_N durable before `latest` names it (latest's own rename fsyncs too)
                 if replaced is not None:
                     shutil.rmtree(replaced, ignore_errors=True)
                 faults.save_point("renamed", step, final)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from hpc_sr.config import Config, load_config
+from hpc_sr.dist import collectives
 from hpc_sr.dist import env as dist_env
 from hpc_sr.errors import TrainingError
+from hpc_sr.train.runlock import RunLock
 
 
 def run_training(cfg: Config, resume: str = "auto") -> int:
@@ -17,6 +19,7 @@ def run_training(cfg: Config, resume: str = "auto") -> int:
     dist_env.configure_threads(env)
     device = dist_env.select_device(env)
     dist_env.init_distributed(env, device, timeout_s=cfg.dist.timeout_s)
+    lock = _lock_run_dir(cfg, env, device)
     clean = False
     try:
         code = Trainer(cfg, env, device, resume=resume).run()
@@ -31,7 +34,29 @@ def run_training(cfg: Config, resume: str = "auto") -> int:
             ) from exc
         raise
     finally:
-        dist_env.shutdown_distributed(wait_for_peers=clean)
+        try:
+            dist_env.shutdown_distributed(wait_for_peers=clean)
+        finally:
+            if lock is not None:
+                lock.release()  # on success, on requeue (exit 3) and on errors; a crash leaves it to the stale rules
+
+
+def _lock_run_dir(cfg: Config, env: dist_env.DistEnv, device: object) -> RunLock | None:
+    """Rank 0 takes the run-directory lock before anything is written; every rank learns the outcome."""
+    import torch
+
+    lock = RunLock(cfg.run_dir) if env.is_main else None
+    error: TrainingError | None = None
+    if lock is not None:
+        try:
+            lock.acquire()
+        except TrainingError as exc:
+            error = exc
+    if collectives.any_rank(error is not None, torch.device(str(device))):
+        shutdown = dist_env.shutdown_distributed
+        shutdown(wait_for_peers=False)
+        raise error or TrainingError(f"rank 0 could not lock the run directory {cfg.run_dir} (see its error)")
+    return lock
 
 
 def is_collective_failure(exc: BaseException) -> bool:

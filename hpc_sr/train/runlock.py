@@ -13,15 +13,18 @@ the life of the lock, tells a second process on the same host at once that the h
 - **same host**: held while the holder pid runs the same process (pid and, on Linux, its start time in
   ``/proc``; a zombie counts as gone) or the flock is busy (when the pid is gone, the flock is retried for up
   to ``FLOCK_GRACE_S``: a killed holder's last threads may still be closing its files); stale otherwise;
-- **another host**: held while its heartbeat is younger than ``stale_after_s`` (clocks are assumed to agree
-  to well within that), stale after;
+- **another host**: held while its heartbeat is younger than ``stale_after_s`` (or twice the holder's own
+  heartbeat interval, if longer; clocks are assumed to agree to well within that), stale after;
 - **a lock file that is not valid lock JSON** (written by something else, truncated): held while its mtime is
   younger than ``stale_after_s``, stale after.
 
 Held -> :class:`RunLockedError` naming the holder and what to do. Stale -> taken over with a
 :class:`StaleLockWarning` (``warnings.warn``; the message is also kept in ``RunLock.takeover``). A takeover
 renames the old file aside and checks it is the one judged stale, so of two processes taking over the same
-stale lock exactly one wins and the other sees a live holder.
+stale lock exactly one wins and the other sees a live holder. A same-host process that holds the flock while
+no lock file exists (one starting or releasing; a file removed by hand) is waited for up to ``FLOCK_GRACE_S``,
+then refused. A holder whose lock was taken over notices it at its next heartbeat: it stops renewing, warns,
+and :meth:`RunLock.check` raises; it never writes the lock file back or removes the new holder's.
 
 ``stale_after_s`` defaults to ``HPC_SR_LOCK_STALE_S`` (a positive number of seconds) or 120 s.
 """
@@ -211,7 +214,7 @@ class RunLock:
 
     @property
     def lost(self) -> str | None:
-        """Why the lock was lost while held (taken over by another process, unwritable), else None."""
+        """Why the lock was lost while held (another process took it over), else None."""
         return self._lost
 
     def check(self) -> None:
@@ -480,10 +483,13 @@ class RunLock:
                 try:
                     self._renew()
                     failures = 0
-                except OSError as exc:
+                except OSError as exc:  # keep trying: a takeover meanwhile is seen by the token check
                     failures += 1
-                    if failures * self.heartbeat_s >= self.stale_after_s / 2:
-                        self._lost = f"its heartbeat could not be written for {failures} tries: {exc}"
+                    if failures == max(1, int(self.stale_after_s / 2 / self.heartbeat_s)):
+                        msg = (f"run lock {self.path}: the heartbeat could not be written {failures} times "
+                               f"({exc}); other hosts take the lock over after {self.stale_after_s:.0f} s "
+                               f"without one")
+                        warnings.warn(msg, StaleLockWarning, stacklevel=1)
                 if self._lost is not None:
                     warnings.warn(f"run lock {self.path}: {self._lost}", StaleLockWarning, stacklevel=1)
                     return

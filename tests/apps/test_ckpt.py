@@ -165,6 +165,27 @@ def test_export_ema_and_raw_generators_load_and_evaluate(trained: dict[str, Any]
     assert rc == 2 and "missing" in err and not (tmp_path / "x.pt").exists()
 
 
+def test_export_torchscript_and_onnx_run_without_hpc_sr_on_an_odd_size(trained: dict[str, Any], tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    import numpy as np
+    import onnxruntime as ort
+
+    step_dir = trained["run"] / "checkpoints" / "step_00000004"
+    model, _ = load_generator(step_dir)
+    lr = torch.rand(1, 1, 13, 19)
+    with torch.no_grad():
+        ref = model(lr).numpy()
+    ts, onnx = tmp_path / "G.ts", tmp_path / "G.onnx"
+    for fmt, out in (("torchscript", ts), ("onnx", onnx)):
+        rc, text, err = cli(capsys, "export", str(step_dir), "--out", str(out), "--format", fmt)
+        assert rc == 0 and fmt in text, err
+    with torch.no_grad():
+        np.testing.assert_allclose(torch.jit.load(str(ts))(lr).numpy(), ref, atol=1e-5, rtol=0)
+    sess = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
+    (got,) = sess.run(None, {sess.get_inputs()[0].name: lr.numpy()})
+    np.testing.assert_allclose(got, ref, atol=1e-5, rtol=0)
+
+
 # ----------------------------------------------------------------------------------------------- average
 def test_average_of_checkpoints_is_the_mean_of_their_ema_weights(sweep: dict[str, Any], tiny_shards: Path,
                                                                  tmp_path: Path,

@@ -44,7 +44,7 @@ def test_verify_and_inspect(simulated: Path, tmp_path: Path, capsys: pytest.Capt
 
 
 def test_inspect_returns_metrics(simulated: Path) -> None:
-    from hpc_sr.data.inspect import inspect_dataset
+    from hpc_sr.apps.inspect import inspect_dataset
 
     r = inspect_dataset(simulated, sample=16, quiet=True)
     s = r["sample"]
@@ -55,7 +55,7 @@ def test_inspect_returns_metrics(simulated: Path) -> None:
 
 def test_inspect_falls_back_to_psnr_without_metrics_module(simulated: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    from hpc_sr.data.inspect import inspect_dataset
+    from hpc_sr.apps.inspect import inspect_dataset
 
     full = inspect_dataset(simulated, sample=8, quiet=True)["sample"]
     monkeypatch.setitem(sys.modules, "hpc_sr.eval.metrics", None)  # import now fails

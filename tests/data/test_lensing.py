@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from hpc_sr.data.lensing import (
     LensPreset,
     Prior,
     SimBatch,
+    WindowBatch,
     gaussian_blur,
     simulate,
 )
@@ -209,3 +211,182 @@ def test_cuda_matches_cpu_noise_free():
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-9, atol=1e-12)
     b = simulate(4, seed=1, hr_size=48, device="cuda")
     assert b.hr.device.type == "cuda" and torch.equal(b.lr, F.avg_pool2d(b.hr, 2))
+
+
+# ----------------------------------------------------------------------------------------------- windows
+def _noise_free(preset: str) -> LensPreset:
+    """A preset whose noise is negligible (1e-15 of the flux), so that sample() is its clean image."""
+    return dataclasses.replace(
+        PRESETS[preset], exposure_time=Prior(1e30, 1e30), background_rms=Prior(0.0, 0.0)
+    )
+
+
+def _crops(img: torch.Tensor, offsets: torch.Tensor, w: int, scale: int = 1) -> torch.Tensor:
+    return torch.stack(
+        [
+            img[i, :, y // scale : (y + w) // scale, x // scale : (x + w) // scale]
+            for i, (y, x) in enumerate(offsets.tolist())
+        ]
+    )
+
+
+# corners, every border, the interior, odd (unaligned) places; window 12 of a 32 px image
+OFFSETS = torch.tensor(
+    [[0, 0], [0, 20], [20, 0], [20, 20], [0, 9], [13, 0], [20, 7], [5, 20], [10, 10], [3, 17]]
+)
+
+
+@pytest.mark.parametrize(("dtype", "tol"), [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("preset", ["deeplense_sr", "wide"])
+def test_render_windows_equal_crops_of_full_render(preset, dtype, tol):
+    sim = LensingSimulator(preset, hr_size=32, dtype=dtype)
+    params = sim.sample_params(len(OFFSETS), torch.Generator().manual_seed(4))
+    if preset == "wide":  # a wide PSF (radius 6 px): the margin and the border padding matter more
+        params[::2, IDX["psf_fwhm"]] = 0.15
+    full = sim.render(params, noise=False)
+    win = sim.render_windows(params, OFFSETS, 12, noise=False)
+    assert win.shape == (len(OFFSETS), 1, 12, 12) and win.dtype == dtype
+    err = (win - _crops(full, OFFSETS, 12)).abs().amax(dim=(1, 2, 3)) / full.amax(dim=(1, 2, 3))
+    assert (err < tol).all(), err
+    whole = sim.render_windows(params[:2], torch.zeros(2, 2, dtype=torch.int64), 32, noise=False)
+    assert ((whole - full[:2]).abs().amax() / full[:2].amax()) < tol
+
+
+@pytest.mark.parametrize("lr_mode", ["mean", "independent"])
+@pytest.mark.parametrize("preset", ["deeplense_sr", "wide"])
+def test_window_pairs_equal_crops_of_full_pairs(preset, lr_mode):
+    sim = LensingSimulator(_noise_free(preset), hr_size=32, dtype=torch.float64, lr_mode=lr_mode)
+    full = sim.sample(8, torch.Generator().manual_seed(3))
+    offsets = OFFSETS[:8] // 2 * 2
+    b = sim.window_pairs(full.params, offsets, 12, noise=False)
+    assert isinstance(b, WindowBatch) and b.lr.shape == (8, 1, 6, 6) and torch.equal(b.offsets, offsets)
+    # the locator finds every image's peak here, so the normalisation is the full render's
+    torch.testing.assert_close(b.params, full.params, rtol=1e-12, atol=0)
+    torch.testing.assert_close(b.hr, _crops(full.hr, offsets, 12), rtol=0, atol=1e-12)
+    torch.testing.assert_close(b.lr, _crops(full.lr, offsets, 12, scale=2), rtol=0, atol=1e-12)
+    if lr_mode == "mean":
+        assert torch.equal(b.lr, F.avg_pool2d(b.hr, 2))
+
+
+def test_window_peak_is_the_maximum_over_its_pixels():
+    """Noise-free, the normalising peak is the full image's maximum over peak_mask (window and patches)."""
+    sim = LensingSimulator("wide", hr_size=32, dtype=torch.float64)
+    g = torch.Generator().manual_seed(8)
+    params, offsets = sim.sample_params(16, g), sim.sample_offsets(16, 8, g)
+    mask = sim.peak_mask(params, offsets, 8)
+    assert mask.shape == (16, 1, 32, 32) and mask.dtype == torch.bool
+    assert torch.equal(
+        mask[:, 0].sum(dim=(1, 2)) >= 64, torch.ones(16, dtype=torch.bool)
+    )  # the window at least
+    assert (mask[:, 0].float().mean(dim=(1, 2)) < 1).all()  # not the whole image
+    full = sim.render(params, noise=False)
+    b = sim.window_pairs(params, offsets, 8, noise=False)
+    expected = full.masked_fill(~mask, -torch.inf).amax(dim=(1, 2, 3))
+    torch.testing.assert_close(b.params[:, IDX["hr_peak_flux"]], expected, rtol=1e-12, atol=0)
+    assert b.hr.max() <= 1 and b.hr.min() >= 0
+    # the whole image as the window: exactly the full render's pairs
+    whole = sim.window_pairs(params, torch.zeros(16, 2, dtype=torch.int64), 32, noise=False)
+    torch.testing.assert_close(whole.hr, full / full.amax(dim=(1, 2, 3), keepdim=True), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+def test_sample_windows_offsets_aligned_in_bounds_and_per_sample(scale):
+    sim = LensingSimulator("deeplense_sr", hr_size=32, scale=scale)
+    b = sim.sample_windows(48, 16, torch.Generator().manual_seed(1))
+    assert b.hr.shape == (48, 1, 16, 16) and b.lr.shape == (48, 1, 16 // scale, 16 // scale)
+    assert b.offsets.shape == (48, 2) and b.offsets.dtype == torch.int64
+    assert (b.offsets % scale == 0).all() and (b.offsets >= 0).all() and (b.offsets <= 16).all()
+    assert len({tuple(o) for o in b.offsets.tolist()}) > 10  # each sample its own place
+    assert len(set(b.params[:, IDX["src_x"]].tolist())) == 48  # and its own parameters
+    assert torch.equal(b.lr, F.avg_pool2d(b.hr, scale))
+    assert b.hr.min() >= 0 and b.hr.max() <= 1 and torch.isfinite(b.params).all()
+    for i, prior in enumerate(sim.preset.priors()):
+        lo, hi = prior.support
+        col = b.params[:, i].double()
+        assert ((col >= lo * (1 - 1e-6) - 1e-9) & (col <= hi * (1 + 1e-6) + 1e-9)).all(), PARAM_NAMES[i]
+
+
+def test_sample_windows_deterministic_and_reproducible():
+    sim = LensingSimulator("model_i", hr_size=32)
+    a = sim.sample_windows(6, 12, torch.Generator().manual_seed(5))
+    b = sim.sample_windows(6, 12, torch.Generator().manual_seed(5))
+    c = sim.sample_windows(6, 12, torch.Generator().manual_seed(6))
+    assert all(torch.equal(getattr(a, f), getattr(b, f)) for f in ("hr", "lr", "params", "offsets"))
+    assert not torch.equal(a.hr, c.hr) and not torch.equal(a.offsets, c.offsets)
+    # draws: the parameters, the offsets, then the noise (exact Poisson counts here)
+    g = torch.Generator().manual_seed(5)
+    params, offsets = sim.sample_params(6, g), sim.sample_offsets(6, 12, g)
+    assert torch.equal(params[:, :-1], a.params[:, :-1]) and torch.equal(offsets, a.offsets)
+    again = sim.window_pairs(params, offsets, 12, generator=g)
+    assert torch.equal(again.hr, a.hr) and torch.equal(again.params, a.params)
+
+
+@pytest.mark.parametrize("preset", ["deeplense_sr", "model_i"])
+def test_window_noise_statistics_match_full_render(preset):
+    """(noisy - clean) / expected sigma has variance 1 in windows as in whole images, background alike."""
+    sim = LensingSimulator(preset, hr_size=96)  # room for background beyond the Einstein ring
+    params = sim.sample_params(48, torch.Generator().manual_seed(2))
+    offsets = sim.sample_offsets(48, 32, torch.Generator().manual_seed(3))
+    full_clean = sim.render(params, noise=False)
+    full = sim.render(params, generator=torch.Generator().manual_seed(4)) - full_clean
+    win_clean = sim.render_windows(params, offsets, 32, noise=False)
+    win = sim.render_windows(params, offsets, 32, generator=torch.Generator().manual_seed(4)) - win_clean
+    assert not torch.equal(win, _crops(full, offsets, 32))  # noise of its own
+    t = params[:, IDX["exposure_time"], None, None, None]
+    bkg = params[:, IDX["background_rms"], None, None, None]
+    z_full = full / (full_clean.clamp_min(0) / t + bkg**2).sqrt()
+    z_win = win / (win_clean.clamp_min(0) / t + bkg**2).sqrt()
+    assert abs(z_full.var().item() - 1) < 0.05 and abs(z_win.var().item() - 1) < 0.05
+    # faint pixels (background-dominated, < 1 expected count) and bright ones (Poisson-dominated)
+    for lo, hi in ((0.0, 1.0), (100.0, math.inf)):
+        sel_full, sel_win = (
+            (full_clean * t >= lo) & (full_clean * t < hi),
+            (win_clean * t >= lo) & (win_clean * t < hi),
+        )
+        assert sel_win.sum() > 5000, (lo, sel_win.sum())  # a variance to ~2 %
+        ratio = z_win[sel_win].var().item() / z_full[sel_full].var().item()
+        assert abs(ratio - 1) < 0.07, (lo, ratio)
+
+
+def test_window_normalisation_close_to_full_render():
+    """The normalising peak (noisy) exceeds the clean peak by the same few % as the full image's maximum."""
+    sim = LensingSimulator("deeplense_sr", hr_size=64)
+    g = torch.Generator().manual_seed(0)
+    params, offsets = sim.sample_params(96, g), sim.sample_offsets(96, 16, g)
+    clean = sim.render(params, noise=False).amax(dim=(1, 2, 3))
+    full = sim.render(params, generator=g).amax(dim=(1, 2, 3)) / clean - 1
+    win = sim.window_pairs(params, offsets, 16, generator=g).params[:, IDX["hr_peak_flux"]] / clean - 1
+    assert 0.01 < full.mean() < 0.1, full.mean()
+    assert abs(win.mean() - full.mean()) < 0.01, (win.mean(), full.mean())
+
+
+def test_window_bad_inputs():
+    sim = LensingSimulator("deeplense_sr", hr_size=32)
+    params = sim.sample_params(2)
+    for bad in (0, 7, 34, 12.0):
+        with pytest.raises(DataError, match=f"window={bad!r}"):
+            sim.sample_windows(2, bad)
+    with pytest.raises(DataError, match="n=0"):
+        sim.sample_windows(0, 8)
+    with pytest.raises(DataError, match=r"offsets\[1\]=\[3, 0\].*multiples of scale=2"):
+        sim.window_pairs(params, torch.tensor([[0, 0], [3, 0]]), 8)
+    with pytest.raises(DataError, match=r"offsets\[0\]=\[26, 0\].*\[0, 24\]"):
+        sim.render_windows(params, torch.tensor([[26, 0], [0, 0]]), 8)
+    with pytest.raises(DataError, match="offsets has shape"):
+        sim.render_windows(params, torch.zeros(2, 2), 8)
+    with pytest.raises(DataError, match="offsets has shape"):
+        sim.render_windows(params, torch.zeros(3, 2, dtype=torch.int64), 8)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_windows_match_cpu():
+    cpu = LensingSimulator(hr_size=48, dtype=torch.float64)
+    gpu = LensingSimulator(hr_size=48, device="cuda", dtype=torch.float64)
+    params = cpu.sample_params(4, torch.Generator().manual_seed(0))
+    offsets = torch.tensor([[0, 0], [24, 24], [10, 30], [30, 0]])
+    ref = cpu.window_pairs(params, offsets, 16, noise=False)
+    out = gpu.window_pairs(params.cuda(), offsets.cuda(), 16, noise=False)
+    torch.testing.assert_close(out.hr.cpu(), ref.hr, rtol=1e-9, atol=1e-12)
+    b = gpu.sample_windows(8, 16, torch.Generator(device="cuda").manual_seed(1))
+    assert b.hr.device.type == "cuda" and b.offsets.device.type == "cuda"
+    assert torch.equal(b.lr, F.avg_pool2d(b.hr, 2))

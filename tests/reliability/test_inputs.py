@@ -114,7 +114,7 @@ def test_empty_train_split_is_named(
     ("override", "message"),
     [
         ("data.scale=4", r"shards have scale 2, the dataset was asked for scale 4"),
-        ("data.patch_size=32", r"patch_size 32 \(HR 64\) does not fit"),
+        ("data.patch_size=32", r"patch_size=32 \(HR 64\) does not fit"),
     ],
 )
 def test_impossible_data_config_is_named(

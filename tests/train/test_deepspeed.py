@@ -28,12 +28,16 @@ from tests.conftest import REPO, subprocess_env, tiny_overrides, torchrun_cmd
 WORKER = REPO / "tests" / "train" / "ds_worker.py"
 DS_CONFIGS = REPO / "configs" / "deepspeed"
 # (tag, zero stage, precision, grad_accum): ZeRO 0, 1, 2 x fp32, bf16, fp16 (dynamic loss scaling runs on CPU)
+# ZeRO-2 also trains a zoo pair: RRDB generator + U-Net discriminator (per-pixel logits), tiny options.
+ZOO = {"model.g.arch": "rrdb", "model.g.options": "{channels: 4, blocks: 1, growth: 2}", "model.d.arch": "unet",
+       "model.d.options": "{channels: 2}"}
 VARIANTS = [
-    ("z0_fp32", 0, "fp32", 1),
-    ("z1_bf16", 1, "bf16", 1),
-    ("z2_fp32", 2, "fp32", 2),
-    ("z2_bf16", 2, "bf16", 1),
-    ("z1_fp16", 1, "fp16", 1),
+    ("z0_fp32", 0, "fp32", 1, {}),
+    ("z1_bf16", 1, "bf16", 1, {}),
+    ("z2_fp32", 2, "fp32", 2, {}),
+    ("z2_bf16", 2, "bf16", 1, {}),
+    ("z1_fp16", 1, "fp16", 1, {}),
+    ("z2_rrdb_unet", 2, "fp32", 1, ZOO),
 ]
 STEPS, PRETRAIN, SPLIT = 6, 2, 4  # GAN phase from step 3; the split run saves at 4 and resumes to 6
 # fp32 vs DDP, same seed and data, 2 ranks on CPU/gloo, measured: ZeRO 0 bit-identical; ZeRO 2 with
@@ -94,12 +98,13 @@ def build_jobs(data: Path, out: Path) -> list[dict[str, Any]]:
         job("ddp_acc", "ddp_acc", STEPS, "never", **{"dist.backend": "ddp", "train.grad_accum": 2}),
         job("ddp_fp16", "ddp_fp16", STEPS, "never", **{"dist.backend": "ddp", "train.precision": "fp16"}),
     ]
-    for tag, zero, precision, accum in VARIANTS:
+    for tag, zero, precision, accum, extra in VARIANTS:
         ds = {
             "dist.backend": "deepspeed",
             "dist.zero_stage": zero,
             "train.precision": precision,
             "train.grad_accum": accum,
+            **extra,
         }
         jobs += [
             job(f"{tag}_straight", f"{tag}_straight", STEPS, "never", **ds),

@@ -43,7 +43,7 @@ def test_gan_steps_run_and_stay_finite(tiny_shards: Path, tmp_path: Path, extra:
 
 def test_gradient_clipping_bounds_the_update(tiny_shards: Path, tmp_path: Path) -> None:
     """With a tiny max norm, one SGD-like Adam step is bounded; the reported norm is the pre-clip norm."""
-    from hpc_sr.train.backends import DDPBackend
+    from hpc_sr.train.backends.ddp import DDPBackend
 
     cfg = load_config(None, tiny_overrides(tiny_shards, tmp_path, **{"train.grad_clip": 1e-3}))
     backend = DDPBackend(cfg, torch.device("cpu"), world_size=1)

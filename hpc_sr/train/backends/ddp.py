@@ -1,4 +1,13 @@
-"""DDP back-end: torch DistributedDataParallel (plain modules for one process), AMP, one GradScaler per model."""
+"""DDP back-end: torch DistributedDataParallel (plain modules for one process), AMP, one GradScaler per model.
+
+DDP options (:func:`ddp_options`): buffers are broadcast from rank 0 before every forward only when the module
+keeps running statistics of its inputs (BatchNorm-style). Otherwise they are broadcast once, when the model is
+wrapped (DDP itself then syncs only the parameters): spectral-norm vectors start from rank 0's random draw and
+then evolve identically on every rank (the power iteration depends on the weights alone), constant index
+tables (SwinIR) never change; a broadcast before every forward would be one more collective per forward, i.e.
+one more point where every rank waits for the slowest. Gradients are views into DDP's buckets (no copy in and
+out).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -15,13 +25,45 @@ from hpc_sr.config import Config
 from hpc_sr.train.backends.base import Backend, make_optimizer
 
 
+def has_running_stats(module: nn.Module) -> bool:
+    """True when a submodule keeps running statistics of the data it sees (BatchNorm / InstanceNorm with
+    ``track_running_stats``): the only buffers that can differ between ranks."""
+    return any(
+        getattr(m, "track_running_stats", False) and getattr(m, "running_mean", None) is not None
+        for m in module.modules()
+    )
+
+
+def broadcast_buffers_once(module: nn.Module, src: int = 0) -> None:
+    """Copy rank ``src``'s buffers to every rank (a no-op without a process group)."""
+    if not dist.is_initialized():
+        return
+    for buf in module.buffers():
+        dist.broadcast(buf, src=src)
+
+
+def ddp_options(cfg: Config, module: nn.Module) -> dict[str, Any]:
+    """Keyword arguments of DistributedDataParallel for ``module`` (see the module docstring)."""
+    return {
+        "find_unused_parameters": cfg.dist.find_unused_parameters,
+        "broadcast_buffers": has_running_stats(module),
+        "gradient_as_bucket_view": True,
+    }
+
+
 class DDPBackend(Backend):
-    """torch DistributedDataParallel (or plain modules for one process), AMP with one GradScaler per model."""
+    """torch DistributedDataParallel (or plain modules for one process), AMP with one GradScaler per model.
+
+    ``ddp_overrides`` replaces entries of :func:`ddp_options` (benchmarks compare DDP settings with it).
+    """
 
     name = "ddp"
 
-    def __init__(self, cfg: Config, device: torch.device, world_size: int) -> None:
+    def __init__(
+        self, cfg: Config, device: torch.device, world_size: int, ddp_overrides: dict[str, Any] | None = None
+    ) -> None:
         super().__init__(cfg, device, world_size)
+        self.ddp_overrides = dict(ddp_overrides or {})
         self._names: list[str] = []
         self._raw: dict[str, nn.Module] = {}
         self._wrapped: dict[str, nn.Module] = {}
@@ -37,7 +79,10 @@ class DDPBackend(Backend):
         wrapped: nn.Module = module
         if self.world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            wrapped = DDP(module, device_ids=ids, find_unused_parameters=self.cfg.dist.find_unused_parameters)
+            opts = {**ddp_options(self.cfg, module), **self.ddp_overrides}
+            if not opts.get("broadcast_buffers", True):
+                broadcast_buffers_once(module)
+            wrapped = DDP(module, device_ids=ids, **opts)
         if t.compile:
             wrapped = torch.compile(wrapped)  # type: ignore[assignment]
         self._wrapped[name] = wrapped
