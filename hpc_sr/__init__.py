@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 from hpc_sr.version import __version__
 
+__all__ = ["__version__", "evaluate_arrays", "load_generator", "pretrained_names", "upscale"]
+
 if TYPE_CHECKING:
     import numpy as np
     import torch
@@ -81,8 +83,16 @@ def upscale(
         t = t[:, None]
     elif ndim != 4:
         raise ValueError(f"upscale: expected (H,W), (N,H,W) or (N,C,H,W), got shape {tuple(t.shape)}")
-    out = upscale_array(model, t.float(), int(model.scale), tile=tile, overlap=overlap, batch_size=batch_size,
-                        device=device, ensemble=ensemble)
+    out = upscale_array(
+        model,
+        t.float(),
+        int(model.scale),
+        tile=tile,
+        overlap=overlap,
+        batch_size=batch_size,
+        device=device,
+        ensemble=ensemble,
+    )
     if clamp:
         out = out.clamp(0, 1)
     out = out[0, 0] if ndim == 2 else out[:, 0] if ndim == 3 else out
@@ -100,7 +110,11 @@ def evaluate_arrays(
     from hpc_sr.eval.metrics import MetricAccumulator, bicubic_upscale
 
     def as4d(x: Any) -> torch.Tensor:
-        t = torch.from_numpy(np.asarray(x, dtype=np.float64)) if not isinstance(x, torch.Tensor) else x.double()
+        t = (
+            torch.from_numpy(np.asarray(x, dtype=np.float64))
+            if not isinstance(x, torch.Tensor)
+            else x.double()
+        )
         return t[None, None] if t.ndim == 2 else t[:, None] if t.ndim == 3 else t
 
     s, h = as4d(sr), as4d(hr)

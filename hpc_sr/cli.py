@@ -205,10 +205,15 @@ def _run_demo(a: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------------------------- config
 def _add_config(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("config", help="print the resolved config, or list the registered archs, losses, sources")
+    p = sub.add_parser(
+        "config", help="print the resolved config, or list the registered archs, losses, sources"
+    )
     csub = p.add_subparsers(dest="config_command", required=True, metavar="ACTION")
-    show = csub.add_parser("show", help="the resolved, validated config as YAML (what `train` would use)",
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    show = csub.add_parser(
+        "show",
+        help="the resolved, validated config as YAML (what `train` would use)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     show.add_argument("--config", default=None, help="YAML config; the defaults when omitted")
     show.add_argument("overrides", nargs="*", help="dotted overrides, e.g. model.g.arch=rcan")
     csub.add_parser("archs", help="registered generators, discriminators, loss terms and data sources")
@@ -240,7 +245,10 @@ _COMMANDS: dict[str, tuple[str, Callable[[argparse._SubParsersAction], None] | N
     "inspect": ("counts, split sizes, value ranges, bicubic PSNR/SSIM, example grid", _add_inspect),
     "train": ("train a generator (and GAN): single process, torchrun or srun", _add_train),
     "evaluate": ("PSNR/SSIM/MSE/flux of a generator and of bicubic on a split", _add_evaluate),
-    "upscale": ("upscale .npy/.npz/FITS images (files, folders, globs) with a trained generator", _add_upscale),
+    "upscale": (
+        "upscale .npy/.npz/FITS images (files, folders, globs) with a trained generator",
+        _add_upscale,
+    ),
     "submit": ("submit training to SLURM through submitit (one task per GPU)", _add_submit),
     "demo": ("the quick start: simulate, train the CPU quickstart, evaluate vs bicubic", _add_demo),
     "config": ("print the resolved config; list registered archs, losses and data sources", _add_config),

@@ -409,7 +409,7 @@ def _legacy_override_path(path: list[str]) -> list[str]:
 
 
 def migrate_legacy(data: dict[str, Any]) -> dict[str, Any]:
-    """Translate v1 flat model/loss keys into ``model.g``/``model.d`` and ``train.losses`` (with a warning)."""
+    """Translate v1 flat model/loss keys into ``model.g``/``model.d`` and ``train.losses`` (warns)."""
     model, train = data.get("model"), data.get("train")
     old_model = [k for k in LEGACY_MODEL_KEYS if isinstance(model, dict) and k in model]
     old_train = [k for k in LEGACY_LOSS_KEYS if isinstance(train, dict) and k in train]

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from hpc_sr.train.components import check_config
 from hpc_sr.config import Config, ConfigError, flatten, load_config, save_config
+from hpc_sr.train.components import check_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -94,8 +94,15 @@ def test_file_errors_name_the_file(tmp_path: Path) -> None:
 
 
 def test_arch_options_and_loss_terms_by_dotted_override() -> None:
-    cfg = load_config(None, ["model.g.arch=rcan", "model.g.options.groups=2", "train.losses.pixel.kind=mse",
-                             "train.losses.ssim.weight=0.5"])
+    cfg = load_config(
+        None,
+        [
+            "model.g.arch=rcan",
+            "model.g.options.groups=2",
+            "train.losses.pixel.kind=mse",
+            "train.losses.ssim.weight=0.5",
+        ],
+    )
     assert cfg.model.g.arch == "rcan" and cfg.model.g.options == {"groups": 2}
     terms = {t["term"]: t for t in cfg.train.losses}
     assert terms["pixel"]["kind"] == "mse" and terms["ssim"]["weight"] == 0.5 and "adversarial" in terms
@@ -105,7 +112,10 @@ def test_arch_options_and_loss_terms_by_dotted_override() -> None:
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("model.g.arch=rcna", r"model.g.arch: unknown arch 'rcna' \(did you mean 'rcan'\?\); valid: .*srresnet"),
+        (
+            "model.g.arch=rcna",
+            r"model.g.arch: unknown arch 'rcna' \(did you mean 'rcan'\?\); valid: .*srresnet",
+        ),
         ("model.g.options.chanels=8", r"model.g.options.chanels; did you mean 'channels'"),
         ("model.d.arch=unit", r"model.d.arch: unknown arch 'unit' \(did you mean 'unet'"),
         ("train.losses.pixle.weight=1", r"unknown loss term 'pixle' \(did you mean 'pixel'"),

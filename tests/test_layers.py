@@ -1,4 +1,5 @@
-"""Imports point one way: every import of every hpc_sr module (module level and inside functions) goes to its own
+"""Imports point one way: every import of every hpc_sr module (module level and inside functions) goes to its
+own
 layer or below, and no two modules import each other at module level.
 
 Layers, top to bottom (a module may import its own row or below)::
@@ -62,7 +63,9 @@ def imports_of(source: str, module: str) -> list[tuple[str, int, bool]]:
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
             if node.level:  # relative import: resolve against the package
-                base = module.split(".")[: -node.level] if not module.endswith("__init__") else module.split(".")
+                base = (
+                    module.split(".")[: -node.level] if not module.endswith("__init__") else module.split(".")
+                )
                 names = [".".join(base + ([node.module] if node.module else []))]
             elif node.module:
                 names = [node.module]

@@ -1,11 +1,15 @@
-"""Every zoo generator trained on the same CPU budget on one simulated deeplense_sr set, then evaluated on its test
-split beside bicubic and the split's noise ceiling (the table in docs/RESULTS.md, "Model zoo at equal budget").
+"""Every zoo generator trained on the same CPU budget on one simulated deeplense_sr set, then evaluated on
+its test
+split beside bicubic and the split's noise ceiling (the table in docs/RESULTS.md, "Model zoo at equal
+budget").
 
     python tools/zoo_budget.py --out WORK [--num 6000] [--steps 1200] [--only srresnet,rcan] [--limit 600]
 
 Same data, steps, LR patch (24), batch (16), MSE pixel loss, schedule and EMA for every arch; sizes chosen so
-that each trains at a similar images/s on one CPU thread (measured and reported). The best arch is trained once
-more with the exact LR-consistency layer (``model.g.lr_consistent``). Writes WORK/zoo.json and WORK/zoo.md; runs
+that each trains at a similar images/s on one CPU thread (measured and reported). The best arch is trained
+once
+more with the exact LR-consistency layer (``model.g.lr_consistent``). Writes WORK/zoo.json and WORK/zoo.md;
+runs
 are resumable (a finished run is evaluated again, not retrained).
 """
 
@@ -38,10 +42,12 @@ ZOO: dict[str, dict[str, object]] = {
 }
 
 
-def overrides(arch: str, options: dict[str, object], data: Path, runs: Path, name: str, steps: int,
-              lr_consistent: bool) -> list[str]:
+def overrides(
+    arch: str, options: dict[str, object], data: Path, runs: Path, name: str, steps: int, lr_consistent: bool
+) -> list[str]:
     return [
-        f"data.path={data}", "data.loader=memory", "data.batch_size=16", "data.patch_size=24", "data.num_workers=0",
+        f"data.path={data}", "data.loader=memory", "data.batch_size=16", "data.patch_size=24",
+        "data.num_workers=0",
         "data.val_images=64", f"model.g.arch={arch}", f"model.g.options={json.dumps(options)}",
         f"model.g.lr_consistent={str(lr_consistent).lower()}", f"train.steps={steps}",
         f"train.pretrain_steps={steps}", "train.lr_g=4e-4", "train.warmup_steps=50", "train.ema_decay=0.995",
@@ -52,8 +58,20 @@ def overrides(arch: str, options: dict[str, object], data: Path, runs: Path, nam
 
 
 def noise_ceiling(data: Path, limit: int) -> dict[str, dict[str, float]]:
-    proc = subprocess.run([sys.executable, str(REPO / "tools" / "noise_ceiling.py"), str(data), "--split", "test",
-                           "--limit", str(limit)], capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "tools" / "noise_ceiling.py"),
+            str(data),
+            "--split",
+            "test",
+            "--limit",
+            str(limit),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -81,10 +99,17 @@ def main(argv: list[str] | None = None) -> int:
         name = f"{arch}{'_lrc' if lrc else ''}"
         cfg = load_config(None, overrides(arch, ZOO[arch], data, runs, name, a.steps, lrc))
         t0 = time.time()
-        if not (runs / name / "checkpoints" / "latest").is_file() or read_run(runs / name).train.get(a.steps) is None:
+        if (
+            not (runs / name / "checkpoints" / "latest").is_file()
+            or read_run(runs / name).train.get(a.steps) is None
+        ):
             run_training(cfg, resume="auto")
         history = read_run(runs / name)
-        ips = [r.get("images_per_s") for s, r in sorted(history.train.items()) if s > 100 and r.get("images_per_s")]
+        ips = [
+            r.get("images_per_s")
+            for s, r in sorted(history.train.items())
+            if s > 100 and r.get("images_per_s")
+        ]
         res = evaluate(runs / name, data, split="test", limit=a.limit, quiet=True)
         m, b = res["model"], res["bicubic"]
         gain, ceiling_gain = m["psnr"] - b["psnr"], ceil["ceiling"]["psnr"] - ceil["bicubic"]["psnr"]
@@ -99,18 +124,27 @@ def main(argv: list[str] | None = None) -> int:
         })  # fmt: skip
         print(json.dumps(rows[-1]), flush=True)
         (a.out / "zoo.json").write_text(json.dumps({"ceiling": ceil, "rows": rows}, indent=2))
-    lines = ["| arch | LR-consistent | params | train img/s | PSNR mean / pooled | SSIM | flux err | gain | of ceiling |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| arch | LR-consistent | params | train img/s | PSNR mean / pooled | SSIM | flux err | gain "
+        "| of ceiling |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['arch']} | {'yes' if r['lr_consistent'] else 'no'} | {r['params']:,} | "
-                     f"{r['train_img_s']:.0f} | {r['psnr']:.3f} / {r['psnr_pooled']:.3f} | {r['ssim']:.4f} | "
-                     f"{r['flux_err']:.2e} | {r['gain_db']:+.3f} dB | {r['ceiling_fraction']:.0%} |")
+        lines.append(
+            f"| {r['arch']} | {'yes' if r['lr_consistent'] else 'no'} | {r['params']:,} | "
+            f"{r['train_img_s']:.0f} | {r['psnr']:.3f} / {r['psnr_pooled']:.3f} | {r['ssim']:.4f} | "
+            f"{r['flux_err']:.2e} | {r['gain_db']:+.3f} dB | {r['ceiling_fraction']:.0%} |"
+        )
     b = rows[0] if rows else None
     if b:
-        lines.append(f"| bicubic | | | | {b['bicubic_psnr']:.3f} | {b['bicubic_ssim']:.4f} | "
-                     f"{b['bicubic_flux_err']:.2e} | | |")
-        lines.append(f"| noise ceiling | | | | {ceil['ceiling']['psnr']:.3f} | {ceil['ceiling']['ssim']:.4f} | | "
-                     f"{b['ceiling_gain_db']:+.3f} dB | 100% |")
+        lines.append(
+            f"| bicubic | | | | {b['bicubic_psnr']:.3f} | {b['bicubic_ssim']:.4f} | "
+            f"{b['bicubic_flux_err']:.2e} | | |"
+        )
+        lines.append(
+            f"| noise ceiling | | | | {ceil['ceiling']['psnr']:.3f} | {ceil['ceiling']['ssim']:.4f} | | "
+            f"{b['ceiling_gain_db']:+.3f} dB | 100% |"
+        )
     (a.out / "zoo.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

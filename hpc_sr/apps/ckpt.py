@@ -32,9 +32,9 @@ from hpc_sr.train.checkpoint import (
     best_checkpoint,
     build_generator_from_payload,
     export_generator,
+    flat_keys,
     generator_payload,
     is_complete,
-    flat_keys,
     load_generator,
     load_generator_payload,
     payload_generator_spec,
@@ -90,10 +90,22 @@ def list_checkpoints(run_dir: str | Path) -> list[dict[str, Any]]:
             except CheckpointError:
                 ok = False
         val = meta.get("val") or {}
-        rows.append({"name": path.name, "step": _step_of(path.name), "complete": ok, "size": dir_size(path),
-                     "phase": meta.get("phase"), "backend": meta.get("backend"),
-                     "world_size": meta.get("world_size"), "psnr": val.get("psnr"), "ssim": val.get("ssim"),
-                     "best": path == best, "latest": path == latest, "path": str(path)})
+        rows.append(
+            {
+                "name": path.name,
+                "step": _step_of(path.name),
+                "complete": ok,
+                "size": dir_size(path),
+                "phase": meta.get("phase"),
+                "backend": meta.get("backend"),
+                "world_size": meta.get("world_size"),
+                "psnr": val.get("psnr"),
+                "ssim": val.get("ssim"),
+                "best": path == best,
+                "latest": path == latest,
+                "path": str(path),
+            }
+        )
     return rows
 
 
@@ -102,10 +114,20 @@ def format_list(rows: list[dict[str, Any]]) -> str:
     lines = [header]
     for r in rows:
         flags = " ".join(f for f, on in (("best", r["best"]), ("latest", r["latest"])) if on)
-        lines.append((r["name"], str(r["step"] if r["step"] is not None else "?"), human(r["size"]),
-                      "complete" if r["complete"] else "INCOMPLETE", r["phase"] or "", r["backend"] or "",
-                      str(r["world_size"] or ""), f"{r['psnr']:.3f}" if r["psnr"] is not None else "",
-                      f"{r['ssim']:.4f}" if r["ssim"] is not None else "", flags))
+        lines.append(
+            (
+                r["name"],
+                str(r["step"] if r["step"] is not None else "?"),
+                human(r["size"]),
+                "complete" if r["complete"] else "INCOMPLETE",
+                r["phase"] or "",
+                r["backend"] or "",
+                str(r["world_size"] or ""),
+                f"{r['psnr']:.3f}" if r["psnr"] is not None else "",
+                f"{r['ssim']:.4f}" if r["ssim"] is not None else "",
+                flags,
+            )
+        )
     widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in lines)
 
@@ -131,17 +153,25 @@ def average_payloads(payloads: list[dict[str, Any]], sources: list[str]) -> dict
     for payload, src in zip(payloads[1:], sources[1:]):
         spec_a = flat_keys(payload_generator_spec(first), "model.g.")
         spec_b = flat_keys(payload_generator_spec(payload), "model.g.")
-        diff = [f"{k}: {spec_a.get(k)!r} in {src0} vs {spec_b.get(k)!r} in {src}"
-                for k in sorted(set(spec_a) | set(spec_b)) if spec_a.get(k) != spec_b.get(k)]
+        diff = [
+            f"{k}: {spec_a.get(k)!r} in {src0} vs {spec_b.get(k)!r} in {src}"
+            for k in sorted(set(spec_a) | set(spec_b))
+            if spec_a.get(k) != spec_b.get(k)
+        ]
         if first["scale"] != payload["scale"]:
             diff.append(f"scale: {first['scale']!r} in {src0} vs {payload['scale']!r} in {src}")
         keys_a, keys_b = set(first["state_dict"]), set(payload["state_dict"])
         if keys_a != keys_b:
-            diff.append(f"weights only in {src0}: {sorted(keys_a - keys_b)[:5]}, only in {src}: "
-                        f"{sorted(keys_b - keys_a)[:5]}")
+            diff.append(
+                f"weights only in {src0}: {sorted(keys_a - keys_b)[:5]}, only in {src}: "
+                f"{sorted(keys_b - keys_a)[:5]}"
+            )
         sd_a, sd_b = first["state_dict"], payload["state_dict"]
-        diff += [f"{k}: shape {tuple(sd_a[k].shape)} in {src0} vs {tuple(sd_b[k].shape)} in {src}"
-                 for k in sorted(keys_a & keys_b) if sd_a[k].shape != sd_b[k].shape]
+        diff += [
+            f"{k}: shape {tuple(sd_a[k].shape)} in {src0} vs {tuple(sd_b[k].shape)} in {src}"
+            for k in sorted(keys_a & keys_b)
+            if sd_a[k].shape != sd_b[k].shape
+        ]
         if diff:
             raise CheckpointError("average: checkpoints of different models: " + "; ".join(diff))
     averaged = {}
@@ -153,17 +183,23 @@ def average_payloads(payloads: list[dict[str, Any]], sources: list[str]) -> dict
             averaged[key] = ref.clone()
         else:
             raise CheckpointError(f"average: integer tensor {key} differs between {src0} and the others")
-    out = generator_payload(first["model"], int(first["scale"]), averaged,
-                            source="average of " + ", ".join(sources),
-                            step=max(int(p["step"]) for p in payloads))
+    out = generator_payload(
+        first["model"],
+        int(first["scale"]),
+        averaged,
+        source="average of " + ", ".join(sources),
+        step=max(int(p["step"]) for p in payloads),
+    )
     out["averaged_from"] = list(sources)
     return out
 
 
 def average_checkpoints(sources: list[str | Path], out: str | Path, ema: bool = True) -> Path:
     """Load each generator (EMA when present and ``ema``), average, write ``out`` atomically."""
-    payloads = [load_generator_payload(s, ema=ema) for s in tqdm(sources, desc="load", unit="ckpt",
-                                                                   disable=len(sources) < 3)]
+    payloads = [
+        load_generator_payload(s, ema=ema)
+        for s in tqdm(sources, desc="load", unit="ckpt", disable=len(sources) < 3)
+    ]
     averaged = average_payloads(payloads, [str(s) for s in sources])
     build_generator_from_payload(averaged)  # refuse to write weights that do not rebuild the model
     out = Path(out)
@@ -179,7 +215,7 @@ def prune(run_dir: str | Path, keep: int, dry_run: bool = False) -> list[Path]:
         raise HpcSrError(f"--keep {keep}: must be >= 0")
     manager = CheckpointManager(run_of(run_dir))
     steps = manager.steps()
-    kept = set(steps[len(steps) - keep:]) if keep else set()
+    kept = set(steps[len(steps) - keep :]) if keep else set()
     kept |= {p for p in (best_checkpoint(steps), manager.latest()) if p is not None}
     removed = [p for p in steps if p not in kept]
     for path in removed:
@@ -239,8 +275,9 @@ def verify_step_dir(step_dir: Path) -> list[str]:
     try:
         state = CheckpointManager(step_dir.parent.parent).load(step_dir)
         if int(state.get("step", -1)) != meta.get("step"):
-            problems.append(f"{step_dir / TRAINER_FILE}: step {state.get('step')} but meta.json says "
-                            f"{meta.get('step')}")
+            problems.append(
+                f"{step_dir / TRAINER_FILE}: step {state.get('step')} but meta.json says {meta.get('step')}"
+            )
     except CheckpointError as exc:
         problems.append(str(exc))
     for path in sorted(p for p in step_dir.rglob("*") if p.is_file() and p.name != TRAINER_FILE):
@@ -251,8 +288,10 @@ def verify_step_dir(step_dir: Path) -> list[str]:
     names = [f"rank_{r:05d}.pt" for r in range(world)]
     missing = [n for n in names if not (step_dir / "rng" / n).is_file()]
     if missing:
-        problems.append(f"{step_dir / 'rng'}: missing RNG state of {len(missing)} of {world} ranks: "
-                        f"{', '.join(missing[:4])}")
+        problems.append(
+            f"{step_dir / 'rng'}: missing RNG state of {len(missing)} of {world} ranks: "
+            f"{', '.join(missing[:4])}"
+        )
     if not problems:
         try:
             build_generator_from_payload(load_generator_payload(step_dir))
@@ -290,13 +329,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("run_dir")
     s.add_argument("--json", action="store_true")
     s = sub.add_parser("export", help="write a generator file: G.pt (state_dict), TorchScript or ONNX")
-    s.add_argument("checkpoint", help="step directory, run directory (its latest checkpoint) or exported G.pt")
+    s.add_argument(
+        "checkpoint", help="step directory, run directory (its latest checkpoint) or exported G.pt"
+    )
     s.add_argument("--out", required=True)
-    s.add_argument("--format", default="state_dict", choices=["state_dict", "torchscript", "onnx"],
-                   help="state_dict: needs hpc_sr to load; torchscript / onnx: torch or onnxruntime alone, "
-                   "dynamic height and width (default: state_dict)")
-    s.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True,
-                   help="EMA weights when the checkpoint has them (default) or the raw generator")
+    s.add_argument(
+        "--format",
+        default="state_dict",
+        choices=["state_dict", "torchscript", "onnx"],
+        help="state_dict: needs hpc_sr to load; torchscript / onnx: torch or onnxruntime alone, "
+        "dynamic height and width (default: state_dict)",
+    )
+    s.add_argument(
+        "--ema",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="EMA weights when the checkpoint has them (default) or the raw generator",
+    )
     s = sub.add_parser("average", help="uniform average of the generators of several checkpoints")
     s.add_argument("checkpoints", nargs="+", help="step directories, run directories or exported G.pt files")
     s.add_argument("--out", required=True)

@@ -22,7 +22,11 @@ QUICKSTART: dict = {
         "val_images": 64,
     },
     "model": {
-        "g": {"arch": "srresnet", "options": {"channels": 32, "blocks": 4, "res_scale": 0.1}, "bicubic_skip": True}
+        "g": {
+            "arch": "srresnet",
+            "options": {"channels": 32, "blocks": 4, "res_scale": 0.1},
+            "bicubic_skip": True,
+        }
     },
     "train": {
         "steps": 800,
@@ -82,7 +86,10 @@ def run_demo(
         )
     else:
         print(f"[demo] reusing the data set in {data_dir}")
-    print(f"[demo] training {cfg.model.g.arch} {cfg.model.g.options} for {cfg.train.steps} steps (run {cfg.run_dir})")
+    print(
+        f"[demo] training {cfg.model.g.arch} {cfg.model.g.options} for {cfg.train.steps} steps "
+        f"(run {cfg.run_dir})"
+    )
     code = run_training(cfg, resume="never")
     if code != 0:
         return code

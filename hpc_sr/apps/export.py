@@ -45,9 +45,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from hpc_sr.version import __version__
 from hpc_sr.atomic import atomic_open
 from hpc_sr.errors import HpcSrError
+from hpc_sr.version import __version__
 
 log = logging.getLogger(__name__)
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")

@@ -32,12 +32,12 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from hpc_sr.version import __version__
 from hpc_sr.apps import fits_io
 from hpc_sr.apps.tiling import upscale_array
 from hpc_sr.atomic import atomic_open
 from hpc_sr.data.sources import as_image
 from hpc_sr.errors import DataError, HpcSrError
+from hpc_sr.version import __version__
 
 FITS_EXTS = (".fits", ".fit", ".fts")
 EXTS = (".npy", ".npz", *FITS_EXTS, *(e + ".gz" for e in FITS_EXTS))

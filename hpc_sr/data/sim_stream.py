@@ -1,4 +1,5 @@
-"""Training source ``simulate``: pairs rendered on the fly by the lensing simulator (``data.source: simulate``).
+"""Training source ``simulate``: pairs rendered on the fly by the lensing simulator (``data.source:
+simulate``).
 
 The worked example of a data source in one file (docs/ARCHITECTURE.md): a class registered with
 ``@register_source`` that yields this rank's micro-batches and saves/restores its position.
@@ -26,7 +27,9 @@ from hpc_sr.dist.env import DistEnv
 class SimulatedStream:
     """Endless per-rank micro-batches rendered by the lensing simulator (no DataLoader workers)."""
 
-    def __init__(self, data: DataConfig, seed: int, env: DistEnv, device: torch.device, micro_batch: int) -> None:
+    def __init__(
+        self, data: DataConfig, seed: int, env: DistEnv, device: torch.device, micro_batch: int
+    ) -> None:
         from hpc_sr.data.lensing import LensingSimulator
 
         sim_device = device if data.sim_device == "auto" else torch.device(data.sim_device)
@@ -35,13 +38,20 @@ class SimulatedStream:
         check_patch(data.patch_size, (lr_size, lr_size), data.scale, f"the simulated {data.preset!r} images")
         self.generator = torch.Generator(device=sim_device)
         self.generator.manual_seed(seed * 1_000_003 + env.rank)
-        self.micro_batch, self.patch, self.scale, self.augment = micro_batch, data.patch_size, data.scale, data.augment
+        self.micro_batch, self.patch, self.scale, self.augment = (
+            micro_batch,
+            data.patch_size,
+            data.scale,
+            data.augment,
+        )
         self.lr_hw = (lr_size, lr_size)
         self.device = device
 
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.patch:  # render each sample's own window only
-            batch = self.sim.sample_windows(self.micro_batch, self.patch * self.scale, generator=self.generator)
+            batch = self.sim.sample_windows(
+                self.micro_batch, self.patch * self.scale, generator=self.generator
+            )
             d = draw(self.micro_batch, (self.patch, self.patch), 0, self.augment, self.generator)
             lr, hr = crop_and_augment(batch.lr, batch.hr, d, 0, self.scale)
         else:

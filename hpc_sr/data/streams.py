@@ -8,11 +8,13 @@ A source is an endless, resumable iterator of this rank's micro-batches ``(lr, h
 - ``shards`` with ``data.loader: item | block``: a DataLoader over HDF5 shards (per-item reads with a
   DistributedSampler that can start mid-epoch, or contiguous block reads); crops/flips per item.
 - ``shards`` with ``data.loader: memory | device``: :class:`MemoryStream`, the split held once per process (in
-  RAM, pinned on CUDA hosts, or on the training device itself) with crops and the 8 flips/rotations done for the
+  RAM, pinned on CUDA hosts, or on the training device itself) with crops and the 8 flips/rotations done for
+  the
   whole micro-batch in one gather.
 - ``simulate``: on-the-fly simulation (hpc_sr.data.sim_stream).
 
-Every source has the same position semantics: (epoch, micro-batches consumed this epoch) for the data sets, the
+Every source has the same position semantics: (epoch, micro-batches consumed this epoch) for the data sets,
+the
 generator state for simulation; a resumed run sees exactly the batches the uninterrupted run would have seen.
 Register a new one with ``@register_source("name")`` on a class taking ``(data, seed, env, device, micro)``
 in any module of ``hpc_sr.data``.
@@ -76,7 +78,9 @@ def check_source(data: DataConfig) -> None:
         )
 
 
-def make_train_stream(data: DataConfig, seed: int, env: DistEnv, device: torch.device, micro_batch: int) -> Any:
+def make_train_stream(
+    data: DataConfig, seed: int, env: DistEnv, device: torch.device, micro_batch: int
+) -> Any:
     """The training stream of ``data.source``."""
     check_source(data)
     return SOURCES[data.source](data, seed, env, device, micro_batch)
@@ -125,7 +129,9 @@ class EpochPosition:
     def load_global_offset(self, saved: dict[str, Any], world_size: int) -> None:
         """Resume a run saved on another world size at the same global sample offset of its epoch."""
         consumed = int(saved["position"]) * int(saved["micro_batch"]) * int(saved["world_size"])
-        self.load_state_dict({"epoch": saved["epoch"], "position": consumed // (self.micro_batch * world_size)})
+        self.load_state_dict(
+            {"epoch": saved["epoch"], "position": consumed // (self.micro_batch * world_size)}
+        )
 
     def restart(self) -> None:  # pragma: no cover - overridden
         pass
@@ -134,7 +140,9 @@ class EpochPosition:
 class ShardStream(EpochPosition):
     """Per-rank micro-batches from a DataLoader over the train split (``data.loader: item | block``)."""
 
-    def __init__(self, data: DataConfig, seed: int, env: DistEnv, device: torch.device, micro_batch: int) -> None:
+    def __init__(
+        self, data: DataConfig, seed: int, env: DistEnv, device: torch.device, micro_batch: int
+    ) -> None:
         from hpc_sr.data.dataset import BlockShardDataset, build_dataset, seed_worker
 
         self.dataset = build_dataset(
@@ -149,7 +157,9 @@ class ShardStream(EpochPosition):
         )
         check_enough(len(self.dataset.indices), micro_batch, env, data.path)
         # block reads: contiguous chunks, shuffled blocks + buffer, split over ranks by the dataset itself
-        self.sampler = None if isinstance(self.dataset, BlockShardDataset) else ResumableSampler(self.dataset, env, seed)
+        self.sampler = (
+            None if isinstance(self.dataset, BlockShardDataset) else ResumableSampler(self.dataset, env, seed)
+        )
         self.micro_batch = micro_batch
         self.device = device
         self._loader_kwargs: dict[str, Any] = dict(
@@ -202,12 +212,16 @@ class MemoryStream(EpochPosition):
     """The train split resident once per process (RAM, pinned RAM on CUDA hosts, or the training device).
 
     Epoch e shuffles the split with a permutation seeded by (seed, e), the same on every rank; rank r takes
-    every world-th index from r (``N // world`` per rank, drop-last as DistributedSampler). Micro-batch p of the
-    epoch draws its crops and flips/rotations from a generator seeded by (seed, e, rank, p): the sequence depends
+    every world-th index from r (``N // world`` per rank, drop-last as DistributedSampler). Micro-batch p of
+    the
+    epoch draws its crops and flips/rotations from a generator seeded by (seed, e, rank, p): the sequence
+    depends
     only on (seed, epoch, position), so a resume is exact without saving generator state.
     """
 
-    def __init__(self, data: DataConfig, seed: int, env: DistEnv, device: torch.device, micro_batch: int) -> None:
+    def __init__(
+        self, data: DataConfig, seed: int, env: DistEnv, device: torch.device, micro_batch: int
+    ) -> None:
         from hpc_sr.data.dataset import InMemoryShardDataset
 
         ds = InMemoryShardDataset(data.path, split="train", scale=data.scale)

@@ -630,7 +630,8 @@ class PhysicsAccumulator:
         return int(self._sums[0].item())
 
     def compute(self) -> dict[str, float]:
-        """Means: ``band_ratio_<band>_vs_hr`` / ``_vs_clean`` (geometric mean of the per-image ratios), ``arc_psnr`` (dB,
+        """Means: ``band_ratio_<band>_vs_hr`` / ``_vs_clean`` (geometric mean of the per-image ratios),
+        ``arc_psnr`` (dB,
         mean over images with a non-empty mask), ``arc_fraction``, ``lr_residual``, ``flux_err``,
         ``flux_err_vs_clean``, ``ring_err_vs_hr`` (mean |r_SR - r_HR|, pixels), ``ring_bias_vs_hr`` (mean
         r_SR - r_HR), ``ring_err_vs_clean``, ``ring_err_hr_vs_clean``, ``ring_err_vs_theta_e``,

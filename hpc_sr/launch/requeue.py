@@ -14,9 +14,9 @@ import os
 import socket
 from collections.abc import Callable
 
-from hpc_sr.errors import HpcSrError, TrainingError
 from hpc_sr.dist.env import first_host, port_from_job_id
 from hpc_sr.dist.signals import REQUEUE_EXIT_CODE, install_stop_flag, requeue_self
+from hpc_sr.errors import HpcSrError, TrainingError
 
 DEFAULT_ENTRY = "hpc_sr.train.entry:train_main"
 EntryFn = Callable[..., int]

@@ -24,9 +24,9 @@ from typing import Any
 import yaml
 
 from hpc_sr.config import Config, ConfigError, load_config
+from hpc_sr.dist.signals import parse_slurm_time
 from hpc_sr.errors import HpcSrError
 from hpc_sr.launch.requeue import DEFAULT_ENTRY, SlurmTrainJob
-from hpc_sr.dist.signals import parse_slurm_time
 
 SIGNAL_DELAY_S = 90
 

@@ -47,7 +47,8 @@ class SRGenerator(nn.Module):
         super().__init__()
         if scale not in SUPPORTED_SCALES:
             raise ValueError(
-                f"{type(self).__name__}: scale={scale!r} is not supported; valid scales: {list(SUPPORTED_SCALES)}"
+                f"{type(self).__name__}: scale={scale!r} is not supported; "
+                f"valid scales: {list(SUPPORTED_SCALES)}"
             )
         self.scale = scale
         self.in_channels = common.in_channels

@@ -6,7 +6,8 @@
         - {term: flux, weight: 0.1}
         - {term: adversarial, kind: ragan, weight: 5.0e-3}   # GAN phase only
 
-A term is a class registered with ``@register_loss(name, Options)`` anywhere in ``hpc_sr.models`` (one file per
+A term is a class registered with ``@register_loss(name, Options)`` anywhere in ``hpc_sr.models`` (one file
+per
 new term is enough); ``build_losses(cfg.train.losses)`` validates each entry against the term's options
 dataclass. Terms that need the discriminator (``needs_discriminator``) count in the GAN phase only.
 
@@ -174,7 +175,9 @@ def build_losses(specs: list[dict[str, Any]], key: str = "train.losses") -> list
         if name not in LOSSES:
             hint = difflib.get_close_matches(name, list(LOSSES), n=1)
             extra = f" (did you mean {hint[0]!r}?)" if hint else ""
-            raise ConfigError(f"{where}.term: unknown loss term {name!r}{extra}; valid: {', '.join(sorted(LOSSES))}")
+            raise ConfigError(
+                f"{where}.term: unknown loss term {name!r}{extra}; valid: {', '.join(sorted(LOSSES))}"
+            )
         if name in seen:
             raise ConfigError(f"{where}: loss term {name!r} is listed twice")
         seen.add(name)

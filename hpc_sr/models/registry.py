@@ -159,7 +159,8 @@ def options_dict(opts: Any) -> dict[str, Any]:
 def generator_spec(g: Any) -> dict[str, Any]:
     """Resolved, plain description of a generator config section (``model.g``): arch, full options, flags.
 
-    Accepts a :class:`~hpc_sr.config.GeneratorConfig` or its dict; the options are validated and completed with
+    Accepts a :class:`~hpc_sr.config.GeneratorConfig` or its dict; the options are validated and completed
+    with
     the arch's defaults, so two specs compare equal exactly when they build the same model.
     """
     g = g if isinstance(g, dict) else dataclasses.asdict(g)

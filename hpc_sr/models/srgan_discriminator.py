@@ -1,9 +1,11 @@
 """SRGAN discriminator (Ledig et al. 2017) without BatchNorm, pooled head: ``model.d.arch: srgan``.
 
 conv3x3 + LeakyReLU(0.2), then ``blocks`` pairs (conv3x3 stride 1, conv3x3 stride 2) with channels
-``channels * 2**i``, then AdaptiveAvgPool2d(1) -> linear -> LeakyReLU -> linear 1: one logit per image, any size.
+``channels * 2**i``, then AdaptiveAvgPool2d(1) -> linear -> LeakyReLU -> linear 1: one logit per image, any
+size.
 
-No BatchNorm (SRGAN's D has it): no running statistics to keep in step across DDP ranks and the D output of one
+No BatchNorm (SRGAN's D has it): no running statistics to keep in step across DDP ranks and the D output of
+one
 image does not depend on the rest of its batch, which RaGAN and the real/fake split batches prefer.
 ``spectral_norm`` wraps every conv and linear layer in ``torch.nn.utils.parametrizations.spectral_norm``.
 """

@@ -164,7 +164,9 @@ class CheckpointManager:
                     replaced = final.with_name(f".pruned-{final.name}")
                     os.replace(final, replaced)
                 os.replace(tmp, final)
-                fsync_dir(self.dir)  # step_N durable before `latest` names it (latest's own rename fsyncs too)
+                fsync_dir(
+                    self.dir
+                )  # step_N durable before `latest` names it (latest's own rename fsyncs too)
                 if replaced is not None:
                     shutil.rmtree(replaced, ignore_errors=True)
                 faults.save_point("renamed", step, final)
@@ -253,7 +255,9 @@ def model_config_diff(saved: dict[str, Any], current: dict[str, Any], prefix: st
     """``model.g.options.channels: checkpoint 8 vs config 16`` for every key that differs."""
     a, b = flat_keys(saved, prefix), flat_keys(current, prefix)
     return [
-        f"{k}: checkpoint {a.get(k)!r} vs config {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)
+        f"{k}: checkpoint {a.get(k)!r} vs config {b.get(k)!r}"
+        for k in sorted(set(a) | set(b))
+        if a.get(k) != b.get(k)
     ]
 
 
@@ -284,8 +288,10 @@ def generator_payload(
 ) -> dict[str, Any]:
     """The exported-generator file format: a plain state_dict plus what rebuilds the model without a config.
 
-    ``generator`` holds the resolved spec (arch, full options, bicubic_skip, lr_consistent); ``model`` keeps the
-    model section it came from. Files written before v2 hold only ``model`` (flat SRResNet keys): they load too.
+    ``generator`` holds the resolved spec (arch, full options, bicubic_skip, lr_consistent); ``model`` keeps
+    the
+    model section it came from. Files written before v2 hold only ``model`` (flat SRResNet keys): they load
+    too.
     """
     return {
         "format": GENERATOR_FORMAT,

@@ -11,7 +11,12 @@ from torch import nn
 from hpc_sr.config import Config, ConfigError, ModelConfig
 from hpc_sr.data.streams import check_source
 from hpc_sr.models.losses import WeightedTerm, adversarial_kind, build_losses
-from hpc_sr.models.registry import discriminator_from_spec, discriminator_spec, generator_from_spec, generator_spec
+from hpc_sr.models.registry import (
+    discriminator_from_spec,
+    discriminator_spec,
+    generator_from_spec,
+    generator_spec,
+)
 
 
 def check_config(cfg: Config) -> None:
@@ -23,7 +28,9 @@ def check_config(cfg: Config) -> None:
     if not terms:
         raise ConfigError("train.losses: the list is empty; give at least one term (e.g. {term: pixel})")
     if not any(not t.term.needs_discriminator for t in terms):
-        raise ConfigError("train.losses: every term needs the discriminator; add a pixel term for pretraining")
+        raise ConfigError(
+            "train.losses: every term needs the discriminator; add a pixel term for pretraining"
+        )
     check_source(cfg.data)
 
 

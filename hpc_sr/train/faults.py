@@ -3,7 +3,8 @@
 - ``HPC_SR_FAULT_SAVE_PAUSE=<stage>[@<step>]``: a checkpoint save touches ``.fault-<stage>-<step>`` beside the
   checkpoint directory and sleeps at that stage (the test then SIGKILLs the run). Stages: :data:`SAVE_STAGES`.
 - ``HPC_SR_FAULT_NAN_STEPS=3,4``: the generator loss of those optimiser steps is made NaN.
-- ``HPC_SR_FAULT_STEP_SLEEP=0.5``: sleep that long after every optimiser step (lets a test aim a signal at a step).
+- ``HPC_SR_FAULT_STEP_SLEEP=0.5``: sleep that long after every optimiser step (lets a test aim a signal at a
+step).
 """
 
 from __future__ import annotations

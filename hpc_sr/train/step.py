@@ -7,7 +7,8 @@ Order per step (DDP back-end):
 1. every G micro-batch: forward, the weighted loss terms (D frozen and called through its raw module, no
    wrapper hooks), backward (gradients synchronised on the last micro-batch only);
 2. every D micro-batch, on the same batches with SR detached: forward on HR and SR, loss, backward. D's
-   gradients do not depend on G's update (the fakes are detached, D is unchanged by it), so computing them before
+   gradients do not depend on G's update (the fakes are detached, D is unchanged by it), so computing them
+   before
    G's optimiser step gives the same update as the classic order, and lets the next point see both;
 3. ONE small all-reduce (MAX) of [stop signal, non-finite G loss, non-finite D loss] and one host read: every
    rank takes the same decision: step G and D, or skip the step everywhere;

@@ -29,7 +29,12 @@ from hpc_sr.errors import CheckpointError, TrainingError
 from hpc_sr.eval.loop import evaluate_batches
 from hpc_sr.train import faults, rng
 from hpc_sr.train.backends import make_backend
-from hpc_sr.train.checkpoint import CheckpointManager, check_model_config, load_generator_payload, resolved_model
+from hpc_sr.train.checkpoint import (
+    CheckpointManager,
+    check_model_config,
+    load_generator_payload,
+    resolved_model,
+)
 from hpc_sr.train.components import build_discriminator, build_generator, build_loss_terms, check_config
 from hpc_sr.train.ema import ModelEMA
 from hpc_sr.train.logger import RunLogger, peak_memory_mb
@@ -153,7 +158,9 @@ class Trainer:
         if rank_state is not None and same_world:
             rng.set_rng_state(rank_state["rng"])
             self.stream.load_state_dict(rank_state["stream"])
-        elif (state.get("data") or {}).get("position") is not None and hasattr(self.stream, "load_global_offset"):
+        elif (state.get("data") or {}).get("position") is not None and hasattr(
+            self.stream, "load_global_offset"
+        ):
             self.stream.load_global_offset(state["data"], self.env.world_size)
         self.log.record("start", self.step, {"resumed_from": str(path)})
         self.log.console(f"resumed from {path} at step {self.step}")
@@ -264,7 +271,8 @@ class Trainer:
             f"{k.removeprefix('loss_')} {v:.4g}" for k, v in means.items() if k.startswith("loss")
         )
         self.log.console(
-            f"step {self.step}/{self.cfg.train.steps} [{phase}] {losses_txt} | {rates['images_per_s']:.1f} img/s"
+            f"step {self.step}/{self.cfg.train.steps} [{phase}] {losses_txt} | "
+            f"{rates['images_per_s']:.1f} img/s"
             f" | data {rates['data_wait_share']:.0%} | eta {format_eta(rates['eta_s'])}"
         )
 
@@ -295,11 +303,11 @@ class Trainer:
             f"gain {res.gain_db:+.3f} dB"
         )
         every = self.cfg.log.image_every
-        if res.first is not None and self.env.is_main and every > 0:
-            if self.step % every == 0 or self.step == self.cfg.train.steps:
-                from hpc_sr.eval.pictures import comparison_grid
+        due = every > 0 and (self.step % every == 0 or self.step == self.cfg.train.steps)
+        if res.first is not None and self.env.is_main and due:
+            from hpc_sr.eval.pictures import comparison_grid
 
-                self.log.image("val/comparison", self.step, comparison_grid(*res.first, scale=self.scale))
+            self.log.image("val/comparison", self.step, comparison_grid(*res.first, scale=self.scale))
         self.log.flush()
         return m
 

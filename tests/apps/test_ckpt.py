@@ -12,14 +12,13 @@ from typing import Any
 import pytest
 import torch
 
-from hpc_sr.config import load_config
-from hpc_sr.apps.evaluate import evaluate
-from hpc_sr.config import config_to_dict
-from hpc_sr.train.components import build_generator
-from hpc_sr.train.checkpoint import CheckpointManager, atomic_torch_save, generator_payload, load_generator
-from tests.conftest import tiny_overrides
 from hpc_sr.apps import ckpt as ck
+from hpc_sr.apps.evaluate import evaluate
+from hpc_sr.config import config_to_dict, load_config
+from hpc_sr.train.checkpoint import CheckpointManager, atomic_torch_save, generator_payload, load_generator
+from hpc_sr.train.components import build_generator
 from tests.apps.test_runs import build_sweep, train
+from tests.conftest import tiny_overrides
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +43,9 @@ def set_meta_psnr(step_dir: Path, psnr: float) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- list / prune
-def test_list_shows_best_latest_sizes_and_incomplete_temp_dirs(sweep: dict[str, Any], tmp_path: Path,
-                                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_list_shows_best_latest_sizes_and_incomplete_temp_dirs(
+    sweep: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     run = copy_run(sweep, "requeued", tmp_path)
     temp = run / "checkpoints" / ".tmp-step_00000008"
     (temp / "rng").mkdir(parents=True)
@@ -68,8 +68,9 @@ def test_list_shows_best_latest_sizes_and_incomplete_temp_dirs(sweep: dict[str, 
     assert "best" in lines[best]
 
 
-def test_prune_keeps_newest_best_and_latest(sweep: dict[str, Any], tmp_path: Path,
-                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_prune_keeps_newest_best_and_latest(
+    sweep: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     run = copy_run(sweep, "requeued", tmp_path)
     ckpts = run / "checkpoints"
     set_meta_psnr(ckpts / "step_00000002", 99.0)  # the oldest is recorded as the best
@@ -87,8 +88,9 @@ def test_prune_keeps_newest_best_and_latest(sweep: dict[str, Any], tmp_path: Pat
 
 
 # ----------------------------------------------------------------------------------------------- verify
-def test_verify_ok_then_names_each_corrupted_file(sweep: dict[str, Any], tmp_path: Path,
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_verify_ok_then_names_each_corrupted_file(
+    sweep: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     run = copy_run(sweep, "lr_hi", tmp_path)
     rc, out, _ = cli(capsys, "verify", str(run))
     assert rc == 0 and out.count("OK") == 2, out
@@ -112,8 +114,9 @@ def test_verify_ok_then_names_each_corrupted_file(sweep: dict[str, Any], tmp_pat
     assert rc == 1 and f"{meta}: unreadable checkpoint metadata" in out
 
 
-def test_verify_checks_crcs_and_accepts_intact_backend_files(sweep: dict[str, Any], tmp_path: Path,
-                                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_verify_checks_crcs_and_accepts_intact_backend_files(
+    sweep: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     step_dir = copy_run(sweep, "lr_hi", tmp_path) / "checkpoints" / "step_00000004"
     engine_file = step_dir / "engine_g" / "states.pt"  # like DeepSpeed's: pickles a library object
     engine_file.parent.mkdir()
@@ -128,7 +131,7 @@ def test_verify_checks_crcs_and_accepts_intact_backend_files(sweep: dict[str, An
     with zipfile.ZipFile(rng) as archive:
         info = max((i for i in archive.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
     raw = bytearray(rng.read_bytes())
-    name_len, extra_len = struct.unpack("<HH", raw[info.header_offset + 26:info.header_offset + 30])
+    name_len, extra_len = struct.unpack("<HH", raw[info.header_offset + 26 : info.header_offset + 30])
     raw[info.header_offset + 30 + name_len + extra_len + info.file_size // 2] ^= 0xFF
     rng.write_bytes(bytes(raw))
     rc, out, _ = cli(capsys, "verify", str(step_dir))
@@ -144,8 +147,9 @@ def trained(request: pytest.FixtureRequest, tiny_shards: Path, tmp_path: Path) -
     return {"run": tmp_path / f"export_{backend}", "trainer": trainer, "data": tiny_shards}
 
 
-def test_export_ema_and_raw_generators_load_and_evaluate(trained: dict[str, Any], tmp_path: Path,
-                                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_export_ema_and_raw_generators_load_and_evaluate(
+    trained: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     step_dir = trained["run"] / "checkpoints" / "step_00000004"
     trainer = trained["trainer"]
     refs = {"--ema": trainer.ema.module.state_dict(), "--no-ema": trainer.backend.module("g").state_dict()}
@@ -165,8 +169,9 @@ def test_export_ema_and_raw_generators_load_and_evaluate(trained: dict[str, Any]
     assert rc == 2 and "missing" in err and not (tmp_path / "x.pt").exists()
 
 
-def test_export_torchscript_and_onnx_run_without_hpc_sr_on_an_odd_size(trained: dict[str, Any], tmp_path: Path,
-                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_export_torchscript_and_onnx_run_without_hpc_sr_on_an_odd_size(
+    trained: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     import numpy as np
     import onnxruntime as ort
 
@@ -187,11 +192,13 @@ def test_export_torchscript_and_onnx_run_without_hpc_sr_on_an_odd_size(trained: 
 
 
 # ----------------------------------------------------------------------------------------------- average
-def test_average_of_checkpoints_is_the_mean_of_their_ema_weights(sweep: dict[str, Any], tiny_shards: Path,
-                                                                 tmp_path: Path,
-                                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    sources = [sweep["sweep"] / "lr_hi" / "checkpoints" / "step_00000004",
-               sweep["sweep"] / "lr_lo" / "checkpoints" / "step_00000002"]
+def test_average_of_checkpoints_is_the_mean_of_their_ema_weights(
+    sweep: dict[str, Any], tiny_shards: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sources = [
+        sweep["sweep"] / "lr_hi" / "checkpoints" / "step_00000004",
+        sweep["sweep"] / "lr_lo" / "checkpoints" / "step_00000002",
+    ]
     emas = [torch.load(s / "trainer.pt", weights_only=True)["ema"]["module"] for s in sources]
     exported = tmp_path / "lo.pt"  # an exported file may be mixed with checkpoint directories
     assert cli(capsys, "export", str(sources[1]), "--out", str(exported))[0] == 0
@@ -206,8 +213,9 @@ def test_average_of_checkpoints_is_the_mean_of_their_ema_weights(sweep: dict[str
     assert result["n"] == 5 and result["model"]["psnr"] > 10
 
 
-def test_average_refuses_different_models_naming_the_keys(sweep: dict[str, Any], tmp_path: Path,
-                                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_average_refuses_different_models_naming_the_keys(
+    sweep: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     cfg = load_config(None, tiny_overrides(None, tmp_path, **{"model.g.options.channels": 16}))
     other = tmp_path / "wide.pt"
     weights = build_generator(cfg.model, 2).state_dict()

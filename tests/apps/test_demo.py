@@ -1,4 +1,4 @@
-"""`hpc-sr demo`: the embedded quick-start equals configs/quickstart_cpu.yaml, and a tiny demo runs end to end."""
+"""`hpc-sr demo`: the embedded quick start equals configs/quickstart_cpu.yaml; a tiny demo runs end to end."""
 
 from __future__ import annotations
 
@@ -18,9 +18,26 @@ def test_demo_embedded_quickstart_equals_the_config_file() -> None:
 
 def test_demo_runs_end_to_end_at_tiny_size(tmp_path: Path, capsys) -> None:  # noqa: ANN001
     work = tmp_path / "demo"
-    code = main(["demo", "--workdir", str(work), "--num", "40", "--steps", "4", "data.batch_size=4",
-                 "data.patch_size=8", "data.hr_size=32", "model.g.options.channels=4", "model.g.options.blocks=1",
-                 "train.val_every=4", "train.ckpt_every=4", "log.log_every=2", "log.tensorboard=false"])
+    code = main(
+        [
+            "demo",
+            "--workdir",
+            str(work),
+            "--num",
+            "40",
+            "--steps",
+            "4",
+            "data.batch_size=4",
+            "data.patch_size=8",
+            "data.hr_size=32",
+            "model.g.options.channels=4",
+            "model.g.options.blocks=1",
+            "train.val_every=4",
+            "train.ckpt_every=4",
+            "log.log_every=2",
+            "log.tensorboard=false",
+        ]
+    )
     assert code == 0
     out = capsys.readouterr().out
     assert "gain over bicubic" in out and "[demo] done" in out

@@ -87,7 +87,9 @@ def test_evaluate_under_torchrun_reduces_exactly(
         assert dist[who] == pytest.approx(single[who], rel=1e-9)
 
 
-def test_self_ensemble_flag_changes_the_result_of_a_trained_model(trained_run: Path, tiny_shards: Path) -> None:
+def test_self_ensemble_flag_changes_the_result_of_a_trained_model(
+    trained_run: Path, tiny_shards: Path
+) -> None:
     plain = evaluate(trained_run, tiny_shards, quiet=True)
     ens = evaluate(trained_run, tiny_shards, quiet=True, ensemble=True)
     assert ens["self_ensemble"] and not plain["self_ensemble"]

@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 import torch
 
+from hpc_sr.apps import runs as agg
 from hpc_sr.config import load_config
 from hpc_sr.dist.env import DistEnv
 from hpc_sr.train.trainer import Trainer
-from tests.conftest import PYTHON, REPO, subprocess_env, tiny_overrides
-from hpc_sr.apps import runs as agg
+from tests.conftest import PYTHON, subprocess_env, tiny_overrides
 
 COMMON = {"train.val_every": 2, "train.ckpt_every": 2, "train.keep_last": 10, "log.image_every": 0}
 LRS = {"lr_hi": 1e-3, "lr_lo": 3e-4, "requeued": 1e-3, "truncated": 3e-4, "tb_only": 1e-3}

@@ -276,7 +276,9 @@ def test_cli_options_and_run(
 ) -> None:
     from hpc_sr.train.checkpoint import generator_payload
 
-    parser = argparse.ArgumentParser(prog="hpc-sr upscale", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="hpc-sr upscale", formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     add_upscale_arguments(parser)  # as `hpc-sr` builds it: every sub-command's help shows its defaults
     text = parser.format_help()
     for option in (

@@ -1,4 +1,5 @@
-"""Training sources: the registry, the batched resident stream (exact resume, rank-disjoint), simulation, the one
+"""Training sources: the registry, the batched resident stream (exact resume, rank-disjoint), simulation, the
+one
 crop/augment transform."""
 
 from __future__ import annotations
@@ -100,7 +101,9 @@ def test_memory_stream_ranks_are_disjoint_within_an_epoch(shards: Path) -> None:
     for rank in (0, 1):
         s = MemoryStream(plain, 0, DistEnv(rank=rank, world_size=2), CPU, 4)
         batches = _take(s, s.batches_per_epoch)
-        seen.append({tuple(hr.flatten()[:8].tolist()) for _, b in [(None, x[1]) for x in batches] for hr in b})
+        seen.append(
+            {tuple(hr.flatten()[:8].tolist()) for _, b in [(None, x[1]) for x in batches] for hr in b}
+        )
     assert seen[0] and seen[1] and not seen[0] & seen[1]
 
 

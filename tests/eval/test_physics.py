@@ -111,7 +111,7 @@ def test_arc_mask_and_masked_psnr_by_hand() -> None:
 
 def test_noise_rms_estimate_from_clipped_and_offset_backgrounds() -> None:
     sigma, n = 0.02, 32
-    blob = _ring(8, n, 0.0, (15.5, 15.5), width=3.0)  # a bright blob in the middle
+    blob = _ring(8, n, 0.0, (15.5, 15.5), width=1.5)  # a compact bright blob: mostly background
     noise = sigma * torch.randn(8, 1, n, n, generator=_gen(2), dtype=torch.float64)
     clipped = (blob + noise).clamp(0, 1)
     ratio = estimate_noise_rms(clipped) / sigma
@@ -158,12 +158,12 @@ def test_lens_centre_follows_the_simulator_pixel_convention() -> None:
     p = sim.sample_params(2, _gen(5))
     p[:, P["src_amp"]] = 0.0  # lens light only: its centre is the brightest pixel
     p[:, P["ll_R"]], p[:, P["ll_amp"]] = 0.3, 5.0
-    p[:, P["lens_x"]] = torch.tensor([0.2, -0.15], dtype=torch.float64)
-    p[:, P["lens_y"]] = torch.tensor([-0.1, 0.25], dtype=torch.float64)
+    p[:, P["lens_x"]] = torch.tensor([0.225, -0.175], dtype=torch.float64)  # pixel centres: columns 20, 12
+    p[:, P["lens_y"]] = torch.tensor([-0.125, 0.275], dtype=torch.float64)  # rows 13, 21
     p[:, P["hr_peak_flux"]] = 1.0
     img = sim.render(p, noise=False)
     centre = lens_centre_pixels(p, "wide", 32)
-    assert torch.allclose(centre[0], torch.tensor([15.5 - 2, 15.5 + 4], dtype=torch.float64))
+    assert torch.allclose(centre, torch.tensor([[13.0, 20.0], [21.0, 12.0]], dtype=torch.float64))
     brightest = img.flatten(1).argmax(1)
     assert torch.equal(torch.stack((brightest // 32, brightest % 32), 1), centre.round().long())
     assert torch.allclose(theta_e_pixels(p, "wide"), p[:, P["theta_E"]] / 0.05)

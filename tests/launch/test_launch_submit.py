@@ -9,10 +9,10 @@ import pytest
 import yaml
 
 from hpc_sr.config import ConfigError
-from hpc_sr.launch.requeue import SlurmTrainJob, master_port, resolve_entry, slurm_dist_env
-from hpc_sr.launch.slurm import add_submit_arguments, run_submit, submit, sweep_points
 from hpc_sr.dist import signals
 from hpc_sr.dist.signals import REQUEUE_EXIT_CODE
+from hpc_sr.launch.requeue import SlurmTrainJob, master_port, resolve_entry, slurm_dist_env
+from hpc_sr.launch.slurm import add_submit_arguments, run_submit, submit, sweep_points
 
 
 @pytest.fixture(autouse=True)

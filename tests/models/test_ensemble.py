@@ -1,4 +1,4 @@
-"""Self-ensemble: the 8 dihedral transforms are applied and undone (checked on a model that is not equivariant)."""
+"""Self-ensemble: the 8 dihedral transforms are applied and undone (on a model that is not equivariant)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SRResNet: shapes, the bicubic skip, LR consistency, options through the registry, parameter and FLOP counts."""
+"""SRResNet: shapes, the bicubic skip, LR consistency, options via the registry, parameter and FLOP counts."""
 
 from __future__ import annotations
 
@@ -95,8 +95,13 @@ def test_batch_norm_option() -> None:
 
 
 def test_generator_from_config() -> None:
-    cfg = load_config(None, ["model.g.options={channels: 8, blocks: 3, batch_norm: true, res_scale: 0.2}",
-                             "model.g.bicubic_skip=false"])
+    cfg = load_config(
+        None,
+        [
+            "model.g.options={channels: 8, blocks: 3, batch_norm: true, res_scale: 0.2}",
+            "model.g.bicubic_skip=false",
+        ],
+    )
     g = generator_from_config(cfg.model, scale=4)
     assert isinstance(g, SRResNet) and g.scale == 4 and not g.bicubic_skip
     assert len(g.body) == 3 and g.body[0].res_scale == 0.2
@@ -108,7 +113,9 @@ def test_registry_names_unknown_option_and_bad_value() -> None:
         build_generator("srresnet", {"chanels": 8}, 2)
     with pytest.raises(ConfigError, match=r"model\.g\.options\.blocks: expected an integer"):
         build_generator("srresnet", {"blocks": "many"}, 2)
-    with pytest.raises(ConfigError, match=r"model\.g\.arch: unknown arch 'srresnt' \(did you mean 'srresnet'"):
+    with pytest.raises(
+        ConfigError, match=r"model\.g\.arch: unknown arch 'srresnt' \(did you mean 'srresnet'"
+    ):
         build_generator("srresnt", {}, 2)
 
 
@@ -152,5 +159,3 @@ def test_flops_generator_exact_and_scales_with_pixels() -> None:
     assert flops_per_image(g, (h, w)) == expected
     assert flops_per_image(g, (2 * h, 2 * w)) == 4 * expected
     assert g.training  # mode restored
-
-

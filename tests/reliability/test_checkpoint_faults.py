@@ -1,4 +1,5 @@
-"""SIGKILL during a checkpoint write, at every stage of the save (hpc_sr.train.faults.SAVE_STAGES): ``latest`` still
+"""SIGKILL during a checkpoint write, at every stage of the save (hpc_sr.train.faults.SAVE_STAGES):
+``latest`` still
 loads the previous good checkpoint, a partial directory is never taken for a checkpoint, and the stale temp
 directory is removed by the next save."""
 
@@ -9,10 +10,10 @@ from pathlib import Path
 import torch
 
 from hpc_sr.config import load_config
+from hpc_sr.dist.env import DistEnv
 from hpc_sr.train.checkpoint import CheckpointManager, is_complete
 from hpc_sr.train.faults import SAVE_PAUSE as FAULT_PAUSE
 from hpc_sr.train.faults import SAVE_STAGES as FAULT_STAGES
-from hpc_sr.dist.env import DistEnv
 from hpc_sr.train.trainer import Trainer
 from tests.conftest import PYTHON, tiny_overrides, wait_for
 from tests.reliability.reli_util import kill_group, rows, start, tail

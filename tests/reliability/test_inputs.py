@@ -16,8 +16,8 @@ import torch
 from hpc_sr.cli import main as cli_main
 from hpc_sr.config import load_config
 from hpc_sr.data.shards import MANIFEST, sha256_file
-from hpc_sr.errors import DataError, TrainingError
 from hpc_sr.dist.env import DistEnv
+from hpc_sr.errors import DataError, TrainingError
 from hpc_sr.train.trainer import Trainer, micro_batch_size
 from tests.conftest import tiny_overrides
 from tests.reliability.reli_util import rows

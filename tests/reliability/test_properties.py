@@ -3,6 +3,7 @@ keys always rejected with the key named, and the npy/FITS pair readers on random
 
 from __future__ import annotations
 
+import dataclasses
 import typing
 from pathlib import Path
 from tempfile import TemporaryDirectory
@@ -13,8 +14,6 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-
-import dataclasses
 
 from hpc_sr.config import Config, ConfigError, flatten, load_config, save_config
 from hpc_sr.data.sources import open_source

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from hpc_sr.config import load_config
+from hpc_sr.dist.env import DistEnv
 from hpc_sr.errors import CheckpointError, TrainingError
 from hpc_sr.train.checkpoint import CheckpointManager
-from hpc_sr.dist.env import DistEnv
 from hpc_sr.train.trainer import Trainer
 from tests.conftest import tiny_overrides
 

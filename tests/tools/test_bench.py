@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -11,16 +12,19 @@ from typing import Any
 import pytest
 import torch
 
+from hpc_sr.data.augment import crop_and_augment, draw
 from tests.conftest import PYTHON, REPO, subprocess_env
 from tools import bench_common as bc
-from tools.bench_scaling import allreduce_seconds
-from tools.bench_train import BenchConfig, parse_variant, plan_configs
+from tools.bench_loader import check_alternatives, gather_int32, gather_strided
+from tools.bench_scaling import FileBarrier, allreduce_seconds
+from tools.bench_train import BenchConfig, parse_variant, plan_configs, resolve_options
 
-TINY = ["--channels", "4", "--blocks", "1", "--d-blocks", "2", "--batch", "4", "--patch", "8",
+G4 = '{"channels": 4, "blocks": 1}'
+TINY = ["--g-options", G4, "--d-options", '{"channels": 4, "blocks": 2}', "--batch", "4", "--patch", "8",
         "--hr-size", "32"]  # fmt: skip
 
 
-def run_script(name: str, *args: str, timeout: float = 120) -> dict[str, Any]:
+def run_script(name: str, *args: str, timeout: float = 180) -> dict[str, Any]:
     proc = subprocess.run([PYTHON, str(REPO / "tools" / name), *args], cwd=REPO, env=subprocess_env(),
                           capture_output=True, text=True, timeout=timeout)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -28,49 +32,48 @@ def run_script(name: str, *args: str, timeout: float = 120) -> dict[str, Any]:
     return json.loads(last)  # strict JSON: NaN would not parse back as a number
 
 
-def test_bench_train_tiny(tmp_path: Path) -> None:
+def test_bench_train_tiny_two_archs(tmp_path: Path) -> None:
     out = tmp_path / "train.json"
-    res = run_script("bench_train.py", *TINY, "--variants", "fp32,bf16+cl", "--backends", "ddp,zero1",
-                     "--rounds", "2", "--window", "0.1", "--warmup", "1", "--sim-steps", "1",
-                     "--out", str(out))  # fmt: skip
+    res = run_script("bench_train.py", "--arch", "srresnet,edsr", "--g-options", "tiny", "--d-options", "tiny",
+                     "--batch", "4", "--patch", "8", "--hr-size", "32", "--variants", "fp32,bf16+cl",
+                     "--backends", "ddp,zero1", "--rounds", "2", "--window", "0.05", "--warmup", "1",
+                     "--sim-steps", "1", "--out", str(out))  # fmt: skip
     assert json.loads(out.read_text()) == res
     assert res["bench"] == "train" and res["errors"] == {}
     rows = {(r["config"], r["phase"]): r for r in res["rows"]}
-    assert set(rows) == {(c, p) for c in ("ddp/fp32", "ddp/bf16+cl", "zero1/fp32") for p in ("g", "gan")}
+    configs = [f"{a}:{c}" for a in ("srresnet", "edsr") for c in ("ddp/fp32", "ddp/bf16+cl", "zero1/fp32")]
+    assert set(rows) == {(c, p) for c in configs for p in ("g", "gan")}
     for r in rows.values():
         assert r["images_per_s"] > 0 and r["windows"] == 2 and 0 < r["mfu"] < 1, r
-    assert rows[("ddp/fp32", "g")]["ratio"] == 1.0 and rows[("ddp/fp32", "gan")]["ratio"] == 1.0
-    # the GAN step does more work per image than the G step: more FLOPs, fewer images per second
-    flops = res["train_flops_per_image"]
-    assert flops["gan"] > flops["g"] == 3 * flops["g_forward"]
-    assert rows[("ddp/fp32", "gan")]["images_per_s"] < rows[("ddp/fp32", "g")]["images_per_s"]
-    assert rows[("ddp/bf16+cl", "g")]["peak_tflops"] >= rows[("ddp/fp32", "g")]["peak_tflops"]
+    assert rows[("srresnet:ddp/fp32", "g")]["ratio"] == 1.0 and rows[("srresnet:ddp/fp32", "gan")]["ratio"] == 1.0
+    # every arch has its own FLOPs; the GAN step does more work per image than the G step
+    flops = res["train_flops_by_arch"]
+    assert flops["srresnet"]["g_forward"] != flops["edsr"]["g_forward"]
+    for f in flops.values():
+        assert f["gan"] > f["g"] == 3 * f["g_forward"]
+    assert res["params_by_arch"]["edsr"]["g"] != res["params_by_arch"]["srresnet"]["g"]
+    assert rows[("srresnet:ddp/bf16+cl", "g")]["peak_tflops"] >= rows[("srresnet:ddp/fp32", "g")]["peak_tflops"]
     for phase in ("g", "gan"):
         assert 0 < res["simulate_share"][phase]["share"] < 1
 
 
-def test_bench_scaling_tiny() -> None:
-    res = run_script(
-        "bench_scaling.py",
-        *TINY,
-        "--ranks",
-        "1,2",
-        "--repeats",
-        "1",
-        "--steps",
-        "1",
-        "--windows",
-        "2",
-        "--warmup",
-        "1",
-        "--probe-matmuls",
-        "20",
-    )
-    rows = {(r["ranks"], r["phase"]): r for r in res["rows"]}
-    assert set(rows) == {(n, p) for n in (1, 2) for p in ("g", "gan")}
-    assert rows[(1, "g")]["efficiency"] == 1.0 and rows[(1, "g")]["allreduce_ms"] is None
-    assert rows[(2, "gan")]["allreduce_ms"] > 0 and rows[(2, "g")]["images_per_s"] > 0
-    assert rows[(1, "g")]["compute_ceiling"] == 1.0 and rows[(2, "g")]["compute_ceiling"] > 0
+def test_bench_scaling_tiny_ddp_vs_independent() -> None:
+    # UNet D: spectral-norm vectors are buffers; the back-end broadcasts them once, not before every forward
+    res = run_script("bench_scaling.py", "--g-options", G4, "--d-arch", "unet", "--d-options", "tiny",
+                     "--batch", "4", "--patch", "8", "--hr-size", "32", "--repeats", "1", "--steps", "1",
+                     "--windows", "2", "--warmup", "1", "--probe-matmuls", "5", "--profile-steps", "1",
+                     "--ddp-variants", "default,v1")  # fmt: skip
+    rows = {(r["job"], r["phase"]): r for r in res["rows"]}
+    assert set(rows) == {(j, p) for j in ("1 process", "ddp 2", "indep 2") for p in ("g", "gan")}
+    assert rows[("1 process", "g")]["efficiency"] == 1.0 and rows[("1 process", "g")]["allreduce_ms"] is None
+    assert rows[("ddp 2", "gan")]["allreduce_ms"] > 0 and rows[("indep 2", "g")]["images_per_s"] > 0
+    assert set(res["ddp_over_indep"]) == {"2|g", "2|gan"} and all(v > 0 for v in res["ddp_over_indep"].values())
+    assert res["replicas_identical"] is True and res["buffers"]["d"] > 0
+    prof = res["profile"][0]
+    assert prof["gan"]["comm_calls_per_step"] > prof["g"]["comm_calls_per_step"] > 0
+    variants = {(r["variant"], r["phase"]): r for r in res["variants"]}
+    assert set(variants) == {(v, p) for v in ("default", "v1") for p in ("g", "gan")}
+    assert all(r["replicas_identical"] for r in variants.values())
     proj = res["projection"]["rows"]
     assert {r["gpus"] for r in proj} == {8, 16, 64, 256}
     for phase in ("g", "gan"):  # crossing nodes costs more than NVLink alone
@@ -80,28 +83,106 @@ def test_bench_scaling_tiny() -> None:
 
 def test_bench_loader_tiny(tmp_path: Path) -> None:
     out = tmp_path / "loader.json"
-    args = ["--num", "40", "--hr-size", "16", "--workers", "0", "--repeats", "2", "--batch-size", "8"]
-    res = run_script("bench_loader.py", *args, "--shard-size", "16", "--block-size", "8", "--out", str(out))
+    res = run_script("bench_loader.py", "--num", "48", "--hr-size", "32", "--patch", "8", "--batches", "4,8",
+                     "--rounds", "2", "--window", "0.05", "--shard-size", "16", "--block-size", "8",
+                     "--cpu-device-rows", "--out", str(out))  # fmt: skip
     assert json.loads(out.read_text()) == res and res["bench"] == "loader"
-    rows = {(r["reader"], r["workers"]): r for r in res["rows"]}
-    expected = {"npy files", "shards item", "shards block", "shards memory"}
-    assert {name for name, _ in rows} == expected | {"pack npy->shards"}
-    assert rows[("npy files", 0)]["ratio"] == 1.0
-    for key, r in rows.items():
-        assert r["pairs_per_s"] > 0
-        if key[0] != "pack npy->shards":
-            assert r["passes"] == 2
+    rows = {(r["reader"], r["batch"]): r for r in res["rows"]}
+    readers = {"item", "block", "memory", "device", "v1 whole", "v1 per-item crop",
+               "alt:current", "alt:int32-maps", "alt:strided", "alt:crop-only"}  # fmt: skip
+    assert set(rows) == {(r, b) for r in readers for b in (4, 8)}
+    for (reader, b), r in rows.items():
+        assert r["pairs_per_s"] > 0 and r["windows"] == 2, r
+        if reader == "v1 whole":
+            assert r["ratio_v1"] == 1.0
+        if reader == "memory":
+            assert r["ratio_memory"] == 1.0
+    assert res["alternatives_match_current"] == {k: True for k in ("current", "int32-maps", "strided", "crop-only")}
+    assert set(res["memory_meets_target"]) == {"4", "8"}  # JSON keys
 
 
-def test_plan_configs_and_variants() -> None:
+@pytest.mark.parametrize("c", [1, 3])
+def test_gather_alternatives_equal_crop_and_augment(c: int) -> None:
+    g = torch.Generator().manual_seed(0)
+    hr = torch.rand(10, c, 20, 20, generator=g)
+    lr = torch.rand(10, c, 10, 10, generator=g)
+    if c == 1:
+        assert all(check_alternatives(lr, hr, 4, 2).values())
+        d = draw(6, (10, 10), 4, True, g)
+        index = torch.tensor([9, 0, 3, 3, 7, 1])
+        want = crop_and_augment(lr, hr, d, 4, 2, index=index)[1]
+        got = gather_int32(hr, index, d.y * 2, d.x * 2, d.e, 8, 8)
+        assert torch.equal(got, want) and torch.equal(gather_strided(hr, index, d.y * 2, d.x * 2, d.e, 8, 8), want)
+    else:
+        with pytest.raises(ValueError, match="one channel"):
+            gather_int32(hr, torch.tensor([0]), torch.tensor([0]), torch.tensor([0]), torch.tensor([0]), 8, 8)
+
+
+def test_bench_gpu_kit_cpu_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "kit"
+    env = subprocess_env(BENCH_GPU_DEVICE="cpu", BENCH_GPU_TINY="1", PYTHON=PYTHON)
+    t0 = time.monotonic()
+    proc = subprocess.run(["bash", str(REPO / "tools" / "bench_gpu.sh"), str(out)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=180)  # fmt: skip
+    took = time.monotonic() - t0
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert (out / "errors.txt").read_text() == ""
+    for name in ("env", "loader", "simulate", "train"):
+        json.loads((out / f"{name}.json").read_text())
+    assert not (out / "scaling.json").exists() and "scaling: skipped" in (out / "notes.txt").read_text()
+    report = (out / "REPORT.md").read_text()
+    for title in ("## Training streams", "## Simulator", "## Training step", "| ddp/bf16 | gan |"):
+        assert title in report, title
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["results"]) == {"env", "loader", "simulate", "train"}
+    assert took < 120, f"the CPU smoke run took {took:.0f} s"
+
+
+def test_bench_report_names_what_is_missing(tmp_path: Path) -> None:
+    from tools.bench_report import main as report_main
+
+    (tmp_path / "train.json").write_text("{not json")
+    (tmp_path / "errors.txt").write_text("train: exit 124 (timed out)\n")
+    assert report_main([str(tmp_path)]) == 0
+    text = (tmp_path / "REPORT.md").read_text()
+    assert "Not measured (train.json is not JSON" in text and "Not measured (no result file)" in text
+    assert "train: exit 124 (timed out)" in text
+    assert report_main([str(tmp_path / "absent")]) == 2
+
+
+def test_plan_configs_variants_and_options() -> None:
     assert parse_variant("bf16+cl+compile") == ("bf16", True, True)
     configs = plan_configs("fp32,bf16+cl", "ddp,zero2", "bf16")
     assert [c.name for c in configs] == ["ddp/fp32", "ddp/bf16+cl", "zero2/bf16"]
     assert configs[-1] == BenchConfig("deepspeed", 2, "bf16")
+    zoo = plan_configs("fp32", "ddp", "fp32", ["srresnet", "rcan"])
+    assert [c.name for c in zoo] == ["srresnet:ddp/fp32", "rcan:ddp/fp32"]
     with pytest.raises(SystemExit, match="zero3"):
         plan_configs("fp32", "ddp,zero3", "fp32")
     with pytest.raises(SystemExit, match="unknown flag"):
         parse_variant("fp32+fast")
+    assert resolve_options("auto", "srresnet", {"srresnet": {"channels": 32}}, "g") == {"channels": 32}
+    assert resolve_options('{"edsr": {"blocks": 2}}', "edsr", {}, "g") == {"blocks": 2}
+    assert resolve_options("tiny", "rcan", {}, "g")["channels"] < 64
+    with pytest.raises(SystemExit, match="model.g.options.chanels"):
+        resolve_options('{"chanels": 8}', "srresnet", {}, "g")
+    with pytest.raises(SystemExit, match="unknown 'nope'"):
+        resolve_options("auto", "nope", {}, "g")
+
+
+def test_file_barrier_waits_for_every_process(tmp_path: Path) -> None:
+    late = FileBarrier(tmp_path, 1, 2)
+    (tmp_path / "1.0").touch()  # rank 0 arrived at barrier 1
+    late()  # rank 1 passes at once
+    pid = os.fork()
+    if pid == 0:  # a real second process arrives 0.2 s later at barrier 2
+        time.sleep(0.2)
+        (tmp_path / "2.0").touch()
+        os._exit(0)
+    t0 = time.monotonic()
+    late()
+    os.waitpid(pid, 0)
+    assert time.monotonic() - t0 >= 0.15
 
 
 def test_allreduce_model() -> None:

@@ -1,7 +1,9 @@
 """Files written by v1 (flat SRResNet config keys, exported G.pt format 1) still load, build and resume.
 
-tests/fixtures/v1/ was written by the v1 code (commit 6de5b4c): a 4-channel x 1-block SRResNet + SRGAN D trained
-3 steps (checkpoint step_00000003, its config.yaml) and the exported EMA generator G.pt, with reference outputs.
+tests/fixtures/v1/ was written by the v1 code (commit 6de5b4c): a 4-channel x 1-block SRResNet + SRGAN D
+trained
+3 steps (checkpoint step_00000003, its config.yaml) and the exported EMA generator G.pt, with reference
+outputs.
 """
 
 from __future__ import annotations
@@ -25,8 +27,12 @@ V1 = Path(__file__).resolve().parents[1] / "fixtures" / "v1"
 def test_v1_config_file_migrates_with_a_warning() -> None:
     with pytest.warns(FutureWarning, match="model.channels"):
         cfg = load_config(V1 / "config.yaml")
-    assert cfg.model.g.arch == "srresnet" and cfg.model.g.options == {"channels": 4, "blocks": 1, "batch_norm": False,
-                                                                        "res_scale": 0.1}
+    assert cfg.model.g.arch == "srresnet" and cfg.model.g.options == {
+        "channels": 4,
+        "blocks": 1,
+        "batch_norm": False,
+        "res_scale": 0.1,
+    }
     assert cfg.model.d.options == {"channels": 4, "blocks": 1, "spectral_norm": False}
     terms = {t["term"]: t for t in cfg.train.losses}
     assert terms["pixel"]["kind"] == "mse" and terms["flux"]["weight"] == pytest.approx(0.1)
@@ -47,8 +53,13 @@ def test_v1_checkpoint_resumes_under_v2(tiny_shards: Path, tmp_path: Path) -> No
     run = tmp_path / "runs" / "v1"
     shutil.copytree(V1 / "step_00000003", run / "checkpoints" / "step_00000003")
     (run / "checkpoints" / "latest").write_text("step_00000003\n")
-    overrides = [f"data.path={tiny_shards}", f"log.runs_dir={tmp_path / 'runs'}", "log.name=v1", "train.steps=4",
-                 "log.tensorboard=false"]
+    overrides = [
+        f"data.path={tiny_shards}",
+        f"log.runs_dir={tmp_path / 'runs'}",
+        "log.name=v1",
+        "train.steps=4",
+        "log.tensorboard=false",
+    ]
     with pytest.warns(FutureWarning):
         cfg = load_config(V1 / "config.yaml", overrides)
         trainer = Trainer(cfg, DistEnv(), torch.device("cpu"), resume="auto")

@@ -29,8 +29,12 @@ WORKER = REPO / "tests" / "train" / "ds_worker.py"
 DS_CONFIGS = REPO / "configs" / "deepspeed"
 # (tag, zero stage, precision, grad_accum): ZeRO 0, 1, 2 x fp32, bf16, fp16 (dynamic loss scaling runs on CPU)
 # ZeRO-2 also trains a zoo pair: RRDB generator + U-Net discriminator (per-pixel logits), tiny options.
-ZOO = {"model.g.arch": "rrdb", "model.g.options": "{channels: 4, blocks: 1, growth: 2}", "model.d.arch": "unet",
-       "model.d.options": "{channels: 2}"}
+ZOO = {
+    "model.g.arch": "rrdb",
+    "model.g.options": "{channels: 4, blocks: 1, growth: 2}",
+    "model.d.arch": "unet",
+    "model.d.options": "{channels: 2}",
+}
 VARIANTS = [
     ("z0_fp32", 0, "fp32", 1, {}),
     ("z1_bf16", 1, "bf16", 1, {}),

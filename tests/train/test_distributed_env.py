@@ -9,8 +9,8 @@ import torch
 
 from hpc_sr.dist.env import DistEnv, configure_threads, env_float, env_int, first_host, port_from_job_id
 from hpc_sr.errors import EnvironmentVariableError
-from hpc_sr.train.rng import rng_state, seed_everything, set_rng_state
 from hpc_sr.train.ema import ModelEMA
+from hpc_sr.train.rng import rng_state, seed_everything, set_rng_state
 from hpc_sr.train.schedule import lr_at
 
 

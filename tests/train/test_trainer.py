@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from hpc_sr.config import load_config
-from hpc_sr.errors import CheckpointError, TrainingError
 from hpc_sr.dist.env import DistEnv
+from hpc_sr.errors import CheckpointError, TrainingError
 from hpc_sr.train.faults import NAN_STEPS as FAULT_NAN_STEPS
 from hpc_sr.train.trainer import Trainer
 from tests.conftest import tiny_overrides
@@ -34,9 +34,14 @@ def test_gan_run_writes_config_metrics_checkpoints_and_tensorboard(tiny_shards: 
     assert [r["step"] for r in train_rows] == [1, 2, 3, 4, 5, 6]
     assert {r["phase"] for r in train_rows} == {"pretrain", "gan"}
     gan_row = train_rows[-1]
-    assert {"loss_g_pixel", "loss_g_adversarial", "loss_d", "images_per_s", "data_wait_share", "peak_mem_mb"} <= set(
-        gan_row
-    )
+    assert {
+        "loss_g_pixel",
+        "loss_g_adversarial",
+        "loss_d",
+        "images_per_s",
+        "data_wait_share",
+        "peak_mem_mb",
+    } <= set(gan_row)
     val = read_jsonl(run, "val")
     assert [r["step"] for r in val] == [3, 6]
     assert val[-1]["model"]["n"] == val[-1]["bicubic"]["n"] == 5
@@ -150,7 +155,9 @@ def test_gradient_accumulation_matches_one_big_batch(tiny_shards: Path, tmp_path
 def test_resume_refuses_a_checkpoint_of_another_model_config(tiny_shards: Path, tmp_path: Path) -> None:
     assert make_trainer(tiny_overrides(tiny_shards, tmp_path, steps=3, pretrain=3)).run() == 0
     with pytest.raises(CheckpointError, match=r"model\.g\.options\.channels: checkpoint 8 vs config 16"):
-        make_trainer(tiny_overrides(tiny_shards, tmp_path, steps=6, pretrain=6, **{"model.g.options.channels": 16}))
+        make_trainer(
+            tiny_overrides(tiny_shards, tmp_path, steps=6, pretrain=6, **{"model.g.options.channels": 16})
+        )
 
 
 def test_checkpoint_with_pickled_objects_is_refused(tiny_shards: Path, tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""Every registered generator: tiny train -> checkpoint -> exact resume -> export -> evaluate -> upscale; one zoo
+"""Every registered generator: tiny train -> checkpoint -> exact resume -> export -> evaluate -> upscale; one
+zoo
 arch under 2-rank DDP (torchrun, gloo). ZeRO-2 trains RRDB + U-Net D in tests/train/test_deepspeed.py."""
 
 from __future__ import annotations
@@ -28,10 +29,22 @@ def tiny_model_overrides(arch: str) -> dict[str, str]:
 
 
 def train(data: Path, runs: Path, name: str, steps: int, arch: str, **extra: object) -> Trainer:
-    """A tiny run to ``steps``; the schedule is constant so that a 2-step run resumed to 4 equals a 4-step run."""
-    over = tiny_overrides(data, runs, name=name, steps=steps, pretrain=steps,
-                          **{**tiny_model_overrides(arch), "train.ckpt_every": 2, "train.val_every": 2,
-                             "train.schedule": "constant", "log.tensorboard": "false", **extra})
+    """A tiny run to ``steps``; a constant schedule, so a 2-step run resumed to 4 equals a 4-step run."""
+    over = tiny_overrides(
+        data,
+        runs,
+        name=name,
+        steps=steps,
+        pretrain=steps,
+        **{
+            **tiny_model_overrides(arch),
+            "train.ckpt_every": 2,
+            "train.val_every": 2,
+            "train.schedule": "constant",
+            "log.tensorboard": "false",
+            **extra,
+        },
+    )
     trainer = Trainer(load_config(None, over), DistEnv(), torch.device("cpu"), resume="auto")
     assert trainer.run() == 0
     return trainer
@@ -65,9 +78,19 @@ def test_train_resume_export_evaluate_upscale(arch: str, tiny_shards: Path, tmp_
 
 
 def test_gan_with_unet_discriminator_trains(tiny_shards: Path, tmp_path: Path) -> None:
-    over = tiny_overrides(tiny_shards, tmp_path, name="unet", steps=4, pretrain=2,
-                          **{**tiny_model_overrides("edsr"), "model.d.arch": "unet", "model.d.options": "{channels: 2}",
-                             "log.tensorboard": "false"})
+    over = tiny_overrides(
+        tiny_shards,
+        tmp_path,
+        name="unet",
+        steps=4,
+        pretrain=2,
+        **{
+            **tiny_model_overrides("edsr"),
+            "model.d.arch": "unet",
+            "model.d.options": "{channels: 2}",
+            "log.tensorboard": "false",
+        },
+    )
     trainer = Trainer(load_config(None, over), DistEnv(), torch.device("cpu"), resume="never")
     assert trainer.run() == 0
     rows = [json.loads(x) for x in (tmp_path / "unet" / "metrics.jsonl").read_text().splitlines()]
@@ -76,8 +99,14 @@ def test_gan_with_unet_discriminator_trains(tiny_shards: Path, tmp_path: Path) -
 
 
 def test_two_rank_ddp_trains_a_zoo_arch_identically_on_both_ranks(tiny_shards: Path, tmp_path: Path) -> None:
-    over = tiny_overrides(tiny_shards, tmp_path, name="rcan_ddp", steps=4, pretrain=2,
-                          **{**tiny_model_overrides("rcan"), "log.tensorboard": "false"})
+    over = tiny_overrides(
+        tiny_shards,
+        tmp_path,
+        name="rcan_ddp",
+        steps=4,
+        pretrain=2,
+        **{**tiny_model_overrides("rcan"), "log.tensorboard": "false"},
+    )
     cmd = torchrun_cmd(2, REPO / "tests" / "train" / "ddp_worker.py", str(tmp_path), *over)
     proc = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
