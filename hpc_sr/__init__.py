@@ -26,20 +26,11 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
-
-
 def pretrained_names() -> list[str]:
     """Names of the generators shipped inside the package (``load_generator(name)``)."""
-    return sorted(p.stem for p in PRETRAINED_DIR.glob("*.pt"))
+    from hpc_sr.train.checkpoint import pretrained_names as names
 
-
-def resolve_generator_path(source: str | Path) -> Path:
-    """A shipped pretrained name -> its file; any other value is taken as a path."""
-    text = str(source)
-    if text in pretrained_names():
-        return PRETRAINED_DIR / f"{text}.pt"
-    return Path(source)
+    return names()
 
 
 def load_generator(source: str | Path, ema: bool = True, device: str | None = None) -> torch.nn.Module:
@@ -49,7 +40,7 @@ def load_generator(source: str | Path, ema: bool = True, device: str | None = No
     """
     from hpc_sr.train.checkpoint import load_generator as _load
 
-    model, _ = _load(resolve_generator_path(source), ema=ema)
+    model, _ = _load(source, ema=ema)
     return model.to(device) if device else model
 
 

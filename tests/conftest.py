@@ -1,11 +1,22 @@
-"""Shared fixtures: a tiny simulated shard set and tiny training configs (seconds on 2 CPU cores)."""
+"""Shared fixtures: a tiny simulated shard set and tiny training configs (seconds on 2 CPU cores).
+
+Also, for every test (autouse :func:`isolate_process_state`): the process state a test may leave behind is put
+back afterwards. See its docstring for what is restored silently and what is reported as a leak.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+import random
+import signal
+import socket
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -94,3 +105,131 @@ def wait_for(cond: Callable[[], object], timeout_s: float, what: str, period_s: 
             return value
         time.sleep(period_s)
     pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+# ----------------------------------------------------------------------------------------------- isolation
+LAUNCHER_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+GUARDED_SIGNALS = (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT)
+STRICT_LEAKS = "HPC_SR_TEST_STRICT_LEAKS"  # =1: a leak fails the test instead of warning
+
+
+class StateLeakWarning(UserWarning):
+    """A test left launcher variables or a process group behind (restored by isolate_process_state)."""
+
+
+def _reset_stop_flag() -> None:
+    """Forget hpc_sr.dist.signals' process-wide stop flag and requeue decision (module globals), so the next
+    install_stop_flag() installs fresh handlers and no stop request carries over into another test."""
+    mod = sys.modules.get("hpc_sr.dist.signals")
+    if mod is not None:
+        mod._process_flag = None  # type: ignore[attr-defined]
+        mod._requeue_decision = None  # type: ignore[attr-defined]
+
+
+@pytest.fixture(autouse=True)
+def isolate_process_state(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Put back what a test changed in this process, after it and its own fixtures are torn down.
+
+    Restored silently (expected by design): the SIGTERM/SIGUSR2/SIGINT handlers (every in-process Trainer
+    installs the process-wide stop flag, after which pytest itself would ignore SIGTERM), the stop flag and
+    requeue decision of hpc_sr.dist.signals, and torch's deterministic-algorithms switch
+    (``train.deterministic``).
+
+    Restored AND reported (a leak: the test should clean up): the launcher variables RANK, WORLD_SIZE,
+    LOCAL_RANK, MASTER_ADDR, MASTER_PORT, and a default torch.distributed process group still alive (it is
+    destroyed). The report is a :class:`StateLeakWarning` naming the test, in pytest's warnings summary; with
+    HPC_SR_TEST_STRICT_LEAKS=1 the test fails instead.
+    """
+    handlers = {sig: signal.getsignal(sig) for sig in GUARDED_SIGNALS}
+    env = {key: os.environ.get(key) for key in LAUNCHER_ENV}
+    torch_mod = sys.modules.get("torch")
+    deterministic = torch_mod.are_deterministic_algorithms_enabled() if torch_mod else None
+    yield
+    leaks: list[str] = []
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        leaks.append("a default process group")
+        with contextlib.suppress(Exception):
+            dist.destroy_process_group()
+    for key, value in env.items():
+        now = os.environ.get(key)
+        if now != value:
+            leaks.append(f"{key}={now!r} (was {value!r})")
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    for sig, handler in handlers.items():
+        if signal.getsignal(sig) is not handler and handler is not None:
+            signal.signal(sig, handler)
+    _reset_stop_flag()
+    torch_mod = sys.modules.get("torch")
+    if torch_mod is not None:
+        torch_mod.use_deterministic_algorithms(bool(deterministic))
+    if leaks:
+        text = f"{request.node.nodeid} leaked {'; '.join(leaks)} (restored)"
+        if os.environ.get(STRICT_LEAKS) == "1":
+            pytest.fail(text)
+        warnings.warn(StateLeakWarning(text), stacklevel=1)
+
+
+# ----------------------------------------------------------------------------------------------- ports
+PORT_RANGE = (24000, 32000)  # below Linux's ephemeral range (32768-60999): bind(0)/connect never take these
+_PORT_LOCKS = Path(tempfile.gettempdir()) / "hpc_sr_test_ports"
+
+
+@contextlib.contextmanager
+def reserved_port() -> Iterator[int]:
+    """A TCP port on 127.0.0.1 that no other test (in any process) is handed while the block runs.
+
+    Ports come from :data:`PORT_RANGE`, outside the kernel's ephemeral range, so no unrelated socket takes one
+    between our check and its use; among the tests a lock file per port, held with flock for the duration
+    of the block, is the reservation (released automatically if the process dies). A port is only handed
+    out when a plain bind succeeds (no listener, no TIME_WAIT left from an earlier test).
+    """
+    _PORT_LOCKS.mkdir(exist_ok=True)
+    lo, hi = PORT_RANGE
+    start = random.Random().randrange(lo, hi)
+    for i in range(hi - lo):
+        port = lo + (start - lo + i) % (hi - lo)
+        fh = open(_PORT_LOCKS / f"{port}.lock", "a")  # noqa: SIM115 - held open as the reservation
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.close()
+            continue
+        try:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", port))
+        except OSError:
+            fh.close()  # in use outside the tests: try the next one
+            continue
+        try:
+            yield port
+        finally:
+            fh.close()  # releases the flock
+        return
+    pytest.fail(f"no free TCP port in {PORT_RANGE}")
+
+
+@pytest.fixture
+def free_port() -> Iterator[int]:
+    """A port reserved (see :func:`reserved_port`) for the whole test."""
+    with reserved_port() as port:
+        yield port
+
+
+# ----------------------------------------------------------------------------------------------- seeds
+TEST_SEED = "HPC_SR_TEST_SEED"
+
+
+def random_seed(what: str) -> int:
+    """A seed for a randomised test choice: ``HPC_SR_TEST_SEED`` when set, else a fresh one; printed (pytest
+    shows it with a failure), so a failing draw is rerun with ``HPC_SR_TEST_SEED=<seed>``."""
+    raw = os.environ.get(TEST_SEED, "")
+    try:
+        seed = int(raw) if raw else random.SystemRandom().randrange(2**32)
+    except ValueError:
+        raise pytest.UsageError(f"environment variable {TEST_SEED}={raw!r}: expected an integer") from None
+    print(f"{what}: {TEST_SEED}={seed}")
+    return seed

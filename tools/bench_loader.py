@@ -86,8 +86,9 @@ def write_shards(work: Path, num: int, hr_size: int, shard_size: int, seed: int)
 
 
 def data_overrides(path: Path, loader: str, batch: int, patch: int, workers: int, block: int) -> list[str]:
-    return [f"data.path={path}", f"data.loader={loader}", f"data.batch_size={batch}", f"data.patch_size={patch}",
-            "data.augment=true", f"data.num_workers={workers}", f"data.block_size={block}"]  # fmt: skip
+    return [f"data.path={path}", f"data.loader={loader}", f"data.batch_size={batch}",
+            f"data.patch_size={patch}", "data.augment=true", f"data.num_workers={workers}",
+            f"data.block_size={block}"]  # fmt: skip
 
 
 def stream_task(stream: Any, micro: int, device: torch.device) -> Callable[[], int]:
@@ -231,7 +232,10 @@ def check_alternatives(lr: Tensor, hr: Tensor, patch: int, scale: int) -> dict[s
         y, x, e = d.y.to(lr.device), d.x.to(lr.device), d.e.to(lr.device)
         s, hp = scale, patch * scale
         if kind == "int32-maps":
-            got = (gather_int32(lr, index, y, x, e, patch, patch), gather_int32(hr, index, y * s, x * s, e, hp, hp))
+            got = (
+                gather_int32(lr, index, y, x, e, patch, patch),
+                gather_int32(hr, index, y * s, x * s, e, hp, hp),
+            )
         else:
             aug = kind == "strided"
             got = (gather_strided(lr, index, y, x, e, patch, patch, aug),
@@ -302,8 +306,9 @@ def bench(a: argparse.Namespace) -> dict[str, Any]:
                      "ratio_v1": rounded(median(r) / base, 3), "ratio_memory": rounded(median(r) / mem, 3),
                      "setup_s": rounded(setup_s.get(key, setup_s.get(reader, float("nan"))), 2)})  # fmt: skip
     rows.sort(key=lambda r: (r["batch"], ["stream", "baseline", "alternative"].index(r["kind"])))
-    best = {b: max((r for r in rows if r["batch"] == b and r["kind"] == "stream"), key=lambda r: r["pairs_per_s"])
-            for b in batches}  # fmt: skip
+    streams = [r for r in rows if r["kind"] == "stream"]
+    best = {b: max((r for r in streams if r["batch"] == b), key=lambda r: r["pairs_per_s"]) for b in batches}
+    memory = {r["batch"]: r["pairs_per_s"] for r in streams if r["reader"] == "memory"}
     return {
         "bench": "loader",
         "device": str(device),
@@ -314,8 +319,7 @@ def bench(a: argparse.Namespace) -> dict[str, Any]:
         "timing": {"rounds": a.rounds, "window_s": a.window, "pack_s": rounded(pack_s, 2)},
         "alternatives_match_current": checks,
         "target_pairs_per_s": a.target,
-        "memory_meets_target": {b: bool((r := next((x for x in rows if x["reader"] == "memory" and x["batch"] == b),
-                                                    None)) and r["pairs_per_s"] >= a.target) for b in batches},
+        "memory_meets_target": {b: memory.get(b, 0.0) >= a.target for b in batches},
         "best_stream": {b: r["reader"] for b, r in best.items()},
         "rows": rows,
     }  # fmt: skip
@@ -323,11 +327,13 @@ def bench(a: argparse.Namespace) -> dict[str, Any]:
 
 def print_report(res: dict[str, Any]) -> None:
     m, s = res["machine"], res["sizes"]
-    print(f"\n{m['cpu']} ({m['cpus']} CPUs), torch {m['torch']}, {m.get('gpu', res['device'])}, "
-          f"{s['threads']} thread(s), load average {m['load_avg_1m']}, {m['date']}")
-    print(f"{s['num']} pairs HR {s['hr_size']} px, LR patch {s['lr_patch']} (HR {s['hr_patch']}) + 8 flips/rot; "
-          f"medians of {res['timing']['rounds']} interleaved {res['timing']['window_s']} s windows; "
-          "ratio v1 = vs v1 whole-image in-memory read, same batch")  # fmt: skip
+    print(
+        f"\n{m['cpu']} ({m['cpus']} CPUs), torch {m['torch']}, {m.get('gpu', res['device'])}, "
+        f"{s['threads']} thread(s), load average {m['load_avg_1m']}, {m['date']}"
+    )
+    print(f"{s['num']} pairs HR {s['hr_size']} px, LR patch {s['lr_patch']} (HR {s['hr_patch']}) + 8 "
+          f"flips/rot; medians of {res['timing']['rounds']} interleaved {res['timing']['window_s']} s "
+          "windows; ratio v1 = vs v1 whole-image in-memory read, same batch")  # fmt: skip
     print_table(res["rows"], [
         ("batch", "batch", "d"), ("reader", "reader", ""), ("workers", "workers", "d"),
         ("pairs_per_s", "pairs/s", ",.0f"), ("ratio_v1", "ratio v1", ".2f"),

@@ -65,9 +65,9 @@ def env_section(env: dict[str, Any]) -> list[str]:
 
 def loader_section(res: dict[str, Any]) -> list[str]:
     s = res["sizes"]
-    out = [f"{s['num']} pairs, HR {s['hr_size']} px, LR patch {s['lr_patch']} + 8 flips/rotations; pairs/s per "
-           f"process (medians of {res['timing']['rounds']} interleaved windows); ratio v1 = vs the v1 whole-image "
-           f"in-memory read of the same batch. Alternatives match crop_and_augment: "
+    out = [f"{s['num']} pairs, HR {s['hr_size']} px, LR patch {s['lr_patch']} + 8 flips/rotations; pairs/s "
+           f"per process (medians of {res['timing']['rounds']} interleaved windows); ratio v1 = vs the v1 "
+           f"whole-image in-memory read of the same batch. Alternatives match crop_and_augment: "
            f"{res.get('alternatives_match_current')}.", ""]  # fmt: skip
     return out + table(res["rows"], [
         ("batch", "batch", "d"), ("reader", "reader", ""), ("pairs_per_s", "pairs/s", ",.0f"),
@@ -80,19 +80,27 @@ def simulate_section(res: dict[str, Any]) -> list[str]:
              "batch": res.get("num")}]  # fmt: skip
     if res.get("window"):
         rows += [
-            {"path": f"whole + crop to {res['window']}", "pairs_per_s": res.get("window_full_crop_pairs_per_s"),
-             "batch": res.get("window_batch")},
-            {"path": f"windows {res['window']} (sample_windows)", "pairs_per_s": res.get("window_pairs_per_s"),
-             "batch": res.get("window_batch"), "ratio": res.get("window_speedup")},
+            {"path": f"whole + crop to {res['window']}", "batch": res.get("window_batch"),
+             "pairs_per_s": res.get("window_full_crop_pairs_per_s")},
+            {"path": f"windows {res['window']} (sample_windows)", "batch": res.get("window_batch"),
+             "pairs_per_s": res.get("window_pairs_per_s"), "ratio": res.get("window_speedup")},
         ]  # fmt: skip
     head = [f"Preset {res.get('preset')}, HR {res.get('hr_size')} px, device {res.get('device')}.", ""]
-    return head + table(rows, [("path", "path", ""), ("batch", "pairs timed / batch", "d"),
-                               ("pairs_per_s", "pairs/s", ",.1f"), ("ratio", "window speed-up", ".2f")])
+    return head + table(
+        rows,
+        [
+            ("path", "path", ""),
+            ("batch", "pairs timed / batch", "d"),
+            ("pairs_per_s", "pairs/s", ",.1f"),
+            ("ratio", "window speed-up", ".2f"),
+        ],
+    )
 
 
 def train_section(res: dict[str, Any]) -> list[str]:
     s = res["sizes"]
-    out = [f"G {s['g_arch']} {s['g_options'] or '(defaults)'}, D {s['d_arch']} {s['d_options'] or '(defaults)'}; "
+    out = [f"G {s['g_arch']} {s['g_options'] or '(defaults)'}, D {s['d_arch']} "
+           f"{s['d_options'] or '(defaults)'}; "
            f"batch {s['batch']}, LR {s['lr_patch']}; ratio vs {res['timing']['baseline']} of the same phase; "
            f"{res['memory_method']}.", ""]  # fmt: skip
     out += table(res["rows"], [
@@ -109,8 +117,8 @@ def train_section(res: dict[str, Any]) -> list[str]:
 
 
 def scaling_section(res: dict[str, Any]) -> list[str]:
-    out = [f"Weak scaling, {res['sizes']['batch']} images per process; ddp/indep = DDP over the summed rate of "
-           f"as many independent processes run at the same time. Replicas identical: "
+    out = [f"Weak scaling, {res['sizes']['batch']} images per process; ddp/indep = DDP over the summed rate "
+           f"of as many independent processes run at the same time. Replicas identical: "
            f"{cell(res.get('replicas_identical'))}.", ""]  # fmt: skip
     out += table(res["rows"], [
         ("job", "job", ""), ("phase", "phase", ""), ("images_per_s", "img/s", ",.1f"),
@@ -124,8 +132,12 @@ def scaling_section(res: dict[str, Any]) -> list[str]:
     return out + [""]
 
 
-SECTIONS = {"loader": ("Training streams", loader_section), "simulate": ("Simulator", simulate_section),
-            "train": ("Training step", train_section), "scaling": ("DDP scaling", scaling_section)}  # fmt: skip
+SECTIONS = {
+    "loader": ("Training streams", loader_section),
+    "simulate": ("Simulator", simulate_section),
+    "train": ("Training step", train_section),
+    "scaling": ("DDP scaling", scaling_section),
+}
 
 
 def render(folder: Path) -> str:

@@ -31,8 +31,8 @@ broadcast buffers, gradients copied to buckets), ``bcast`` (broadcast_buffers=Tr
 
 Projection: the gradient all-reduce of one step (fp32 gradients of G, plus D in the GAN phase) against the
 compute time of one step on an H100 at an assumed MFU, hierarchical ring: inside a node 2(g-1)/g x bytes over
-NVLink (``--nvlink-gbs``), across N nodes 2(N-1)/N x bytes over the node's network (``--ib-gbs``), plus a fixed
-latency per call. Prints the tables and ONE JSON line at the end.
+NVLink (``--nvlink-gbs``), across N nodes 2(N-1)/N x bytes over the node's network (``--ib-gbs``), plus a
+fixed latency per call. Prints the tables and ONE JSON line at the end.
 """
 
 from __future__ import annotations
@@ -95,7 +95,9 @@ class StepRig:
     """The training step without the Trainer: a DDPBackend with ``ddp_overrides``, G and D, the loss terms
     and EMA; ``train_step`` is what Trainer.train_step runs (optimizer_step), then the EMA update."""
 
-    def __init__(self, cfg: Any, world: int, device: torch.device, overrides: dict[str, Any], batches: list) -> None:
+    def __init__(
+        self, cfg: Any, world: int, device: torch.device, overrides: dict[str, Any], batches: list
+    ) -> None:
         from hpc_sr.train.backends.ddp import DDPBackend
         from hpc_sr.train.components import build_discriminator as build_d
         from hpc_sr.train.components import build_generator as build_g
@@ -135,7 +137,7 @@ def state_digest(modules: list[torch.nn.Module]) -> str:
 
 
 def profile_steps(step: Any, phases: list[str], steps: int, device: torch.device) -> dict[str, Any]:
-    """torch.profiler over ``steps`` steps per phase: share of the step in collectives, top ops by self time."""
+    """torch.profiler over ``steps`` steps per phase: time in collectives per step, top ops by self time."""
     from torch.profiler import ProfilerActivity, profile
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -153,7 +155,9 @@ def profile_steps(step: Any, phases: list[str], steps: int, device: torch.device
         out[phase] = {
             "wall_ms_per_step": rounded(wall_us / steps / 1e3, 2),
             "comm_self_ms_per_step": rounded(sum(e.self_cpu_time_total for e in comm) / steps / 1e3, 3),
-            "comm_total_ms_per_step": rounded(max((e.cpu_time_total for e in comm), default=0.0) / steps / 1e3, 3),
+            "comm_total_ms_per_step": rounded(
+                max((e.cpu_time_total for e in comm), default=0.0) / steps / 1e3, 3
+            ),
             "comm_ops": sorted({e.key for e in comm}),
             "comm_calls_per_step": rounded(sum(e.count for e in comm) / steps, 1),
             "top_self_ms_per_step": [(e.key, rounded(e.self_cpu_time_total / steps / 1e3, 3)) for e in top],
@@ -216,7 +220,7 @@ def worker(a: argparse.Namespace) -> None:
     x = torch.randn(256, 256, device=device)
 
     def probe() -> float:
-        """Matmul GFLOP/s (of this process; summed over ranks under DDP) while all processes run it at once."""
+        """Matmul GFLOP/s (this process's; the sum over ranks under DDP), all processes running it at once."""
         barrier()
         t0 = time.perf_counter()
         for _ in range(a.probe_matmuls):
@@ -293,7 +297,9 @@ def ddp_extras(
             order = names[w % len(names) :] + names[: w % len(names)]
             for v in order:
                 for phase in PHASES:
-                    rates[v][phase].append(a.batch * env.world_size * a.steps / window(rigs[v].train_step, phase))
+                    rates[v][phase].append(
+                        a.batch * env.world_size * a.steps / window(rigs[v].train_step, phase)
+                    )
         out["variants"] = rates
         out["variant_replicas_identical"] = {}
         for v, rig in rigs.items():
@@ -313,7 +319,7 @@ def worker_args(a: argparse.Namespace) -> list[str]:
 
 
 def run_job(a: argparse.Namespace, mode: str, n: int, work: Path, tag: str) -> list[dict[str, Any]]:
-    """One job (``single``, ``ddp`` with n ranks, ``indep`` with n processes); the results of its processes."""
+    """One job (``single``, ``ddp`` with n ranks, ``indep`` with n processes); its processes' results."""
     result = work / f"{tag}.json"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
@@ -329,7 +335,9 @@ def run_job(a: argparse.Namespace, mode: str, n: int, work: Path, tag: str) -> l
         sync_dir.mkdir()
         cmds = [[sys.executable, *script, f"--mode={mode}", f"--indep-rank={r}", f"--indep-world={n}",
                  f"--sync-dir={sync_dir}"] for r in range(n)]  # fmt: skip
-    procs = [subprocess.Popen(c, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for c in cmds]
+    procs = [
+        subprocess.Popen(c, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for c in cmds
+    ]
     errors = []
     for p in procs:
         try:
@@ -345,8 +353,11 @@ def run_job(a: argparse.Namespace, mode: str, n: int, work: Path, tag: str) -> l
     return [json.loads(f.read_text()) for f in files]
 
 
-def summarise(a: argparse.Namespace, jobs: dict[tuple[str, int], list[list[dict[str, Any]]]]) -> dict[str, Any]:
+def summarise(
+    a: argparse.Namespace, jobs: dict[tuple[str, int], list[list[dict[str, Any]]]]
+) -> dict[str, Any]:
     """Rows per (mode, processes, phase) and the DDP / independent ratio."""
+
     def job_rates(results: list[dict[str, Any]], phase: str, mode: str) -> list[float]:
         if mode == "indep":  # window k of every process ran at the same time: sum them
             return [sum(ws) for ws in zip(*(r["rates"][phase] for r in results))]
@@ -400,7 +411,8 @@ def variant_rows(a: argparse.Namespace, ddp_runs: list[dict[str, Any]]) -> list[
             rows.append({"variant": v, "phase": phase, "processes": runs[0]["world_size"],
                          "settings": DDP_VARIANTS[v], "images_per_s": rounded(median(rates), 2),
                          "spread": rounded(spread(rates), 2), "ratio": rounded(median(rates) / base, 3),
-                         "replicas_identical": all(r["variant_replicas_identical"][v] for r in runs)})  # fmt: skip
+                         "replicas_identical": all(r["variant_replicas_identical"][v] for r in runs),
+                         })  # fmt: skip
     return rows
 
 
@@ -413,7 +425,7 @@ def measure(a: argparse.Namespace) -> dict[str, Any]:
     jobs: dict[tuple[str, int], list[list[dict[str, Any]]]] = {k: [] for k in kinds}
     order = [(r, k) for r in range(a.repeats) for k in kinds[r % len(kinds) :] + kinds[: r % len(kinds)]]
     try:
-        for i, (r, (mode, n)) in enumerate(tqdm(order, desc="jobs", unit="job")):
+        for i, (_r, (mode, n)) in enumerate(tqdm(order, desc="jobs", unit="job")):
             jobs[(mode, n)].append(run_job(a, mode, n, work, f"j{i}_{mode}{n}"))
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -470,9 +482,9 @@ def print_report(res: dict[str, Any]) -> None:
     link = "nccl, one GPU per rank" if res["device"] == "cuda" else "gloo, 1 thread per process"
     print(f"\n{m['cpu']} ({m['cpus']} CPUs), torch {m['torch']}, {m['date']}, "
           f"load average {m['load_avg_1m']}; DDP {link}")  # fmt: skip
-    print(f"G {s['arch']} {s['g_options']}, D {s['d_arch']} {s['d_options']}, batch {s['batch']} per process, "
-          f"LR patch {s['patch']}; medians of {s['windows']} windows x {s['steps']} steps x {s['repeats']} "
-          f"rotating repeats")  # fmt: skip
+    print(f"G {s['arch']} {s['g_options']}, D {s['d_arch']} {s['d_options']}, batch {s['batch']} per "
+          f"process, LR patch {s['patch']}; medians of {s['windows']} windows x {s['steps']} steps x "
+          f"{s['repeats']} rotating repeats")  # fmt: skip
     print_table(res["rows"], [
         ("job", "job", ""), ("phase", "phase", ""), ("images_per_s", "img/s", ".1f"),
         ("speedup", "speedup", ".2f"), ("efficiency", "efficiency", ".0%"),
@@ -507,9 +519,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cuda: one GPU per rank, nccl")
     ap.add_argument("--ranks", default="1,2", help="process counts, starting with 1")
-    ap.add_argument("--modes", default="ddp,indep", help="jobs besides the 1-process baseline: ddp and/or indep")
+    ap.add_argument(
+        "--modes", default="ddp,indep", help="jobs besides the 1-process baseline: ddp and/or indep"
+    )
     ap.add_argument("--repeats", type=int, default=2, help="jobs per kind (the order rotates)")
-    ap.add_argument("--full", action="store_true", help="SRResNet 64 ch x 16, D 64 x 4, whole LR images (GPU)")
+    ap.add_argument(
+        "--full", action="store_true", help="SRResNet 64 ch x 16, D 64 x 4, whole LR images (GPU)"
+    )
     ap.add_argument("--arch", default="srresnet", help="registered generator")
     ap.add_argument("--g-options", default="auto", help="JSON object, 'tiny' or 'default' (as bench_train)")
     ap.add_argument("--d-arch", default="srgan")
@@ -549,8 +565,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         "bench": "scaling",
         "device": a.device,
         "machine": machine_info(),
-        "sizes": {k: getattr(a, k) for k in ("arch", "g_options", "d_arch", "d_options", "batch", "patch",
-                                             "hr_size", "steps", "windows", "repeats", "full")},  # fmt: skip
+        "sizes": {
+            k: getattr(a, k)
+            for k in (
+                "arch",
+                "g_options",
+                "d_arch",
+                "d_options",
+                "batch",
+                "patch",
+                "hr_size",
+                "steps",
+                "windows",
+                "repeats",
+                "full",
+            )
+        },  # fmt: skip
     }
     res.update(measure(a))
     res["projection"] = projection(a)

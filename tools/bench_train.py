@@ -16,8 +16,8 @@ only; the simulator's share of a real step is measured separately at the end (th
 
 Models: ``--arch`` names one or more registered generators (comma separated); ``--g-options`` is a JSON
 object of options for all of them, or ``{"arch": {...}, ...}`` per arch, or ``tiny`` (each arch's
-``Options.tiny()``), or ``default`` (the arch's own defaults, the paper sizes). The default is SRResNet 32 ch x
-4 blocks. ``--d-arch`` / ``--d-options`` likewise for the discriminator (default SRGAN D 32 ch x 4 blocks).
+``Options.tiny()``), or ``default`` (the arch's own defaults, the paper sizes). The default is SRResNet 32 ch
+x 4 blocks. ``--d-arch`` / ``--d-options`` likewise for the discriminator (default SRGAN D 32 ch x 4 blocks).
 
 Timing: after ``--warmup`` steps (the first one includes torch.compile's compilation, reported as
 ``compile_s`` = first step - median step; it depends on inductor's on-disk cache, TORCHINDUCTOR_CACHE_DIR,
@@ -176,7 +176,9 @@ def resolve_options(text: str, arch: str, defaults: dict[str, dict[str, Any]], k
     try:
         values = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise SystemExit(f"--{kind}-options: {text!r} is not JSON ({exc}); give an object or 'tiny'") from None
+        raise SystemExit(
+            f"--{kind}-options: {text!r} is not JSON ({exc}); give an object or 'tiny'"
+        ) from None
     if not isinstance(values, dict):
         raise SystemExit(f"--{kind}-options: {text!r} must be a JSON object")
     if values and all(k in known for k in values):  # {"arch": {...}} per architecture
@@ -319,7 +321,9 @@ def simulate_share(trainer: Any, stream: Any, device: torch.device, batch: int, 
     return out
 
 
-def start_deepspeed(configs: list[BenchConfig], device: torch.device, errors: dict[str, str]) -> list[BenchConfig]:
+def start_deepspeed(
+    configs: list[BenchConfig], device: torch.device, errors: dict[str, str]
+) -> list[BenchConfig]:
     """Start DeepSpeed's one-rank process group before any trainer; a failure becomes an error row."""
     if not any(c.backend == "deepspeed" for c in configs):
         return configs
@@ -427,9 +431,15 @@ def bench(a: argparse.Namespace) -> dict[str, Any]:
         "device": str(device),
         "machine": machine_info(device),
         "sizes": {
-            "g_arch": first.g_arch, "g_options": first.g_options, "d_arch": first.d_arch,
-            "d_options": first.d_options, "archs": archs, "batch": a.batch, "lr_patch": list(lr.shape[-2:]),
-            "hr_size": a.hr_size, "full": a.full,
+            "g_arch": first.g_arch,
+            "g_options": first.g_options,
+            "d_arch": first.d_arch,
+            "d_options": first.d_options,
+            "archs": archs,
+            "batch": a.batch,
+            "lr_patch": list(lr.shape[-2:]),
+            "hr_size": a.hr_size,
+            "full": a.full,
         },  # fmt: skip
         "models": {arch: {"g_options": s.g_options, "d_options": s.d_options} for arch, s in specs.items()},
         "params": params[first.g_arch],
@@ -500,8 +510,10 @@ def print_report(res: dict[str, Any]) -> None:
         opts = res["models"][arch]
         print(f"G {arch} {opts['g_options'] or '(defaults)'} ({p['g']:,} params), D {s['d_arch']} "
               f"{opts['d_options'] or '(defaults)'} ({p['d']:,})")  # fmt: skip
-    print(f"batch {s['batch']}, LR {s['lr_patch']}; medians of {res['timing']['rounds']} interleaved "
-          f"{res['timing']['window_s']} s windows; ratio = vs {res['timing']['baseline']} of the same phase")
+    print(
+        f"batch {s['batch']}, LR {s['lr_patch']}; medians of {res['timing']['rounds']} interleaved "
+        f"{res['timing']['window_s']} s windows; ratio = vs {res['timing']['baseline']} of the same phase"
+    )
     print_table(res["rows"], [
         ("config", "config", ""), ("phase", "phase", ""), ("images_per_s", "img/s", ".1f"),
         ("ratio", "ratio", ".2f"), ("spread", "spread", ".2f"), ("peak_mem_mb", "peak MB", ".1f"),
@@ -520,7 +532,9 @@ def print_report(res: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    ap.add_argument("--full", action="store_true", help="SRResNet 64 ch x 16, D 64 x 4, whole 75x75 LR images")
+    ap.add_argument(
+        "--full", action="store_true", help="SRResNet 64 ch x 16, D 64 x 4, whole 75x75 LR images"
+    )
     ap.add_argument("--arch", default="srresnet", help="registered generator(s), comma separated")
     ap.add_argument("--g-options", default="auto", help="JSON object, {arch: {...}}, 'tiny' or 'default'")
     ap.add_argument("--d-arch", default="srgan", help="registered discriminator")

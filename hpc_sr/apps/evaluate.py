@@ -18,16 +18,29 @@ from tqdm import tqdm
 
 from hpc_sr.atomic import atomic_write_text
 from hpc_sr.dist import env as dist_env
+from hpc_sr.dist.collectives import all_reduce_
 from hpc_sr.errors import DataError
 from hpc_sr.eval.loop import evaluate_batches
 from hpc_sr.models.ensemble import self_ensemble
 from hpc_sr.train.checkpoint import load_generator
 
+PHYSICS_ROWS = (
+    ("arc PSNR", "arc_psnr", "{:.3f}"),
+    ("LR residual", "lr_residual", "{:.2e}"),
+    ("ring err vs HR [px]", "ring_err_vs_hr", "{:.3f}"),
+    ("ring err vs clean [px]", "ring_err_vs_clean", "{:.3f}"),
+    ("power low/HR", "band_ratio_low_vs_hr", "{:.3f}"),
+    ("power mid/HR", "band_ratio_mid_vs_hr", "{:.3f}"),
+    ("power high/HR", "band_ratio_high_vs_hr", "{:.3f}"),
+    ("power high/clean", "band_ratio_high_vs_clean", "{:.3g}"),
+)
+
 
 def format_table(result: dict[str, Any]) -> str:
-    """A small fixed-width table: model vs bicubic."""
+    """Fixed-width tables: model vs bicubic (and the noise ceiling), then the physics metrics side by side."""
     rows = [("", "PSNR", "PSNR pooled", "SSIM", "MSE", "flux err")]
-    for name in ("model", "bicubic"):
+    names = ("model", "bicubic", "ceiling") if result.get("ceiling") else ("model", "bicubic")
+    for name in names:
         m = result[name]
         rows.append(
             (
@@ -42,7 +55,79 @@ def format_table(result: dict[str, Any]) -> str:
     gain = result["model"]["psnr"] - result["bicubic"]["psnr"]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows]
-    return "\n".join(lines + [f"n = {result['n']} images, gain over bicubic {gain:+.3f} dB (mean PSNR)"])
+    tail = f"n = {result['n']} images, gain over bicubic {gain:+.3f} dB (mean PSNR)"
+    if result.get("ceiling"):
+        tail += (f"; noise ceiling {result['ceiling_gain_db']:+.3f} dB: the model has "
+                 f"{result['ceiling_fraction']:.0%} of it")
+    lines.append(tail)
+    phys = result.get("physics")
+    if phys:
+        prow = [("", "model", "bicubic")]
+        for label, key, fmt in PHYSICS_ROWS:
+            if key in phys["model"] and phys["model"][key] == phys["model"][key]:  # not NaN
+                prow.append((label, fmt.format(phys["model"][key]), fmt.format(phys["bicubic"][key])))
+        w = [max(len(r[i]) for r in prow) for i in range(3)]
+        lines += ["", *("  ".join(c.rjust(x) for c, x in zip(r, w)) for r in prow)]
+    return "\n".join(lines)
+
+
+class ScienceMetrics:
+    """Physics metrics of model and bicubic, and the noise ceiling on simulated splits (hpc_sr.eval.physics).
+
+    Simulated splits (shards carrying the simulator's parameters) get the noise-free image for arc masks and
+    the "vs clean" spectra, the lens centre for ring profiles, and the ceiling: the noise-free image made
+    consistent with LR, whose error is only the HR noise LR cannot reveal (docs/EVALUATION.md).
+    """
+
+    def __init__(self, data: str | Path, split: str, mine: list[int], scale: int) -> None:
+        from hpc_sr.data.lensing import PARAM_NAMES
+        from hpc_sr.data.shards import load_manifest, read_split_params
+        from hpc_sr.eval.metrics import MetricAccumulator
+        from hpc_sr.eval.physics import PhysicsAccumulator
+
+        manifest = load_manifest(data)
+        params = read_split_params(data, split)
+        simulated = params is not None and list(manifest.param_names) == list(PARAM_NAMES)
+        self.params = torch.from_numpy(params[mine]) if simulated and params is not None else None
+        self.preset = str(manifest.provenance.get("preset", "deeplense_sr"))
+        self.param_names = list(manifest.param_names)
+        self.scale, self.seen = scale, 0
+        self.model, self.bicubic = PhysicsAccumulator(scale), PhysicsAccumulator(scale)
+        self.ceiling = MetricAccumulator() if self.params is not None else None
+
+    def update(self, lr: torch.Tensor, sr: torch.Tensor, hr: torch.Tensor) -> None:
+        from hpc_sr.eval.metrics import bicubic_upscale
+        from hpc_sr.eval.physics import noise_ceiling_estimate, simulation_truth
+
+        truth: dict[str, torch.Tensor] = {}
+        if self.params is not None:
+            p = self.params[self.seen : self.seen + lr.shape[0]]
+            truth = {k: v.to(hr.device) for k, v in
+                     simulation_truth(p, self.preset, hr.shape[-1], self.param_names).as_kwargs().items()}
+            est = noise_ceiling_estimate(lr.cpu(), p, self.preset, self.scale, self.param_names)
+            assert self.ceiling is not None
+            self.ceiling.update(est.float().to(hr.device), hr)
+        self.seen += lr.shape[0]
+        self.model.update(sr, hr, lr, **truth)
+        self.bicubic.update(bicubic_upscale(lr, self.scale), hr, lr, **truth)
+
+    def compute(
+        self, device: torch.device, model: dict[str, float], bicubic: dict[str, float]
+    ) -> dict[str, Any]:
+        from hpc_sr.eval.loop import reduce_accumulator
+
+        for acc in (self.model, self.bicubic):
+            state = acc.state().to(device)
+            all_reduce_(state)
+            acc.load_state(state.cpu())
+        out: dict[str, Any] = {"physics": {"model": self.model.compute(), "bicubic": self.bicubic.compute()}}
+        if self.ceiling is not None:
+            reduce_accumulator(self.ceiling, device)
+            ceiling = self.ceiling.compute()
+            ceiling_gain = ceiling["psnr"] - bicubic["psnr"]
+            out.update(ceiling=ceiling, ceiling_gain_db=ceiling_gain,
+                       ceiling_fraction=(model["psnr"] - bicubic["psnr"]) / ceiling_gain)
+        return out
 
 
 def evaluate(
@@ -101,8 +186,14 @@ def evaluate(
         def predict(lr: torch.Tensor) -> torch.Tensor:
             return self_ensemble(model, lr) if ensemble else model(lr)
 
+        science = ScienceMetrics(data, split, mine=list(range(env.rank, n, env.world_size)), scale=scale)
+
+        def on_batch(lr: torch.Tensor, sr: torch.Tensor, hr: torch.Tensor) -> None:
+            save_pictures(lr, sr, hr)
+            science.update(lr, sr, hr)
+
         bar = tqdm(loader, desc=f"evaluate {split}", disable=quiet or not env.is_main, unit="batch")
-        res = evaluate_batches(predict, bar, scale, device, on_batch=save_pictures)
+        res = evaluate_batches(predict, bar, scale, device, on_batch=on_batch)
         result = {
             "n": res.model["n"],
             "model": res.model,
@@ -113,6 +204,7 @@ def evaluate(
             "ema": ema,
             "self_ensemble": ensemble,
             "step": payload.get("step"),
+            **science.compute(device, res.model, res.bicubic),
         }
         if env.is_main:
             if not quiet:

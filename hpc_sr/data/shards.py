@@ -447,3 +447,24 @@ def verify_shards(root: str | Path, quiet: bool = False) -> Manifest:
         print(f"{m.root}: ok, {m.count} pairs in {len(m.shards)} shard(s), hr {m.hr_shape} lr {m.lr_shape}, "
               f"split {sizes}")
     return m
+
+
+def read_split_params(root: str | Path, split: str) -> np.ndarray | None:
+    """The recorded simulator parameters (n, len(param_names)) of ``split`` in split order, None if the set
+    carries none (packed from files)."""
+    import h5py
+
+    m = load_manifest(root)
+    if not m.param_names:
+        return None
+    idx = m.split_indices(split)
+    out = np.empty((len(idx), len(m.param_names)), np.float64)
+    shard, local = m.locate(idx)
+    for s in np.unique(shard):
+        sel = np.flatnonzero(shard == s)
+        with h5py.File(m.shard_path(int(s)), "r", locking=False) as f:
+            if "params" not in f:
+                return None
+            block = f["params"][int(local[sel].min()) : int(local[sel].max()) + 1]
+        out[sel] = block[local[sel] - int(local[sel].min())]
+    return out

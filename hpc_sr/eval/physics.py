@@ -51,6 +51,7 @@ __all__ = [
     "masked_psnr",
     "noise_ceiling_estimate",
     "noise_rms_from_params",
+    "noise_variance",
     "per_image_physics",
     "radial_power_spectrum",
     "ring_peak_radius",
@@ -174,7 +175,7 @@ def estimate_noise_rms(img: Tensor) -> Tensor:
     of rank z + z/2 is about the median of the positive half, 0.6745 rms (pixels of the arcs are brighter
     and barely move it). Where fewer than 10% of the pixels are <= 0 (a background that is not at 0),
     1.4826 x the median absolute deviation instead. Needs a frame mostly of background (150-pixel
-    DeepLense images: within 10% of the simulated rms; a crop filled by the arc over-estimates it).
+    deeplense_sr images: 0.86-1.00 of the simulated rms; a crop filled by the arc over-estimates it).
     """
     _check_images("estimate_noise_rms", img)
     flat = img.detach().to(torch.float64).flatten(1)
@@ -395,23 +396,45 @@ def clean_images(
     return (img / p[:, _P["hr_peak_flux"]].reshape(-1, 1, 1, 1)).clamp_(0.0, 1.0)
 
 
+def noise_variance(params: Tensor, clean: Tensor) -> Tensor:
+    """Per-pixel noise variance of HR (N,1,H,W) in HR units (flux / hr_peak_flux) from the simulator's noise
+    model: clean / (hr_peak_flux * exposure_time) + (background_rms / hr_peak_flux)^2."""
+    p = _check_params(params).to(clean.device)
+    peak = p[:, _P["hr_peak_flux"]].reshape(-1, 1, 1, 1)
+    t = p[:, _P["exposure_time"]].reshape(-1, 1, 1, 1)
+    bkg = p[:, _P["background_rms"]].reshape(-1, 1, 1, 1) / peak
+    return clean.to(torch.float64).clamp_min(0) / (peak * t) + bkg.square()
+
+
 def noise_ceiling_estimate(
     lr: Tensor,
     params: Tensor,
     preset: str | LensPreset,
     scale: int,
     param_names: Sequence[str] | None = None,
+    weighting: str = "equal",
 ) -> Tensor:
     """The noise-limited ceiling (N,1,H,W) float64: the noise-free HR made consistent with LR.
 
-    Valid when LR is the scale x scale mean of HR (the simulator's ``lr_mode="mean"``, what
-    ``simulate_to_shards`` writes): its error is then only the HR noise that LR does not reveal.
+    ``weighting="equal"`` (tools/noise_ceiling.py, the reference): every pixel of a block gets the block's
+    mean residual (the orthogonal projection). ``"variance"``: pixel p gets s^2 r v_p / sum_block(v), v the
+    noise variance (``noise_variance``): the conditional mean of Gaussian noise given its block mean, a
+    slightly higher ceiling. Valid when LR is the scale x scale mean of HR (the simulator's
+    ``lr_mode="mean"``, what ``simulate_to_shards`` writes): the error is then only the HR noise that LR
+    does not reveal.
     """
     _check_images("noise_ceiling_estimate (lr)", lr)
+    if weighting not in ("equal", "variance"):
+        raise ValueError(f"weighting={weighting!r} is not 'equal' or 'variance'")
     clean = clean_images(params.to(lr.device), preset, lr.shape[-1] * scale, param_names)
     if clean.shape[-2] != lr.shape[-2] * scale:
         raise DataError(f"lr {tuple(lr.shape)} is not square; the simulator renders square images")
-    return lr_consistent_projection(clean, lr, scale)
+    if weighting == "equal":
+        return lr_consistent_projection(clean, lr, scale)
+    v = noise_variance(params, clean)
+    w = v / F.interpolate(F.avg_pool2d(v, scale), scale_factor=scale, mode="nearest")
+    residual = lr.to(torch.float64) - F.avg_pool2d(clean, scale)
+    return clean + w * F.interpolate(residual, scale_factor=scale, mode="nearest")
 
 
 @dataclass(frozen=True)
@@ -631,19 +654,18 @@ class PhysicsAccumulator:
 
     def compute(self) -> dict[str, float]:
         """Means: ``band_ratio_<band>_vs_hr`` / ``_vs_clean`` (geometric mean of the per-image ratios),
-        ``arc_psnr`` (dB,
-        mean over images with a non-empty mask), ``arc_fraction``, ``lr_residual``, ``flux_err``,
-        ``flux_err_vs_clean``, ``ring_err_vs_hr`` (mean |r_SR - r_HR|, pixels), ``ring_bias_vs_hr`` (mean
-        r_SR - r_HR), ``ring_err_vs_clean``, ``ring_err_hr_vs_clean``, ``ring_err_vs_theta_e``,
-        ``ring_err_hr_vs_theta_e``; and the counts ``n``, ``n_clean``, ``n_theta``, ``arc_n``. A mean of
-        no images is NaN."""
+        ``arc_psnr`` (dB, mean over images with a non-empty mask), ``arc_fraction``, ``lr_residual``,
+        ``flux_err``, ``flux_err_vs_clean``, ``ring_err_vs_hr`` (mean |r_SR - r_HR|, pixels),
+        ``ring_bias_vs_hr`` (mean r_SR - r_HR), ``ring_err_vs_clean``, ``ring_err_hr_vs_clean``,
+        ``ring_err_vs_theta_e``, ``ring_err_hr_vs_theta_e``; and the counts ``n``, ``n_clean``, ``n_theta``,
+        ``arc_n``. A mean over no images is NaN."""
         s = {f: float(self._sums[i].item()) for f, i in self._i.items()}
         counts = {k: int(s[k]) for k in ("n", "n_clean", "n_theta", "arc_n")}
 
         def mean(key: str, count: str) -> float:
             return s[key] / counts[count] if counts[count] else math.nan
 
-        out: dict[str, float] = dict(counts)  # type: ignore[arg-type]
+        out: dict[str, float] = {k: v for k, v in counts.items()}
         for b in self.band_names:
             out[f"band_ratio_{b}_vs_hr"] = math.exp(mean(f"band_{b}_vs_hr", "n"))
             out[f"band_ratio_{b}_vs_clean"] = math.exp(mean(f"band_{b}_vs_clean", "n_clean"))

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from hpc_sr.config import atomic_write_text, load_config
+from hpc_sr.dist.env import env_float, env_int
 from hpc_sr.dist.signals import REQUEUE_EXIT_CODE, agree, install_stop_flag, requeue_self
 
 
@@ -35,8 +36,8 @@ def _init_dist(timeout_s: int) -> tuple[int, int]:
         from hpc_sr.launch.requeue import export_slurm_dist_env
 
         export_slurm_dist_env()
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
+    world = env_int("WORLD_SIZE", 1, minimum=1) or 1
+    rank = env_int("RANK", 0) or 0
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("gloo", rank=rank, world_size=world,
                                 timeout=datetime.timedelta(seconds=timeout_s))
@@ -58,8 +59,8 @@ def probe_main(config_path: str | None, overrides: list[str], resume: str = "aut
         dist.all_reduce(t)
     ckpt = out / "ckpt.json"
     start = json.loads(ckpt.read_text())["step"] if resume == "auto" and ckpt.is_file() else 0
-    step_s = float(os.environ.get("HPC_SR_PROBE_STEP_S", "0"))
-    restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+    step_s = env_float("HPC_SR_PROBE_STEP_S", 0.0, positive=False)
+    restarts = env_int("SLURM_RESTART_COUNT", 0) or 0
     record = {"rank": rank, "world": world, "sum": t.item(), "host": socket.gethostname(),
               "node": os.environ.get("SLURMD_NODENAME", ""),
               "master": os.environ.get("MASTER_ADDR", ""), "job_id": os.environ.get("SLURM_JOB_ID", ""),

@@ -14,7 +14,7 @@ import os
 import socket
 from collections.abc import Callable
 
-from hpc_sr.dist.env import first_host, port_from_job_id
+from hpc_sr.dist.env import env_int, first_host, port_from_job_id
 from hpc_sr.dist.signals import REQUEUE_EXIT_CODE, install_stop_flag, requeue_self
 from hpc_sr.errors import HpcSrError, TrainingError
 
@@ -30,14 +30,15 @@ def master_port(job_id: str | int) -> int:
 def slurm_dist_env(environ: dict[str, str] | None = None) -> dict[str, str]:
     """torch.distributed env:// variables for this SLURM task (one process per task)."""
     env = os.environ if environ is None else environ
-    try:
-        job_id = env["SLURM_JOB_ID"]
-        world = int(env.get("SLURM_NTASKS", "1"))
-        nodes = int(env.get("SLURM_JOB_NUM_NODES", env.get("SLURM_NNODES", "1")))
-        rank = int(env.get("SLURM_PROCID", "0"))
-        local = int(env.get("SLURM_LOCALID", "0"))
-    except (KeyError, ValueError) as exc:
-        raise HpcSrError(f"not inside a SLURM task or bad SLURM variable: {exc}") from exc
+    if "SLURM_JOB_ID" not in env:
+        raise HpcSrError("not inside a SLURM task: SLURM_JOB_ID is not set")
+    job_id = env["SLURM_JOB_ID"]
+    env_int("SLURM_JOB_ID", 0, environ=env)  # validated: the master port derives from it
+    world = env_int("SLURM_NTASKS", 1, minimum=1, environ=env) or 1
+    nodes_var = "SLURM_JOB_NUM_NODES" if "SLURM_JOB_NUM_NODES" in env else "SLURM_NNODES"
+    nodes = env_int(nodes_var, 1, minimum=1, environ=env) or 1
+    rank = env_int("SLURM_PROCID", 0, environ=env) or 0
+    local = env_int("SLURM_LOCALID", 0, environ=env) or 0
     nodelist = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST", "")
     master = first_host(nodelist) if nodelist else socket.gethostname()
     return {"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(local),
@@ -81,7 +82,7 @@ class SlurmTrainJob:
         rc = int(resolve_entry(self.entry)(self.config_path, self.overrides, resume="auto"))
         if rc == REQUEUE_EXIT_CODE:
             asked = requeue_self(self.max_requeues, flag)  # the trainer may have asked already: same answer
-            rank = int(os.environ.get("RANK", "0"))
+            rank = env_int("RANK", 0) or 0
             if rank == 0 and not asked:
                 raise TrainingError(f"stopped by {flag.reason or 'a stop request'} with a checkpoint saved, "
                                     f"but not requeued (max_requeues={self.max_requeues}); resubmit to go on")

@@ -332,9 +332,29 @@ def generator_state_from_checkpoint(step_dir: Path, ema: bool = True) -> dict[st
     )
 
 
+PRETRAINED_DIR = Path(__file__).resolve().parents[1] / "pretrained"  # generators shipped in the package
+
+
+def pretrained_names() -> list[str]:
+    """Names of the shipped generators (``--checkpoint deeplense-small``)."""
+    return sorted(p.stem for p in PRETRAINED_DIR.glob("*.pt"))
+
+
+def resolve_generator_source(source: str | Path) -> Path:
+    """A shipped pretrained name -> its file (unless a path of that name exists); anything else as a path."""
+    path = Path(source)
+    if not path.exists() and str(source) in pretrained_names():
+        return PRETRAINED_DIR / f"{source}.pt"
+    return path
+
+
 def load_generator_payload(path: str | Path, ema: bool = True) -> dict[str, Any]:
-    """Accepts an exported G.pt, a checkpoint step directory, or a run directory (its latest checkpoint)."""
-    path = Path(path)
+    """Accepts a shipped pretrained name, an exported G.pt, a checkpoint step directory, or a run directory
+    (its latest checkpoint)."""
+    path = resolve_generator_source(path)
+    if not path.exists():
+        names = ", ".join(pretrained_names()) or "none"
+        raise CheckpointError(f"{path}: no such file or directory (nor a shipped pretrained name: {names})")
     if path.is_file():
         payload = safe_load(path)
         if not isinstance(payload, dict) or payload.get("format") != GENERATOR_FORMAT:

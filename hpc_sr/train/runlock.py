@@ -50,6 +50,7 @@ from types import TracebackType
 from typing import Any
 
 from hpc_sr.atomic import fsync_dir
+from hpc_sr.dist.env import env_int
 from hpc_sr.errors import TrainingError
 
 LOCK_NAME = ".lock"
@@ -110,11 +111,9 @@ def slurm_job_id(environ: dict[str, str] | os._Environ[str] = os.environ) -> str
 
 
 def slurm_restart_count(environ: dict[str, str] | os._Environ[str] = os.environ) -> int:
-    """``SLURM_RESTART_COUNT`` (set by SLURM from the first requeue on), 0 when absent or not an integer."""
-    try:
-        return int(environ.get("SLURM_RESTART_COUNT", "0"))
-    except ValueError:
-        return 0
+    """``SLURM_RESTART_COUNT`` (set by SLURM from the first requeue on), 0 when absent; a bad value is an
+    EnvironmentVariableError naming it."""
+    return env_int("SLURM_RESTART_COUNT", 0, environ=environ) or 0
 
 
 def _proc_state(pid: int) -> tuple[str, int] | None:

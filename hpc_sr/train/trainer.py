@@ -27,6 +27,8 @@ from hpc_sr.dist.env import DistEnv
 from hpc_sr.dist.signals import REQUEUE_EXIT_CODE, install_stop_flag, requeue_self
 from hpc_sr.errors import CheckpointError, TrainingError
 from hpc_sr.eval.loop import evaluate_batches
+from hpc_sr.eval.metrics import bicubic_upscale
+from hpc_sr.eval.physics import PhysicsAccumulator
 from hpc_sr.train import faults, rng
 from hpc_sr.train.backends import make_backend
 from hpc_sr.train.checkpoint import (
@@ -288,12 +290,25 @@ class Trainer:
             with self.backend.autocast():
                 return model(lr)
 
-        res = evaluate_batches(predict, self.val_loader or [], self.scale, self.device)
+        physics = {"model": PhysicsAccumulator(self.scale), "bicubic": PhysicsAccumulator(self.scale)}
+
+        def on_batch(lr: torch.Tensor, sr: torch.Tensor, hr: torch.Tensor) -> None:
+            physics["model"].update(sr, hr, lr)
+            physics["bicubic"].update(bicubic_upscale(lr, self.scale), hr, lr)
+
+        res = evaluate_batches(predict, self.val_loader or [], self.scale, self.device, on_batch=on_batch)
+        for acc in physics.values():
+            state = acc.state().to(self.device)
+            collectives.all_reduce_(state)
+            acc.load_state(state.cpu())
+        phys = {k: acc.compute() for k, acc in physics.items()}
         model.train(was_training)
         m, bic = res.model, res.bicubic
         self.last_val = m
         self.best_psnr = max(self.best_psnr, m["psnr"])
-        self.log.record("val", self.step, {"model": m, "bicubic": bic})
+        self.log.record("val", self.step, {"model": m, "bicubic": bic, "physics": phys})
+        self.log.scalars("val_physics", self.step, phys["model"])
+        self.log.scalars("val_physics_bicubic", self.step, phys["bicubic"])
         self.log.scalars("val", self.step, m)
         self.log.scalars("val_bicubic", self.step, bic)
         self.log.scalars("val_gain", self.step, {"psnr_db": res.gain_db})

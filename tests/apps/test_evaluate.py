@@ -95,3 +95,18 @@ def test_self_ensemble_flag_changes_the_result_of_a_trained_model(
     assert ens["self_ensemble"] and not plain["self_ensemble"]
     assert ens["bicubic"] == plain["bicubic"]
     assert ens["model"]["mse"] != pytest.approx(plain["model"]["mse"], rel=1e-6)
+
+
+def test_simulated_split_reports_physics_and_the_noise_ceiling(
+    trained_run: Path, tiny_shards: Path, capsys: pytest.CaptureFixture
+) -> None:
+    result = evaluate(trained_run, tiny_shards, split="test")
+    table = capsys.readouterr().out
+    assert "noise ceiling" in table and "arc PSNR" in table and "power high/HR" in table
+    assert result["ceiling"]["psnr"] > result["bicubic"]["psnr"]  # knowing the noise-free sky beats bicubic
+    gain = result["model"]["psnr"] - result["bicubic"]["psnr"]
+    assert result["ceiling_fraction"] == pytest.approx(gain / result["ceiling_gain_db"])
+    phys = result["physics"]
+    assert phys["model"]["n"] == phys["bicubic"]["n"] == 5 and phys["model"]["n_clean"] == 5
+    assert 0 < phys["bicubic"]["band_ratio_high_vs_hr"] < 1  # bicubic lacks high-frequency power
+    json.dumps(result)  # the JSON output stays serialisable

@@ -34,8 +34,8 @@ def run_script(name: str, *args: str, timeout: float = 180) -> dict[str, Any]:
 
 def test_bench_train_tiny_two_archs(tmp_path: Path) -> None:
     out = tmp_path / "train.json"
-    res = run_script("bench_train.py", "--arch", "srresnet,edsr", "--g-options", "tiny", "--d-options", "tiny",
-                     "--batch", "4", "--patch", "8", "--hr-size", "32", "--variants", "fp32,bf16+cl",
+    res = run_script("bench_train.py", "--arch", "srresnet,edsr", "--g-options", "tiny", "--d-options",
+                     "tiny", "--batch", "4", "--patch", "8", "--hr-size", "32", "--variants", "fp32,bf16+cl",
                      "--backends", "ddp,zero1", "--rounds", "2", "--window", "0.05", "--warmup", "1",
                      "--sim-steps", "1", "--out", str(out))  # fmt: skip
     assert json.loads(out.read_text()) == res
@@ -45,14 +45,19 @@ def test_bench_train_tiny_two_archs(tmp_path: Path) -> None:
     assert set(rows) == {(c, p) for c in configs for p in ("g", "gan")}
     for r in rows.values():
         assert r["images_per_s"] > 0 and r["windows"] == 2 and 0 < r["mfu"] < 1, r
-    assert rows[("srresnet:ddp/fp32", "g")]["ratio"] == 1.0 and rows[("srresnet:ddp/fp32", "gan")]["ratio"] == 1.0
+    assert (
+        rows[("srresnet:ddp/fp32", "g")]["ratio"] == 1.0
+        and rows[("srresnet:ddp/fp32", "gan")]["ratio"] == 1.0
+    )
     # every arch has its own FLOPs; the GAN step does more work per image than the G step
     flops = res["train_flops_by_arch"]
     assert flops["srresnet"]["g_forward"] != flops["edsr"]["g_forward"]
     for f in flops.values():
         assert f["gan"] > f["g"] == 3 * f["g_forward"]
     assert res["params_by_arch"]["edsr"]["g"] != res["params_by_arch"]["srresnet"]["g"]
-    assert rows[("srresnet:ddp/bf16+cl", "g")]["peak_tflops"] >= rows[("srresnet:ddp/fp32", "g")]["peak_tflops"]
+    assert (
+        rows[("srresnet:ddp/bf16+cl", "g")]["peak_tflops"] >= rows[("srresnet:ddp/fp32", "g")]["peak_tflops"]
+    )
     for phase in ("g", "gan"):
         assert 0 < res["simulate_share"][phase]["share"] < 1
 
@@ -67,7 +72,9 @@ def test_bench_scaling_tiny_ddp_vs_independent() -> None:
     assert set(rows) == {(j, p) for j in ("1 process", "ddp 2", "indep 2") for p in ("g", "gan")}
     assert rows[("1 process", "g")]["efficiency"] == 1.0 and rows[("1 process", "g")]["allreduce_ms"] is None
     assert rows[("ddp 2", "gan")]["allreduce_ms"] > 0 and rows[("indep 2", "g")]["images_per_s"] > 0
-    assert set(res["ddp_over_indep"]) == {"2|g", "2|gan"} and all(v > 0 for v in res["ddp_over_indep"].values())
+    assert set(res["ddp_over_indep"]) == {"2|g", "2|gan"} and all(
+        v > 0 for v in res["ddp_over_indep"].values()
+    )
     assert res["replicas_identical"] is True and res["buffers"]["d"] > 0
     prof = res["profile"][0]
     assert prof["gan"]["comm_calls_per_step"] > prof["g"]["comm_calls_per_step"] > 0
@@ -91,13 +98,15 @@ def test_bench_loader_tiny(tmp_path: Path) -> None:
     readers = {"item", "block", "memory", "device", "v1 whole", "v1 per-item crop",
                "alt:current", "alt:int32-maps", "alt:strided", "alt:crop-only"}  # fmt: skip
     assert set(rows) == {(r, b) for r in readers for b in (4, 8)}
-    for (reader, b), r in rows.items():
+    for (reader, _b), r in rows.items():
         assert r["pairs_per_s"] > 0 and r["windows"] == 2, r
         if reader == "v1 whole":
             assert r["ratio_v1"] == 1.0
         if reader == "memory":
             assert r["ratio_memory"] == 1.0
-    assert res["alternatives_match_current"] == {k: True for k in ("current", "int32-maps", "strided", "crop-only")}
+    assert res["alternatives_match_current"] == {
+        k: True for k in ("current", "int32-maps", "strided", "crop-only")
+    }
     assert set(res["memory_meets_target"]) == {"4", "8"}  # JSON keys
 
 
@@ -112,7 +121,9 @@ def test_gather_alternatives_equal_crop_and_augment(c: int) -> None:
         index = torch.tensor([9, 0, 3, 3, 7, 1])
         want = crop_and_augment(lr, hr, d, 4, 2, index=index)[1]
         got = gather_int32(hr, index, d.y * 2, d.x * 2, d.e, 8, 8)
-        assert torch.equal(got, want) and torch.equal(gather_strided(hr, index, d.y * 2, d.x * 2, d.e, 8, 8), want)
+        assert torch.equal(got, want) and torch.equal(
+            gather_strided(hr, index, d.y * 2, d.x * 2, d.e, 8, 8), want
+        )
     else:
         with pytest.raises(ValueError, match="one channel"):
             gather_int32(hr, torch.tensor([0]), torch.tensor([0]), torch.tensor([0]), torch.tensor([0]), 8, 8)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -57,30 +59,47 @@ def test_gan_run_writes_config_metrics_checkpoints_and_tensorboard(tiny_shards: 
     assert "val/comparison" in acc.Tags()["images"]
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_exact_resume_equals_uninterrupted_run(tiny_shards: Path, tmp_path: Path, workers: int) -> None:
+SPLIT, END = 5, 10  # the split run saves mid-epoch 0 (9 micro-batches of 4 per epoch); step 10 is in epoch 1
+
+
+@pytest.mark.parametrize(
+    "loader,workers",
+    [("item", 0), ("item", 2), ("block", 0), ("memory", 0)],
+    ids=["item", "item-2workers", "block", "memory"],
+)
+def test_exact_resume_equals_uninterrupted_run(
+    tiny_shards: Path, tmp_path: Path, loader: str, workers: int
+) -> None:
     common = dict(
-        steps=8,
+        steps=END,
         pretrain=4,
         **{
             "train.deterministic": "true",
+            "data.loader": loader,
+            "data.block_size": 8,
             "data.num_workers": workers,
-            "train.ckpt_every": 4,
+            "train.ckpt_every": SPLIT,
             "train.val_every": 100,
         },
     )
     straight = make_trainer(tiny_overrides(tiny_shards, tmp_path, name="straight", **common), resume="never")
     assert straight.run() == 0
-    first = make_trainer(tiny_overrides(tiny_shards, tmp_path, name="split", **{**common, "steps": 4}))
+    first = make_trainer(tiny_overrides(tiny_shards, tmp_path, name="split", **{**common, "steps": SPLIT}))
     assert first.run() == 0
+    saved = tmp_path / "split" / "checkpoints" / f"step_{SPLIT:08d}"
+    # mid-epoch: the resume must seek (item), replay SPLIT batches (block) or redraw (memory) to go on
+    rank_state = torch.load(saved / "rng" / "rank_00000.pt", weights_only=True)
+    assert rank_state["stream"] == {"epoch": 0, "position": SPLIT}
     second = make_trainer(tiny_overrides(tiny_shards, tmp_path, name="split", **common), resume="auto")
-    assert second.step == 4
+    assert second.step == SPLIT and second.stream.state_dict() == {"epoch": 0, "position": SPLIT}
     assert second.run() == 0
+    assert second.stream.state_dict()["epoch"] == 1  # the epoch boundary was crossed after the resume
 
     def losses(name: str) -> list[tuple[int, float, float]]:
         rows = read_jsonl(tmp_path / name, "train")
         return [(r["step"], r["loss_g_pixel"], r.get("loss_d", 0.0)) for r in rows]
 
+    assert [r[0] for r in losses("split")] == list(range(1, END + 1))
     assert losses("straight") == losses("split")  # bit-identical losses, GAN phase included
     for name in ("g", "d"):
         a = straight.backend.module(name).state_dict()
@@ -131,6 +150,8 @@ def test_unwritable_run_dir_fails_before_training(tiny_shards: Path, tmp_path: P
 
 
 def test_gradient_accumulation_matches_one_big_batch(tiny_shards: Path, tmp_path: Path) -> None:
+    """grad_accum=2 x micro 2 == one batch of 4. The reported grad norm (pre-clip, clipping off) is the check
+    that sees a missing or doubled 1/grad_accum: AdamW's update barely changes with the gradient scale."""
     kw = {
         "data.patch_size": 0,
         "data.augment": "false",
@@ -138,6 +159,7 @@ def test_gradient_accumulation_matches_one_big_batch(tiny_shards: Path, tmp_path
         "train.ckpt_every": 100,
         "train.ema_decay": 0.0,
         "train.deterministic": "true",
+        "train.grad_clip": 0.0,
     }
     one = make_trainer(tiny_overrides(tiny_shards, tmp_path, name="one", steps=2, pretrain=2, **kw), "never")
     acc = make_trainer(
@@ -146,8 +168,14 @@ def test_gradient_accumulation_matches_one_big_batch(tiny_shards: Path, tmp_path
         ),
         "never",
     )
+    assert one.micro == 4 and acc.micro == 2
     one.run()
     acc.run()
+    rows_one, rows_acc = read_jsonl(tmp_path / "one", "train"), read_jsonl(tmp_path / "acc", "train")
+    assert [r["step"] for r in rows_acc] == [1, 2]
+    for a, b in zip(rows_one, rows_acc):  # measured: equal to 1e-7 relative (summation order only)
+        assert b["grad_norm_g"] == pytest.approx(a["grad_norm_g"], rel=1e-6), (a["step"], a, b)
+        assert b["loss_g_pixel"] == pytest.approx(a["loss_g_pixel"], rel=1e-6), (a["step"], a, b)
     for k, v in one.backend.module("g").state_dict().items():
         torch.testing.assert_close(acc.backend.module("g").state_dict()[k], v, rtol=1e-4, atol=1e-6)
 
@@ -214,3 +242,122 @@ def test_gan_stage_starts_from_an_srresnet_run_with_other_discriminator_settings
             ),
             resume="never",
         )
+
+
+# -------------------------------------------------------------------------------------------- --resume PATH
+@pytest.fixture(scope="module")
+def source_run(tiny_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished 4-step run with checkpoints at steps 2 and 4."""
+    runs = tmp_path_factory.mktemp("resume_source")
+    trainer = make_trainer(
+        tiny_overrides(tiny_shards, runs, name="src", steps=4, pretrain=4, **{"train.ckpt_every": 2})
+    )
+    assert trainer.run() == 0
+    return runs / "src"
+
+
+def copy_run(run: Path, dest: Path) -> Path:
+    return Path(shutil.copytree(run, dest))
+
+
+def test_cli_resume_from_a_step_dir_of_another_run(
+    source_run: Path, tiny_shards: Path, tmp_path: Path
+) -> None:
+    from hpc_sr.cli import main as cli_main
+
+    step2 = source_run / "checkpoints" / "step_00000002"
+    before = sorted(p.name for p in (source_run / "checkpoints").iterdir())
+    overrides = tiny_overrides(tiny_shards, tmp_path, name="from_step", steps=3, pretrain=3)
+    assert cli_main(["train", "--resume", str(step2), *overrides]) == 0
+    run = tmp_path / "from_step"
+    starts = read_jsonl(run, "start")
+    assert [(s["step"], s["resumed_from"]) for s in starts] == [(2, str(step2))]
+    assert [r["step"] for r in read_jsonl(run, "train")] == [3]  # continued at step 3, not restarted
+    assert sorted(p.name for p in (run / "checkpoints").glob("step_*")) == ["step_00000003"]
+    assert sorted(p.name for p in (source_run / "checkpoints").iterdir()) == before  # source untouched
+
+
+def test_resume_from_a_run_dir_takes_its_latest_checkpoint(
+    source_run: Path, tiny_shards: Path, tmp_path: Path
+) -> None:
+    latest = source_run / "checkpoints" / "step_00000004"
+    trainer = make_trainer(
+        tiny_overrides(tiny_shards, tmp_path, name="from_run", steps=5, pretrain=5), resume=str(source_run)
+    )
+    assert trainer.step == 4 and trainer.resumed_from == latest
+    saved = torch.load(latest / "trainer.pt", weights_only=True)["backend_state"]["g"]["model"]
+    now = trainer.backend.module("g").state_dict()
+    assert set(now) == set(saved) and all(torch.equal(now[k], saved[k]) for k in saved)
+
+
+def test_resume_path_errors_name_the_path(source_run: Path, tiny_shards: Path, tmp_path: Path) -> None:
+    overrides = tiny_overrides(tiny_shards, tmp_path, name="bad_resume", steps=5, pretrain=5)
+    missing = tmp_path / "no_such_checkpoint"
+    with pytest.raises(
+        CheckpointError, match=rf"--resume {re.escape(str(missing))}: not a complete checkpoint"
+    ):
+        make_trainer(overrides, resume=str(missing))
+    incomplete = copy_run(source_run / "checkpoints" / "step_00000002", tmp_path / "step_00000002")
+    (incomplete / "meta.json").unlink()  # as a save killed before its last file
+    with pytest.raises(CheckpointError, match=rf"{re.escape(str(incomplete))}: .*\(no meta\.json\)"):
+        make_trainer(overrides, resume=str(incomplete))
+    run = copy_run(source_run, tmp_path / "run_without_complete")
+    for step_dir in (run / "checkpoints").glob("step_*"):
+        (step_dir / "meta.json").unlink()
+    where = re.escape(str(run / "checkpoints"))
+    with pytest.raises(CheckpointError, match=rf"no complete checkpoint under {where}"):
+        make_trainer(overrides, resume=str(run))
+
+
+def test_cli_resume_error_is_exit_code_2_with_the_message(
+    tiny_shards: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from hpc_sr.cli import main as cli_main
+
+    missing = tmp_path / "nowhere"
+    overrides = tiny_overrides(tiny_shards, tmp_path, name="cli_bad", steps=2, pretrain=2)
+    assert cli_main(["train", "--resume", str(missing), *overrides]) == 2
+    err = capsys.readouterr().err
+    assert f"hpc-sr train: error: --resume {missing}: not a complete checkpoint directory" in err
+    assert not (tmp_path / "cli_bad" / "checkpoints").exists()  # nothing trained
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"format": "someone.else"}, "not an hpc_sr checkpoint"),
+        ({"version": 99}, "checkpoint format version 99, this hpc_sr reads version 1"),
+        ({"version": None}, "checkpoint format version None, this hpc_sr reads version 1"),
+    ],
+    ids=["format", "newer-version", "no-version"],
+)
+def test_trainer_file_of_another_format_or_version_is_refused_naming_it(
+    source_run: Path, tiny_shards: Path, tmp_path: Path, change: dict, message: str
+) -> None:
+    run = copy_run(source_run, tmp_path / "src")
+    trainer_pt = run / "checkpoints" / "step_00000004" / "trainer.pt"
+    state = torch.load(trainer_pt, weights_only=True)
+    state.update(change)
+    torch.save(state, trainer_pt)
+    overrides = tiny_overrides(tiny_shards, tmp_path, name="src", steps=6, pretrain=6)
+    with pytest.raises(CheckpointError, match=rf"^{re.escape(str(trainer_pt))}: {message}"):
+        make_trainer(overrides)
+
+
+def test_trainer_file_that_is_not_a_dict_is_refused(
+    source_run: Path, tiny_shards: Path, tmp_path: Path
+) -> None:
+    run = copy_run(source_run, tmp_path / "src")
+    trainer_pt = run / "checkpoints" / "step_00000004" / "trainer.pt"
+    torch.save(torch.zeros(3), trainer_pt)
+    with pytest.raises(CheckpointError, match=rf"{re.escape(str(trainer_pt))}: not an hpc_sr checkpoint"):
+        make_trainer(tiny_overrides(tiny_shards, tmp_path, name="src", steps=6, pretrain=6))
+
+
+def test_resume_refuses_another_scale_naming_both(source_run: Path, tmp_path: Path) -> None:
+    run = copy_run(source_run, tmp_path / "src")
+    # simulated data at x4 (the shards are x2): the config is valid, only the checkpoint disagrees
+    overrides = tiny_overrides(None, tmp_path, name="src", steps=6, pretrain=6, **{"data.scale": 4})
+    with pytest.raises(CheckpointError, match=r"data\.scale: checkpoint 2 vs config 4") as err:
+        make_trainer(overrides)
+    assert str(run / "checkpoints" / "step_00000004") in str(err.value)

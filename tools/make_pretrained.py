@@ -1,0 +1,68 @@
+"""Ship a trained generator inside the package: hpc_sr/pretrained/<name>.pt (+ <name>.json, the same record).
+
+    python tools/make_pretrained.py RUN_DIR --data DATA --name deeplense-small --command "hpc-sr train ..."
+
+Exports the run's EMA generator (state_dict format), evaluates it on the data set's test split beside bicubic and
+the split's noise ceiling (tools/noise_ceiling.py), and records in the file: the training command, the data
+set (path, preset, seed, counts), the metrics and the gain as a fraction of the ceiling. Refuses files over 1 MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from hpc_sr.apps.evaluate import evaluate
+from hpc_sr.atomic import atomic_write_text
+from hpc_sr.data.shards import load_manifest
+from hpc_sr.train.checkpoint import PRETRAINED_DIR, atomic_torch_save, load_generator_payload
+
+REPO = Path(__file__).resolve().parents[1]
+MAX_BYTES = 1_000_000
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run", type=Path)
+    ap.add_argument("--data", required=True, type=Path, help="the shard directory it was trained on")
+    ap.add_argument("--name", default="deeplense-small")
+    ap.add_argument("--command", required=True, help="the command that trained it (recorded)")
+    ap.add_argument("--limit", type=int, default=600)
+    a = ap.parse_args(argv)
+    payload = load_generator_payload(a.run, ema=True)
+    result = evaluate(a.run, a.data, split="test", limit=a.limit, quiet=True)
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / "noise_ceiling.py"), str(a.data), "--split", "test",
+                           "--limit", str(a.limit)], capture_output=True, text=True, check=True)
+    ceiling = json.loads(proc.stdout.strip().splitlines()[-1])
+    m, b = result["model"], result["bicubic"]
+    gain, ceiling_gain = m["psnr"] - b["psnr"], ceiling["ceiling"]["psnr"] - ceiling["bicubic"]["psnr"]
+    manifest = load_manifest(a.data)
+    record = {
+        "name": a.name,
+        "generator": payload["generator"],
+        "scale": payload["scale"],
+        "trained_with": a.command,
+        "data": {"count": manifest.count, "split_seed": manifest.split_seed,
+                 "split": {k: len(v) for k, v in manifest.split.items()}, "provenance": manifest.provenance},
+        "test": {"n": result["n"], "model": m, "bicubic": b, "ceiling": ceiling["ceiling"], "gain_db": gain,
+                 "ceiling_gain_db": ceiling_gain, "ceiling_fraction": gain / ceiling_gain},
+        "values": "LR in [0, 1] as the DeepLense set (peak-normalised); use `hpc-sr upscale` for physical units",
+    }  # fmt: skip
+    payload = {**payload, "pretrained": record, "source": f"pretrained {a.name}"}
+    out = PRETRAINED_DIR / f"{a.name}.pt"
+    PRETRAINED_DIR.mkdir(exist_ok=True)
+    atomic_torch_save(payload, out)
+    if out.stat().st_size > MAX_BYTES:
+        out.unlink()
+        raise SystemExit(f"{out}: {out.stat().st_size} bytes is over the {MAX_BYTES} limit for a shipped model")
+    atomic_write_text(out.with_suffix(".json"), json.dumps(record, indent=2, default=str) + "\n")
+    print(f"wrote {out} ({out.stat().st_size:,} bytes): gain {gain:+.3f} dB = {gain / ceiling_gain:.0%} of the "
+          f"ceiling on {result['n']} test images")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
