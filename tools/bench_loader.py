@@ -17,10 +17,13 @@ augmentation) and ``v1 per-item crop`` the same with per-item crop + augment.
 Gather alternatives (``alt:*``, measured here so that hpc_sr/data/augment.py can adopt the fastest): every
 one does what ``MemoryStream.__next__`` does per micro-batch (seed a generator, draw crops and transforms,
 gather LR and HR from the resident split) with a different gather: ``alt:current`` (``crop_and_augment``),
-``alt:int32-maps`` (cached int32 offset maps of the 8 transforms, one flat ``index_select``; same output),
-``alt:strided`` (window views ``as_strided`` + ``index_select`` along dim 0, then transposes and flips on the
-subsets that need them; same output) and ``alt:crop-only`` (the strided gather without augmentation: the
-lower bound of any gather). Each alternative's output is compared with ``crop_and_augment`` first.
+``alt:int32-maps`` (cached int32 offset maps of the 8 transforms, one flat ``index_select``), ``alt:strided``
+(window views ``as_strided`` + ``index_select`` along dim 0, then transposes and flips on the subsets that
+need them), ``alt:rows-2copies`` (:class:`RowGather`: whole-row copies from the split and a copy of it
+rotated by 180 degrees, 2x memory), ``alt:crop-only`` (the strided gather without augmentation: the lower
+bound of any gather) and ``alt:draw-only`` (seed + draw, no gather: the fixed cost per micro-batch). Each
+alternative's output is compared with ``crop_and_augment`` first (all but crop-only must give the same
+pixels in the same order).
 
 All tasks take turns in ``--rounds`` rounds of ``--window``-second windows (tools.bench_common.round_robin,
 the order rotating each round); a figure is the median over its windows; ratios are taken within the run
@@ -67,7 +70,7 @@ from tools.bench_common import (  # noqa: E402
 )
 
 LOADERS = ("item", "block", "memory", "device")
-ALTERNATIVES = ("current", "int32-maps", "strided", "crop-only")
+ALTERNATIVES = ("current", "int32-maps", "strided", "rows-2copies", "crop-only", "draw-only")
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -190,30 +193,102 @@ def gather_strided(
     return out.view(n, 1, ph, pw)
 
 
-def alt_task(
-    kind: str, lr: Tensor, hr: Tensor, micro: int, patch: int, scale: int, device: torch.device
-) -> Callable[[], int]:
-    """A MemoryStream-equivalent micro-batch (seed, draw, gather LR + HR) with gather ``kind``."""
+class RowGather:
+    """Row-level gathers from the split and a copy of it rotated by 180 degrees (2x the split's memory).
+
+    Every transform is (copy A or rotated B) x (window rows, or window columns as rows) x (rows in order or
+    reversed): 8 combinations, the 8 dihedral transforms (a mirrored copy would give only 6: reading a column
+    bottom-up needs the rotated one). So a micro-batch is two ``index_select`` calls that
+    copy whole rows (one for the samples taken as rows, one for those taken as columns: the samples are
+    ordered by that, then put back in their order), with one int64 offset per output row, not per pixel.
+    """
+
+    def __init__(self, img: Tensor) -> None:
+        n, c, h, w = img.shape
+        if c != 1 or h != w:
+            raise ValueError("row gather: one channel, square images")
+        self.n, self.h, self.w = n, h, w
+        self.both = torch.cat([img, img.flip(-2, -1)]).reshape(-1)  # A, then B = A rotated by 180 degrees
+
+    @lru_cache(maxsize=8)  # noqa: B019 - a few window sizes per instance
+    def tables(self, p: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Per transform e: rotated copy (0/1), columns-as-rows (0/1), and the (8, p) row offsets."""
+        w, probe = self.w, torch.arange(float(p * p)).view(p, p)
+        copy, cols, offs = [], [], []
+        for e in range(N_DIHEDRAL):
+            want = dihedral(probe, e)
+            for b, t, v in itertools.product((0, 1), repeat=3):
+                win = probe.flip(0, 1) if b else probe
+                win = win.t() if t else win
+                if torch.equal(win.flip(0) if v else win, want):
+                    f = torch.arange(p - 1, -1, -1) if v else torch.arange(p)
+                    copy.append(b), cols.append(t), offs.append(f if t else f * w)
+                    break
+        dev = self.both.device
+        return torch.tensor(copy, device=dev), torch.tensor(cols, device=dev), torch.stack(offs).to(dev)
+
+    def __call__(self, index: Tensor, y: Tensor, x: Tensor, e: Tensor, p: int) -> Tensor:
+        n, h, w = index.shape[0], self.h, self.w
+        copy, cols, offs = self.tables(p)
+        b, t = copy[e], cols[e]
+        ys, xs = torch.where(b == 1, h - p - y, y), torch.where(b == 1, w - p - x, x)
+        base = (b * self.n + index) * (h * w) + ys * w + xs
+        order = torch.argsort(t, stable=True)
+        n_rows = n - int(t.sum())
+        rows = (offs[e] + base.view(n, 1))[order].view(-1)
+        length = self.both.numel() - (p - 1) * w - (p - 1)
+        out = torch.empty(n * p, p, dtype=self.both.dtype, device=self.both.device)
+        if n_rows:
+            row_view = self.both.as_strided((length, p), (1, 1))
+            torch.index_select(row_view, 0, rows[: n_rows * p], out=out[: n_rows * p])
+        if n_rows < n:
+            col_view = self.both.as_strided((length, p), (1, w))
+            torch.index_select(col_view, 0, rows[n_rows * p :], out=out[n_rows * p :])
+        back = torch.empty_like(order)
+        back[order] = torch.arange(n, device=order.device)
+        return out.view(n, p * p).index_select(0, back).view(n, 1, p, p)
+
+
+class Gatherer:
+    """One micro-batch's LR and HR patches from the resident split with gather ``kind`` (see ALTERNATIVES)."""
+
+    def __init__(self, kind: str, lr: Tensor, hr: Tensor, patch: int, scale: int) -> None:
+        self.kind, self.lr, self.hr, self.patch, self.scale = kind, lr, hr, patch, scale
+        if kind == "rows-2copies":
+            self.rows = (RowGather(lr), RowGather(hr))
+
+    @property
+    def augment(self) -> bool:
+        return self.kind not in ("crop-only", "draw-only")
+
+    def __call__(self, index: Tensor, d: Any) -> tuple[Tensor, Tensor] | None:
+        k, s, p, lr, hr = self.kind, self.scale, self.patch, self.lr, self.hr
+        if k == "current":
+            return crop_and_augment(lr, hr, d, p, s, index=index)
+        if k == "draw-only":
+            return None
+        y, x, e = d.y.to(lr.device), d.x.to(lr.device), d.e.to(lr.device)
+        if k == "int32-maps":
+            return (gather_int32(lr, index, y, x, e, p, p),
+                    gather_int32(hr, index, y * s, x * s, e, p * s, p * s))  # fmt: skip
+        if k == "rows-2copies":
+            return self.rows[0](index, y, x, e, p), self.rows[1](index, y * s, x * s, e, p * s)
+        aug = k == "strided"
+        return (gather_strided(lr, index, y, x, e, p, p, aug),
+                gather_strided(hr, index, y * s, x * s, e, p * s, p * s, aug))  # fmt: skip
+
+
+def alt_task(gather: Gatherer, micro: int, device: torch.device) -> Callable[[], int]:
+    """A MemoryStream-equivalent micro-batch (seed a generator, draw, gather LR + HR) with ``gather``."""
     state = {"p": 0}
-    n = lr.shape[0]
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(0)).to(lr.device)
+    n = gather.lr.shape[0]
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(0)).to(gather.lr.device)
 
     def run() -> int:
         p = state["p"] = (state["p"] + 1) % (n // micro)
         index = order[p * micro : (p + 1) * micro]
         g = torch.Generator().manual_seed(batch_seed(0, 0, 0, p))
-        d = draw(micro, tuple(lr.shape[-2:]), patch, kind != "crop-only", g)
-        if kind == "current":
-            crop_and_augment(lr, hr, d, patch, scale, index=index)
-        else:
-            y, x, e = d.y.to(lr.device), d.x.to(lr.device), d.e.to(lr.device)
-            if kind == "int32-maps":
-                gather_int32(lr, index, y, x, e, patch, patch)
-                gather_int32(hr, index, y * scale, x * scale, e, patch * scale, patch * scale)
-            else:
-                aug = kind == "strided"
-                gather_strided(lr, index, y, x, e, patch, patch, aug)
-                gather_strided(hr, index, y * scale, x * scale, e, patch * scale, patch * scale, aug)
+        gather(index, draw(micro, tuple(gather.lr.shape[-2:]), gather.patch, gather.augment, g))
         sync(device)
         return micro
 
@@ -225,21 +300,14 @@ def check_alternatives(lr: Tensor, hr: Tensor, patch: int, scale: int) -> dict[s
     g = torch.Generator().manual_seed(123)
     m = min(64, lr.shape[0])
     index = torch.randperm(lr.shape[0], generator=g)[:m].to(lr.device)
-    ok: dict[str, bool] = {"current": True}
-    for kind in ALTERNATIVES[1:]:
-        d = draw(m, tuple(lr.shape[-2:]), patch, kind != "crop-only", g)
+    ok: dict[str, bool] = {}
+    for kind in ALTERNATIVES:
+        gather = Gatherer(kind, lr, hr, patch, scale)
+        d = draw(m, tuple(lr.shape[-2:]), patch, gather.augment, g)
+        got = gather(index, d)
+        if got is None:
+            continue
         want = crop_and_augment(lr, hr, d, patch, scale, index=index)
-        y, x, e = d.y.to(lr.device), d.x.to(lr.device), d.e.to(lr.device)
-        s, hp = scale, patch * scale
-        if kind == "int32-maps":
-            got = (
-                gather_int32(lr, index, y, x, e, patch, patch),
-                gather_int32(hr, index, y * s, x * s, e, hp, hp),
-            )
-        else:
-            aug = kind == "strided"
-            got = (gather_strided(lr, index, y, x, e, patch, patch, aug),
-                   gather_strided(hr, index, y * s, x * s, e, hp, hp, aug))  # fmt: skip
         ok[kind] = bool(torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]))
     return ok
 
@@ -286,9 +354,10 @@ def bench(a: argparse.Namespace) -> dict[str, Any]:
             if device.type == "cuda":  # the alternatives gather where the split lives: on the GPU here
                 lr, hr = lr.to(device), hr.to(device)
             checks = check_alternatives(lr, hr, a.patch, 2)
+            gathers = {kind: Gatherer(kind, lr, hr, a.patch, 2) for kind in ALTERNATIVES}
             for b in batches:
-                for kind in ALTERNATIVES:
-                    tasks[f"alt:{kind}|{b}"] = alt_task(kind, lr, hr, b, a.patch, 2, device)
+                for kind, gather in gathers.items():
+                    tasks[f"alt:{kind}|{b}"] = alt_task(gather, b, device)
                     meta[f"alt:{kind}|{b}"] = {"reader": f"alt:{kind}", "kind": "alternative", "workers": 0}
         for fn in tasks.values():  # warm-up: first DataLoader iterators, caches
             fn()

@@ -104,10 +104,10 @@ MUTATIONS: tuple[Mutation, ...] = (
        ["tests/models/test_srresnet.py::test_lr_consistent_output_pools_to_the_input"]),
     _m("resume_rng_not_restored", "resume does not restore the per-rank RNG states",
        [("hpc_sr/train/trainer.py", 'rng.set_rng_state(rank_state["rng"])', "pass")],
-       ["tests/train/test_trainer.py::test_exact_resume_equals_uninterrupted_run"]),
+       ["tests/mutations/test_resume_rng.py::test_resume_continues_the_global_rng_streams_of_the_saved_run"]),
     _m("resume_stream_not_restored", "resume does not restore the sampler/stream position",
        [("hpc_sr/train/trainer.py", 'self.stream.load_state_dict(rank_state["stream"])', "pass")],
-       ["tests/train/test_trainer.py::test_exact_resume_equals_uninterrupted_run[0]"]),
+       ["tests/train/test_trainer.py::test_exact_resume_equals_uninterrupted_run[memory]"]),
     _m("latest_before_rename", "checkpoint `latest` is written before step_N is renamed into place",
        [("hpc_sr/train/checkpoint.py", _LATEST_WRITE, ""),
         ("hpc_sr/train/checkpoint.py", _BEFORE_RENAME, _LATEST_WRITE + _BEFORE_RENAME)],
@@ -156,6 +156,22 @@ MUTATIONS: tuple[Mutation, ...] = (
     _m("per_pixel_flux_not_divided", "per-pixel units (counts) are not divided by scale**2 on upscale",
        [("hpc_sr/apps/upscale.py", "out = out / st.scale**2", "out = out")],
        ["tests/apps/test_upscale_files.py::test_counts_conserve_total_flux_and_keep_the_header"]),
+    # beyond the brief's list: places where a silent regression would bias results
+    _m("val_uses_raw_generator", "validation scores the raw generator instead of its EMA",
+       [("hpc_sr/train/trainer.py",
+         'model = self.ema.module if self.ema is not None else self.backend.module("g")',
+         'model = self.backend.module("g")')],
+       ["tests/train/test_trainer.py::test_keep_last_and_best_are_kept"]),
+    _m("grad_clip_ignored", "train.grad_clip is not applied (clip norm inf)",
+       [("hpc_sr/train/backends/ddp.py", 'clip if clip > 0 else float("inf")', 'float("inf")')],
+       ["tests/train/test_precision.py::test_gradient_clipping_bounds_the_update"]),
+    _m("prune_drops_best", "keep-last-K pruning no longer keeps the best checkpoint",
+       [("hpc_sr/train/checkpoint.py", "            keep.add(best)\n", "            pass\n")],
+       ["tests/train/test_trainer.py::test_keep_last_and_best_are_kept"]),
+    _m("metrics_sr_not_clamped", "SR is scored unclamped (overshoots above 1 or below 0 count)",
+       [("hpc_sr/eval/metrics.py", "sr64 = sr.detach().to(torch.float64).clamp(0.0, 1.0)",
+         "sr64 = sr.detach().to(torch.float64)")],
+       ["tests/eval/test_metrics.py::test_sr_is_clamped_inside"]),
 )
 
 
@@ -166,6 +182,7 @@ class Result:
     status: str  # caught | timeout | SURVIVED | ERROR | passed (baseline)
     seconds: float
     returncode: int | None
+    failure: str = ""  # the first failed node id and assertion line, when pytest reported one
     tail: str = field(default="", repr=False)
 
 
@@ -240,7 +257,7 @@ def run_one(m: Mutation, baseline: bool = False) -> Result:
         make_copy(copy)
         if not baseline:
             apply_edits(copy, m.edits)
-        cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *m.tests]
+        cmd = [sys.executable, "-m", "pytest", "-x", "-q", "--tb=short", "-p", "no:cacheprovider", *m.tests]
         start = time.monotonic()
         proc = subprocess.Popen(cmd, cwd=copy, env=_env(copy), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -262,7 +279,15 @@ def run_one(m: Mutation, baseline: bool = False) -> Result:
         status = "caught"
     else:  # 3 internal error, 4 usage (unknown node id), 5 nothing collected
         status = "ERROR"
-    return Result(m.name, list(m.tests), status, round(seconds, 1), rc, out[-TAIL_CHARS:])
+    return Result(m.name, list(m.tests), status, round(seconds, 1), rc, _failure(out), out[-TAIL_CHARS:])
+
+
+def _failure(out: str) -> str:
+    """``FAILED <node id>`` and the first ``E`` line of pytest's report (what caught the mutation)."""
+    lines = out.splitlines()
+    failed = next((ln for ln in lines if ln.startswith(("FAILED ", "ERROR "))), "")
+    error = next((ln[1:].strip() for ln in lines if ln.startswith("E ") and ln[1:].strip()), "")
+    return " | ".join(x for x in (failed.split(" - ")[0], error[:200]) if x)
 
 
 def _short(test: str) -> str:

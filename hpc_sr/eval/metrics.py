@@ -96,11 +96,40 @@ def per_image_metrics(sr: Tensor, hr: Tensor) -> dict[str, Tensor]:
         }
 
 
-class MetricAccumulator:
-    """Running float64 sums ``[n, sum_psnr, sum_mse, sum_ssim, sum_flux_err]`` over evaluated images.
+class SumAccumulator:
+    """Running float64 sums in one tensor, exact over ranks and shards: merge, state / load_state, reset.
 
     Across ranks: ``t = acc.state().to(device); dist.all_reduce(t); acc.load_state(t); acc.compute()``.
     """
+
+    _sums: Tensor
+
+    def merge(self, other: SumAccumulator) -> SumAccumulator:
+        """Add another accumulator's sums into this one (returns self)."""
+        if other._sums.shape != self._sums.shape:
+            raise ValueError(f"{type(self).__name__}.merge: the accumulators hold different fields")
+        self._sums += other._sums
+        return self
+
+    def state(self) -> Tensor:
+        """A copy of the sums (float64, CPU)."""
+        return self._sums.clone()
+
+    def load_state(self, t: Tensor) -> None:
+        """Replace the sums (e.g. with an all-reduced ``state()``)."""
+        if t.shape != self._sums.shape:
+            raise ValueError(
+                f"{type(self).__name__}.load_state: expected shape {tuple(self._sums.shape)}, "
+                f"got {tuple(t.shape)}"
+            )
+        self._sums = t.detach().to("cpu", torch.float64).clone()
+
+    def reset(self) -> None:
+        self._sums.zero_()
+
+
+class MetricAccumulator(SumAccumulator):
+    """Running float64 sums ``[n, sum_psnr, sum_mse, sum_ssim, sum_flux_err]`` over evaluated images."""
 
     def __init__(self) -> None:
         self._sums = torch.zeros(1 + len(METRIC_KEYS), dtype=torch.float64)
@@ -113,27 +142,6 @@ class MetricAccumulator:
         )
         self._sums += batch
         return per
-
-    def merge(self, other: MetricAccumulator) -> MetricAccumulator:
-        """Add another accumulator's sums into this one (returns self)."""
-        self._sums += other._sums
-        return self
-
-    def state(self) -> Tensor:
-        """A copy of the sums (float64, CPU, shape (5,))."""
-        return self._sums.clone()
-
-    def load_state(self, t: Tensor) -> None:
-        """Replace the sums (e.g. with an all-reduced ``state()``)."""
-        if t.shape != self._sums.shape:
-            raise ValueError(
-                f"MetricAccumulator.load_state: expected shape {tuple(self._sums.shape)}, "
-                f"got {tuple(t.shape)}"
-            )
-        self._sums = t.detach().to("cpu", torch.float64).clone()
-
-    def reset(self) -> None:
-        self._sums.zero_()
 
     @property
     def n(self) -> int:

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from hpc_sr.data.lensing import PARAM_NAMES, PRESETS, LensingSimulator, LensPreset, gaussian_blur
 from hpc_sr.errors import DataError
-from hpc_sr.eval.metrics import psnr_from_mse
+from hpc_sr.eval.metrics import SumAccumulator, psnr_from_mse
 
 __all__ = [
     "ARC_K",
@@ -536,7 +536,7 @@ def per_image_physics(
 
 
 # ----------------------------------------------------------------------------------------------- sums
-class PhysicsAccumulator:
+class PhysicsAccumulator(SumAccumulator):
     """Running float64 sums of the physics metrics (one tensor: ``state()``), exact over ranks::
 
         t = acc.state().to(device); dist.all_reduce(t); acc.load_state(t); acc.compute()
@@ -625,28 +625,11 @@ class PhysicsAccumulator:
         start = self._i[f"band_{self.band_names[0]}_vs_{ref}"]
         return slice(start, start + len(self.bands))
 
-    def merge(self, other: PhysicsAccumulator) -> PhysicsAccumulator:
+    def merge(self, other: SumAccumulator) -> SumAccumulator:
         """Add another accumulator's sums into this one (returns self); both must have the same fields."""
-        if other.fields != self.fields:
+        if not isinstance(other, PhysicsAccumulator) or other.fields != self.fields:
             raise ValueError("PhysicsAccumulator.merge: the accumulators have different bands/fields")
-        self._sums += other._sums
-        return self
-
-    def state(self) -> Tensor:
-        """A copy of the sums (float64, CPU, shape (len(fields),))."""
-        return self._sums.clone()
-
-    def load_state(self, t: Tensor) -> None:
-        """Replace the sums (e.g. with an all-reduced ``state()``)."""
-        if t.shape != self._sums.shape:
-            raise ValueError(
-                f"PhysicsAccumulator.load_state: expected shape {tuple(self._sums.shape)}, "
-                f"got {tuple(t.shape)}"
-            )
-        self._sums = t.detach().to("cpu", torch.float64).clone()
-
-    def reset(self) -> None:
-        self._sums.zero_()
+        return super().merge(other)
 
     @property
     def n(self) -> int:

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from hpc_sr.atomic import atomic_open, atomic_write_text, fsync_dir
-from hpc_sr.config import ModelConfig, migrate_legacy
+from hpc_sr.config import ModelConfig, flatten, migrate_legacy
 from hpc_sr.dist import collectives as du
 from hpc_sr.errors import CheckpointError
 from hpc_sr.models.registry import discriminator_spec, generator_from_spec, generator_spec
@@ -242,13 +242,7 @@ def resolved_model(model: dict[str, Any] | ModelConfig) -> dict[str, Any]:
 
 def flat_keys(d: dict[str, Any], prefix: str) -> dict[str, Any]:
     """``{"model.g.options.channels": 8, ...}`` of a nested dict."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(flat_keys(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
+    return flatten(d, prefix)
 
 
 def model_config_diff(saved: dict[str, Any], current: dict[str, Any], prefix: str = "model.") -> list[str]:

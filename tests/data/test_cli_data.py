@@ -8,8 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 
 from hpc_sr.cli import main
 
@@ -50,7 +53,13 @@ def test_inspect_returns_metrics(simulated: Path) -> None:
     s = r["sample"]
     assert s["n"] == 16 and 0 <= s["hr"]["min"] <= s["hr"]["max"] <= 1
     assert s["lr_minus_mean_pooled_hr_mae"] < 1e-6  # the simulator's LR is the 2x2 mean of HR
-    assert 15 < s["bicubic_psnr"] < 80
+    # the same 16 evenly spaced train pairs, read straight from the shards, upsampled here
+    lr, hr, _ = read_shards(simulated, split="train")
+    pos = np.unique(np.linspace(0, len(hr) - 1, 16).round().astype(int))
+    up = F.interpolate(torch.from_numpy(lr[pos]), scale_factor=2, mode="bicubic", align_corners=False)
+    mse = (up.clamp(0, 1).double() - torch.from_numpy(hr[pos]).double()).pow(2).flatten(1).mean(1)
+    assert s["bicubic_psnr"] == pytest.approx(float((10 * torch.log10(1 / mse)).mean()), abs=1e-4)
+    assert s["hr"]["max"] == pytest.approx(float(hr[pos].max()))
 
 
 def test_inspect_falls_back_to_psnr_without_metrics_module(simulated: Path,
@@ -62,6 +71,85 @@ def test_inspect_falls_back_to_psnr_without_metrics_module(simulated: Path,
     local = inspect_dataset(simulated, sample=8, quiet=True)["sample"]
     assert "bicubic_ssim" in full and "bicubic_ssim" not in local
     assert local["bicubic_psnr"] == pytest.approx(full["bicubic_psnr"], abs=1e-3)
+
+
+def read_shards(root: Path, split: str | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(lr, hr, names) of every pair (or of one split), read with h5py in the manifest's shard order."""
+    man = json.loads((root / "manifest.json").read_text())
+    lrs, hrs, names = [], [], []
+    for shard in man["shards"]:
+        with h5py.File(root / shard["file"], "r") as f:
+            lrs.append(f["lr"][:])
+            hrs.append(f["hr"][:])
+            if "names" in f:
+                names += [n.decode() if isinstance(n, bytes) else str(n) for n in f["names"][:]]
+    lr, hr = np.concatenate(lrs), np.concatenate(hrs)
+    if split is not None:
+        idx = np.asarray(man["split"]["indices"][split])
+        lr, hr, names = lr[idx], hr[idx], [names[i] for i in idx] if names else []
+    return lr, hr, names
+
+
+def pack_and_verify(kind: str, src: Path, out: Path, capsys: pytest.CaptureFixture[str]) -> dict:
+    assert main(["pack", "--from", kind, "--src", str(src), "--out", str(out), "--shard-size", "2",
+                 "--seed", "5", "--split", "0.6,0.2,0.2"]) == 0, capsys.readouterr().err
+    assert main(["verify", str(out)]) == 0
+    assert "ok, 5 pairs in 3 shard(s)" in capsys.readouterr().out
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["provenance"]["command"] == "pack" and man["provenance"]["kind"] == kind
+    assert man["split"]["seed"] == 5 and man["split"]["sizes"] == {"train": 3, "val": 1, "test": 1}
+    return man
+
+
+def source_pairs(n: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """n distinct (16x16, 8x8) float32 pairs; LR is the 2x2 mean of HR."""
+    hr = np.random.default_rng(7).random((n, 16, 16), dtype=np.float32)
+    return hr, hr.reshape(n, 8, 2, 8, 2).mean((2, 4))
+
+
+def test_pack_npz_folder_and_stacked_file_through_the_cli(tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    hr, lr = source_pairs()
+    folder = tmp_path / "pairs"
+    folder.mkdir()
+    for i in (3, 0, 4, 1, 2):  # written out of order: packed sorted by name
+        np.savez(folder / f"img{i}.npz", hr=hr[i], lr=lr[i])
+    pack_and_verify("npz", folder, tmp_path / "from_folder", capsys)
+    got_lr, got_hr, names = read_shards(tmp_path / "from_folder")
+    assert names == [f"img{i}" for i in range(5)]
+    np.testing.assert_array_equal(got_hr[:, 0], hr)
+    np.testing.assert_array_equal(got_lr[:, 0], lr)
+
+    stacked = tmp_path / "all.npz"
+    np.savez(stacked, hr=hr[:, None], lr=lr[:, None])
+    pack_and_verify("npz", stacked, tmp_path / "from_file", capsys)
+    got_lr, got_hr, names = read_shards(tmp_path / "from_file")
+    assert names == [f"all[{i}]" for i in range(5)]
+    np.testing.assert_array_equal(got_hr[:, 0], hr)
+    np.testing.assert_array_equal(got_lr[:, 0], lr)
+
+
+def test_pack_fits_through_the_cli_then_a_scale_mismatch_names_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fits = pytest.importorskip("astropy.io.fits")
+    hr, lr = source_pairs()
+    src = tmp_path / "src"
+    for sub in ("HR", "LR"):
+        (src / sub).mkdir(parents=True)
+    for i in range(5):  # big-endian float64, as FITS files usually are
+        fits.PrimaryHDU(hr[i].astype(">f8")).writeto(src / "HR" / f"lens{i}.fits")
+        fits.PrimaryHDU(lr[i].astype(">f8")).writeto(src / "LR" / f"lens{i}.fits")
+    man = pack_and_verify("fits", src, tmp_path / "out", capsys)
+    assert man["hr_shape"] == [1, 16, 16] and man["lr_shape"] == [1, 8, 8] and man["scale"] == 2
+    got_lr, got_hr, names = read_shards(tmp_path / "out")
+    assert names == [f"lens{i}" for i in range(5)] and got_hr.dtype == np.float32
+    np.testing.assert_array_equal(got_hr[:, 0], hr)
+    np.testing.assert_array_equal(got_lr[:, 0], lr.astype(np.float32))
+    rc = main(["pack", "--from", "fits", "--src", str(src), "--out", str(tmp_path / "x4"), "--scale", "4"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "error:" in err and "lens0.fits" in err, err
+    assert not (tmp_path / "x4" / "manifest.json").exists()
 
 
 def test_pack_bad_pair_then_skip_bad(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

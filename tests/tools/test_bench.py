@@ -96,7 +96,8 @@ def test_bench_loader_tiny(tmp_path: Path) -> None:
     assert json.loads(out.read_text()) == res and res["bench"] == "loader"
     rows = {(r["reader"], r["batch"]): r for r in res["rows"]}
     readers = {"item", "block", "memory", "device", "v1 whole", "v1 per-item crop",
-               "alt:current", "alt:int32-maps", "alt:strided", "alt:crop-only"}  # fmt: skip
+               "alt:current", "alt:int32-maps", "alt:strided", "alt:rows-2copies", "alt:crop-only",
+               "alt:draw-only"}  # fmt: skip
     assert set(rows) == {(r, b) for r in readers for b in (4, 8)}
     for (reader, _b), r in rows.items():
         assert r["pairs_per_s"] > 0 and r["windows"] == 2, r
@@ -104,9 +105,8 @@ def test_bench_loader_tiny(tmp_path: Path) -> None:
             assert r["ratio_v1"] == 1.0
         if reader == "memory":
             assert r["ratio_memory"] == 1.0
-    assert res["alternatives_match_current"] == {
-        k: True for k in ("current", "int32-maps", "strided", "crop-only")
-    }
+    kinds = ("current", "int32-maps", "strided", "rows-2copies", "crop-only")
+    assert res["alternatives_match_current"] == {k: True for k in kinds}
     assert set(res["memory_meets_target"]) == {"4", "8"}  # JSON keys
 
 

@@ -50,7 +50,7 @@ time.sleep(60)
 ACQUIRER = """
 import json, os, sys, time, warnings
 from hpc_sr.train.runlock import RunLock, RunLockedError
-go, hold = sys.argv[2], float(sys.argv[3])
+go, hold = sys.argv[2], sys.argv[3]
 if go:
     open(f"{go}.{os.getpid()}", "w").close()  # started
     while not os.path.exists(go):
@@ -64,7 +64,12 @@ except RunLockedError as exc:
     sys.exit(1)
 took = time.perf_counter() - t0
 record = json.loads(open(os.path.join(sys.argv[1], ".lock")).read())
-time.sleep(hold)
+if hold.startswith("until:"):  # hold until the test says so (a winner must outlive every loser's attempt)
+    deadline = time.monotonic() + 120
+    while not os.path.exists(hold[6:]) and time.monotonic() < deadline:
+        time.sleep(0.01)
+else:
+    time.sleep(float(hold))
 lock.release()
 print(json.dumps({"ok": True, "record": record, "takeover": lock.takeover, "s": took}), flush=True)
 """
@@ -247,11 +252,14 @@ def test_same_job_takeover_of_a_live_holder_which_notices_and_stops_heartbeating
 def test_racing_takeovers_of_one_stale_lock_have_exactly_one_winner(tmp_path: Path) -> None:
     fake_lock(tmp_path / "run", "node-x", heartbeat_age_s=1000)
     go = tmp_path / "go"
-    procs = [subprocess.Popen([PYTHON, "-c", ACQUIRER, str(tmp_path / "run"), str(go), "1.5"], cwd=REPO,
-                              env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    release = tmp_path / "release"
+    procs = [subprocess.Popen([PYTHON, "-c", ACQUIRER, str(tmp_path / "run"), str(go), f"until:{release}"],
+                              cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(3)]
     wait_for(lambda: len(list(tmp_path.glob("go.*"))) == 3, 30, "the three acquirers to start")
     go.touch()
+    wait_for(lambda: sum(p.poll() is not None for p in procs) >= 2, 60, "two acquirers to finish")
+    release.touch()  # only now may the winner let go: a loser can never see a released lock
     results = [json.loads(p.communicate(timeout=60)[0].splitlines()[-1]) for p in procs]
     assert sorted(r["ok"] for r in results) == [False, False, True], results
     assert all(f"host {HOST}" in r["error"] for r in results if not r["ok"])
