@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import random
 import signal
@@ -18,6 +19,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -107,6 +109,45 @@ def wait_for(cond: Callable[[], object], timeout_s: float, what: str, period_s: 
     pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
+def read_shards(root: Path, split: str | None = None) -> tuple[Any, Any, list[str]]:
+    """(lr, hr, names) numpy arrays of every pair of a shard directory (or of one split, in index order),
+    read with h5py in the manifest's shard order: an oracle independent of hpc_sr's readers."""
+    import h5py
+    import numpy as np
+
+    man = json.loads((Path(root) / "manifest.json").read_text())
+    lrs, hrs, names = [], [], []
+    for shard in man["shards"]:
+        with h5py.File(Path(root) / shard["file"], "r") as f:
+            lrs.append(f["lr"][:])
+            hrs.append(f["hr"][:])
+            if "names" in f:
+                names += [n.decode() if isinstance(n, bytes) else str(n) for n in f["names"][:]]
+    lr, hr = np.concatenate(lrs), np.concatenate(hrs)
+    if split is not None:
+        idx = np.asarray(man["split"]["indices"][split], dtype=np.int64)
+        lr, hr, names = lr[idx], hr[idx], [names[i] for i in idx] if names else []
+    return lr, hr, names
+
+
+def mean_psnr(sr: Any, hr: Any) -> float:
+    """Mean per-image PSNR (data range 1) of ``sr`` clamped to [0, 1] against ``hr``, in float64."""
+    import torch
+
+    sr64 = torch.as_tensor(sr).double().clamp(0, 1)
+    mse = (sr64 - torch.as_tensor(hr).double()).pow(2).flatten(1).mean(1)
+    return float((10 * torch.log10(1 / mse)).mean())
+
+
+def bicubic_psnr(lr: Any, hr: Any, scale: int = 2) -> float:
+    """Mean PSNR of bicubic upsampling (torch F.interpolate, align_corners=False) of ``lr`` against ``hr``."""
+    import torch
+    import torch.nn.functional as F
+
+    up = F.interpolate(torch.as_tensor(lr), scale_factor=scale, mode="bicubic", align_corners=False)
+    return mean_psnr(up, hr)
+
+
 # ----------------------------------------------------------------------------------------------- isolation
 LAUNCHER_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 GUARDED_SIGNALS = (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT)
@@ -173,8 +214,25 @@ def isolate_process_state(request: pytest.FixtureRequest) -> Iterator[None]:
         warnings.warn(StateLeakWarning(text), stacklevel=1)
 
 
+@contextlib.contextmanager
+def in_process_group() -> Iterator[None]:
+    """Around an in-process DeepSpeed run (it starts a one-rank process group and sets RANK, WORLD_SIZE,
+    LOCAL_RANK when no launcher did): destroy that group and unset the variables it added afterwards."""
+    unset = [key for key in LAUNCHER_ENV if key not in os.environ]
+    try:
+        yield
+    finally:
+        from hpc_sr.dist import env as du
+
+        du.shutdown_distributed()
+        for key in unset:
+            os.environ.pop(key, None)
+
+
 # ----------------------------------------------------------------------------------------------- ports
-PORT_RANGE = (24000, 32000)  # below Linux's ephemeral range (32768-60999): bind(0)/connect never take these
+# Below Linux's ephemeral range (32768-60999: bind(0) and connect never take these) and below the
+# 20000-39999 that hpc_sr.dist.env.port_from_job_id gives SLURM jobs (the cluster tests run jobs here).
+PORT_RANGE = (15000, 20000)
 _PORT_LOCKS = Path(tempfile.gettempdir()) / "hpc_sr_test_ports"
 
 

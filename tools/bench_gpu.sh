@@ -10,8 +10,10 @@
 #   env        torch / CUDA / GPU names (env.json)
 #   loader     training streams item / block / memory / device and the gather alternatives (loader.json)
 #   simulate   the lensing simulator: whole images vs window rendering when sample_windows exists
-#   train      train step fp32 / bf16 / bf16+channels_last / +torch.compile, G and GAN phase (train.json)
+#   train      train step fp32 (TF32) / bf16 / bf16+channels_last, G and GAN phase (train.json)
 #   scaling    1 vs N GPUs, DDP over NCCL against N independent processes, when N > 1 GPUs (scaling.json)
+#   compile    bf16+channels_last with and without torch.compile, cold inductor cache (train_compile.json);
+#              last, as the step most likely to run long
 #   report     OUT/REPORT.md (tables of all of the above) and OUT/summary.json, by tools/bench_report.py
 # Environment: PYTHON (default: python), BENCH_GPU_DEVICE (cuda | cpu), BENCH_GPU_TINY (1: tiny sizes),
 # BENCH_GPU_BUDGET_S (total seconds), BENCH_GPU_GPUS (GPUs for the scaling step; default: all visible).
@@ -30,6 +32,7 @@ if [ "$DEVICE" = cpu ]; then
 else
     export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
 fi
+command -v timeout > /dev/null || { echo "bench_gpu.sh needs coreutils timeout" >&2; exit 2; }
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 : > "$OUT/errors.txt"
@@ -92,17 +95,19 @@ if [ "$TINY" = 1 ]; then
     SIM_WINDOW=16
     TRAIN=(--g-options '{"channels": 4, "blocks": 1}' --d-options '{"channels": 4, "blocks": 1}' --batch 4
            --patch 8 --hr-size 32 --variants fp32,bf16 --rounds 1 --window 0.05 --warmup 1 --sim-steps 1)
+    COMPILE=()  # torch.compile on CPU at tiny sizes still takes minutes: not in the smoke test
     SCALING=(--g-options '{"channels": 4, "blocks": 1}' --d-options '{"channels": 4, "blocks": 1}' --batch 4
              --patch 8 --hr-size 32 --repeats 1 --steps 1 --windows 1 --warmup 1 --probe-matmuls 5)
-    CAPS=(60 60 60 60)
+    CAPS=(60 60 60 60 0)
 else
-    LOADER=(--num 10000 --batches 16,64,256 --rounds 5 --window 0.3)
+    LOADER=(--num 4000 --batches 64,256 --rounds 3 --window 0.2)
     SIM=(--num 2048 --batch 256 --lenstronomy-num 0 --window-batch 256 --rounds 5 --round-s 0.3 --peak-check 512)
     SIM_WINDOW=48
-    TRAIN=(--full --batch 16 --variants fp32,bf16,bf16+cl,bf16+cl+compile --rounds 5 --window 0.5 --warmup 3
-           --sim-steps 5)
-    SCALING=(--full --batch 16 --repeats 1 --steps 10 --windows 3 --warmup 3 --probe-matmuls 200 --profile-steps 5)
-    CAPS=(45 40 150 80)
+    TRAIN=(--full --batch 16 --variants fp32,bf16,bf16+cl --rounds 5 --window 0.5 --warmup 3 --sim-steps 5)
+    COMPILE=(--full --batch 16 --variants bf16+cl,bf16+cl+compile --rounds 3 --window 0.5 --warmup 2 --sim-steps 0
+             --cold-compile)
+    SCALING=(--full --batch 16 --repeats 1 --steps 10 --windows 2 --warmup 3 --probe-matmuls 200 --profile-steps 5)
+    CAPS=(45 30 50 60 110)
 fi
 [ "$WINDOWS" = 1 ] || SIM_WINDOW=0
 
@@ -114,6 +119,11 @@ if [ "$GPUS" -gt 1 ]; then
     run_step scaling "${CAPS[3]}" "$PY" tools/bench_scaling.py --device "$DEVICE" --ranks "1,$GPUS" "${SCALING[@]}"
 else
     echo "scaling: skipped (one device; 1-vs-N DDP needs N > 1 GPUs)" >> "$OUT/notes.txt"
+fi
+if [ ${#COMPILE[@]} -gt 0 ]; then
+    run_step train_compile "${CAPS[4]}" "$PY" tools/bench_train.py --device "$DEVICE" --backends ddp "${COMPILE[@]}"
+else
+    echo "compile: skipped (tiny CPU smoke run)" >> "$OUT/notes.txt"
 fi
 
 # ---------------------------------------------------------------------------------------------------- report

@@ -28,7 +28,10 @@ pixels in the same order).
 All tasks take turns in ``--rounds`` rounds of ``--window``-second windows (tools.bench_common.round_robin,
 the order rotating each round); a figure is the median over its windows; ratios are taken within the run
 (``ratio_v1``: vs ``v1 whole`` of the same batch size). With ``--workers`` > 0 the DataLoader workers keep
-prefetching between windows, so those rows read high. Prints a table and one JSON line (also ``--out``).
+prefetching between windows, so those rows read high. ``CPU share`` = this process's CPU time / wall time in
+a row's windows (how much of a core the shared machine gave it) and ``pairs/CPU-s`` = pairs per CPU-second
+(the rate on a core of its own, for work that does not wait on I/O). Prints a table and one JSON line (also
+``--out``).
 """
 
 from __future__ import annotations
@@ -120,6 +123,26 @@ def v1_task(ds: Any, batch: int, device: torch.device) -> Callable[[], int]:
         return int(lr.shape[0])
 
     return run
+
+
+class CpuClock:
+    """Wraps a task: counts its items, wall time and this process's CPU time (``time.process_time``), so a
+    row also says how much of a core the shared machine gave it (``share``) and its rate per CPU-second."""
+
+    def __init__(self, fn: Callable[[], int]) -> None:
+        self.fn, self.items, self.cpu_s, self.wall_s = fn, 0, 0.0, 0.0
+
+    def __call__(self) -> int:
+        c0, w0 = time.process_time(), time.perf_counter()
+        n = self.fn()
+        self.cpu_s += time.process_time() - c0
+        self.wall_s += time.perf_counter() - w0
+        self.items += n
+        return n
+
+    @property
+    def share(self) -> float:
+        return self.cpu_s / self.wall_s if self.wall_s > 0 else float("nan")
 
 
 # ----------------------------------------------------------------------------------------------- gathers
@@ -236,13 +259,13 @@ class RowGather:
         order = torch.argsort(t, stable=True)
         n_rows = n - int(t.sum())
         rows = (offs[e] + base.view(n, 1))[order].view(-1)
-        length = self.both.numel() - (p - 1) * w - (p - 1)
+        size = self.both.numel()
         out = torch.empty(n * p, p, dtype=self.both.dtype, device=self.both.device)
         if n_rows:
-            row_view = self.both.as_strided((length, p), (1, 1))
+            row_view = self.both.as_strided((size - (p - 1), p), (1, 1))
             torch.index_select(row_view, 0, rows[: n_rows * p], out=out[: n_rows * p])
         if n_rows < n:
-            col_view = self.both.as_strided((length, p), (1, w))
+            col_view = self.both.as_strided((size - (p - 1) * w, p), (1, w))
             torch.index_select(col_view, 0, rows[n_rows * p :], out=out[n_rows * p :])
         back = torch.empty_like(order)
         back[order] = torch.arange(n, device=order.device)
@@ -361,7 +384,8 @@ def bench(a: argparse.Namespace) -> dict[str, Any]:
                     meta[f"alt:{kind}|{b}"] = {"reader": f"alt:{kind}", "kind": "alternative", "workers": 0}
         for fn in tasks.values():  # warm-up: first DataLoader iterators, caches
             fn()
-        rates = round_robin(tasks, a.rounds, a.window)
+        clocked = {k: CpuClock(fn) for k, fn in tasks.items()}
+        rates = round_robin(clocked, a.rounds, a.window)  # type: ignore[arg-type]
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -373,6 +397,8 @@ def bench(a: argparse.Namespace) -> dict[str, Any]:
         rows.append({**meta[key], "batch": int(b), "pairs_per_s": rounded(median(r), 1),
                      "spread": rounded(spread(r), 2), "windows": len(r),
                      "ratio_v1": rounded(median(r) / base, 3), "ratio_memory": rounded(median(r) / mem, 3),
+                     "cpu_share": rounded(clocked[key].share, 2),
+                     "pairs_per_cpu_s": rounded(clocked[key].items / max(clocked[key].cpu_s, 1e-9), 1),
                      "setup_s": rounded(setup_s.get(key, setup_s.get(reader, float("nan"))), 2)})  # fmt: skip
     rows.sort(key=lambda r: (r["batch"], ["stream", "baseline", "alternative"].index(r["kind"])))
     streams = [r for r in rows if r["kind"] == "stream"]
@@ -406,7 +432,9 @@ def print_report(res: dict[str, Any]) -> None:
     print_table(res["rows"], [
         ("batch", "batch", "d"), ("reader", "reader", ""), ("workers", "workers", "d"),
         ("pairs_per_s", "pairs/s", ",.0f"), ("ratio_v1", "ratio v1", ".2f"),
-        ("ratio_memory", "ratio memory", ".2f"), ("spread", "spread", ".2f"), ("setup_s", "setup s", ".2f"),
+        ("ratio_memory", "ratio memory", ".2f"), ("spread", "spread", ".2f"),
+        ("cpu_share", "CPU share", ".2f"), ("pairs_per_cpu_s", "pairs/CPU-s", ",.0f"),
+        ("setup_s", "setup s", ".2f"),
     ])  # fmt: skip
     print(f"alternatives give the same pixels as crop_and_augment: {res['alternatives_match_current']}")
     print(f"memory >= {res['target_pairs_per_s']:,} pairs/s: {res['memory_meets_target']}")

@@ -1,6 +1,6 @@
 """Markdown report of a benchmark folder (what tools/bench_gpu.sh writes): one table per bench JSON found.
 
-    python tools/bench_report.py OUT        # reads OUT/{env,loader,simulate,train,scaling}.json, errors.txt
+    python tools/bench_report.py OUT    # reads OUT/{env,loader,simulate,train,train_compile,scaling}.json
                                             # writes OUT/REPORT.md and OUT/summary.json
 
 A missing or unreadable JSON is listed as not measured; the report never invents a figure.
@@ -18,7 +18,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from hpc_sr.atomic import atomic_write_text  # noqa: E402
 
-BENCHES = ("env", "loader", "simulate", "train", "scaling")
+BENCHES = ("env", "loader", "simulate", "train", "train_compile", "scaling")
 
 
 def load(folder: Path) -> tuple[dict[str, Any], dict[str, str]]:
@@ -136,6 +136,7 @@ SECTIONS = {
     "loader": ("Training streams", loader_section),
     "simulate": ("Simulator", simulate_section),
     "train": ("Training step", train_section),
+    "train_compile": ("Training step with torch.compile (cold inductor cache)", train_section),
     "scaling": ("DDP scaling", scaling_section),
 }
 

@@ -2,7 +2,7 @@
 projection for 8-GPU nodes.
 
     python tools/bench_scaling.py                      # SRResNet 32 ch x 4, D 32 x 4, 16 images per rank
-    python tools/bench_scaling.py --repeats 3 --profile-steps 4 --ddp-variants default,v1,bcast,no_view
+    python tools/bench_scaling.py --repeats 3 --profile-steps 4 --ddp-variants default,bcast,view
     python tools/bench_scaling.py --device cuda --full --ranks 1,2,4,8   # GPU node: nccl, one GPU per rank
 
 Jobs (``--repeats`` times each, the order rotating; OMP_NUM_THREADS=1 and one torch thread per process):
@@ -16,7 +16,10 @@ Every process builds a real Trainer (fp32, ``data.source=simulate``, batches ren
 times ``--windows`` windows of ``--steps`` steps per phase (G alone, G+D; ``Trainer.train_step`` + the EMA
 update). Weak scaling: the per-rank batch is fixed. ``ddp / indep`` = DDP images/s over the summed images/s of
 the independent processes: what DDP costs on top of the compute the machine gave those processes. After every
-window all processes run the same matmul probe at once: ``ceiling`` = summed probe rate / one process's.
+window all processes run the same matmul probe at once: ``ceiling`` = summed probe rate / one process's;
+``per ceiling`` = ddp/indep with each job's rate divided by its ceiling (the load of other users differs
+between jobs). ``1/imbalance``: in the indep job, the slowest process's window time over the mean, inverted:
+what ddp/indep would be if waiting for the slower rank were DDP's only cost (a bound set by the machine).
 
 Where the time goes (``--profile-steps K``, DDP jobs): torch.profiler over K steps per phase on every rank;
 the share of the step spent in collectives (gloo/nccl all-reduce and broadcast ops, their waits) and the top
@@ -25,9 +28,9 @@ replicas (parameters and buffers, e.g. spectral-norm vectors) are identical at t
 
 DDP settings (``--ddp-variants``, 2+ ranks): the same step through ``hpc_sr.train.step.optimizer_step`` on a
 ``DDPBackend(..., ddp_overrides=...)`` for each variant, interleaved in one job: ``default`` (the back-end's
-:func:`~hpc_sr.train.backends.ddp.ddp_options`), ``v1`` (torch's defaults, the back-end before it chose:
-broadcast buffers, gradients copied to buckets), ``bcast`` (broadcast_buffers=True), ``no_view``
-(gradient_as_bucket_view=False), ``bucket1`` (bucket_cap_mb=1), ``static`` (static_graph=True).
+:func:`~hpc_sr.train.backends.ddp.ddp_options`), ``bcast`` (broadcast_buffers=True before every forward:
+torch's default, the back-end's before it chose per module), ``view`` (gradient_as_bucket_view=True),
+``bucket1`` (bucket_cap_mb=1), ``static`` (static_graph=True).
 
 Projection: the gradient all-reduce of one step (fp32 gradients of G, plus D in the GAN phase) against the
 compute time of one step on an H100 at an assumed MFU, hierarchical ring: inside a node 2(g-1)/g x bytes over
@@ -55,6 +58,7 @@ REPO = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(REPO))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
@@ -65,13 +69,12 @@ from tools.bench_common import emit, machine_info, median, print_table, rounded,
 PHASES = {"g": "pretrain", "gan": "gan"}
 DDP_VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},
-    "v1": {"broadcast_buffers": True, "gradient_as_bucket_view": False},
-    "bcast": {"broadcast_buffers": True},
-    "no_view": {"gradient_as_bucket_view": False},
+    "bcast": {"broadcast_buffers": True},  # torch's default, the back-end's before it chose per module
+    "view": {"gradient_as_bucket_view": True},
     "bucket1": {"bucket_cap_mb": 1},
     "static": {"static_graph": True},
 }
-COMM_WORDS = ("allreduce", "all_reduce", "broadcast", "barrier", "gloo", "nccl", "c10d")
+COMM_PREFIXES = ("c10d::", "gloo:", "nccl:", "record_param_comms")  # profiler names of collective ops
 
 
 # ----------------------------------------------------------------------------------------------- worker
@@ -150,7 +153,7 @@ def profile_steps(step: Any, phases: list[str], steps: int, device: torch.device
             sync(device)
         wall_us = (time.perf_counter() - t0) * 1e6
         avgs = prof.key_averages()
-        comm = [e for e in avgs if any(w in e.key.lower() for w in COMM_WORDS)]
+        comm = [e for e in avgs if e.key.startswith(COMM_PREFIXES)]
         top = sorted(avgs, key=lambda e: e.self_cpu_time_total, reverse=True)[:10]
         out[phase] = {
             "wall_ms_per_step": rounded(wall_us / steps / 1e3, 2),
@@ -366,6 +369,12 @@ def summarise(
     def probe(results: list[dict[str, Any]]) -> list[float]:
         return [sum(ps) for ps in zip(*(r["probe_gflops"] for r in results))]
 
+    def imbalance(results: list[dict[str, Any]], phase: str) -> list[float]:
+        """Per window of an indep job: slowest process's time / mean time, what waiting for the slower one at
+        every window would cost a synchronous job on the same machine (a lower bound: DDP waits each step)."""
+        times = zip(*(1.0 / np.asarray(r["rates"][phase]) for r in results))
+        return [float(max(t) / np.mean(t)) for t in times]
+
     base = {p: median([x for j in jobs[("single", 1)] for x in job_rates(j, p, "single")]) for p in PHASES}
     base_probe = median([x for j in jobs[("single", 1)] for x in probe(j)])
     rows, ratio = [], {}
@@ -386,12 +395,22 @@ def summarise(
                 "compute_ceiling": rounded(ceiling, 2),
             })  # fmt: skip
     by = {(r["mode"], r["processes"], r["phase"]): r for r in rows}
+    norm = {}
     for (mode, n, phase), r in by.items():
         if mode == "ddp" and ("indep", n, phase) in by:
-            ratio[f"{n}|{phase}"] = rounded(r["images_per_s"] / by[("indep", n, phase)]["images_per_s"], 3)
+            other = by[("indep", n, phase)]
+            ratio[f"{n}|{phase}"] = rounded(r["images_per_s"] / other["images_per_s"], 3)
             r["ddp_over_indep"] = ratio[f"{n}|{phase}"]
+            # the same ratio with each job's rate divided by the compute its probe saw (other users' load)
+            own = r["images_per_s"] / r["compute_ceiling"]
+            norm[f"{n}|{phase}"] = rounded(own / (other["images_per_s"] / other["compute_ceiling"]), 3)
+            r["ddp_over_indep_per_ceiling"] = norm[f"{n}|{phase}"]
+            waits = [x for j in jobs[("indep", n)] for x in imbalance(j, phase)]
+            other["imbalance"] = rounded(median(waits), 3)
+            r["sync_bound"] = rounded(1.0 / median(waits), 3)  # ddp/indep if waiting were DDP's only cost
     ddp_runs = [j[0] for (mode, n), runs in jobs.items() if mode == "ddp" for j in runs]
-    return {"rows": rows, "ddp_over_indep": ratio, "params": jobs[("single", 1)][0][0]["params"],
+    return {"rows": rows, "ddp_over_indep": ratio, "ddp_over_indep_per_ceiling": norm,
+            "params": jobs[("single", 1)][0][0]["params"],
             "replicas_identical": all(r.get("replicas_identical", True) for r in ddp_runs),
             "buffers": ddp_runs[0].get("buffers") if ddp_runs else None,
             "profile": [r["profile"] for r in ddp_runs if "profile" in r],
@@ -488,7 +507,9 @@ def print_report(res: dict[str, Any]) -> None:
     print_table(res["rows"], [
         ("job", "job", ""), ("phase", "phase", ""), ("images_per_s", "img/s", ".1f"),
         ("speedup", "speedup", ".2f"), ("efficiency", "efficiency", ".0%"),
-        ("ddp_over_indep", "ddp/indep", ".0%"), ("spread", "spread", ".2f"),
+        ("ddp_over_indep", "ddp/indep", ".0%"), ("ddp_over_indep_per_ceiling", "per ceiling", ".0%"),
+        ("sync_bound", "1/imbalance", ".0%"),
+        ("spread", "spread", ".2f"),
         ("step_ms", "step ms", ".1f"), ("allreduce_ms", "all-reduce ms", ".2f"),
         ("allreduce_share", "all-reduce/step", ".1%"), ("compute_ceiling", "ceiling", ".2f"),
     ])  # fmt: skip

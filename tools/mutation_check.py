@@ -17,13 +17,17 @@ Usage (from the repository root, with the project's virtual environment)::
     python tools/mutation_check.py --list          # names, edited files and test ids (validates the list)
     python tools/mutation_check.py --baseline      # the same test selections on the unmutated copy
     python tools/mutation_check.py --json out.json # also write the results as JSON
+    python tools/mutation_check.py -v              # plus the pytest tail of every result that is not caught
 
 Output: a table (mutation, tests run, result, seconds) and the total wall time. Results: ``caught`` (pytest
 failed), ``timeout`` (killed after the mutation's timeout: counted as caught, but look at it), ``SURVIVED``
 (pytest passed: a regression the selection misses) and ``ERROR`` (pytest could not run the selection: a node
 id that no longer exists, no tests collected). ``--baseline`` expects every selection to pass; there
 ``passed`` is good and anything else is reported. Exit status: 0 when every mutation is caught (or, with
-``--baseline``, every selection passes), 1 otherwise, 2 for a stale mutation list.
+``--baseline``, every selection passes), 1 otherwise, 2 for a stale mutation list. The JSON holds, per
+mutation, the result, seconds, pytest's exit code, ``failure`` (the failed node id and its first ``E`` line:
+check that a mutation is caught for the right reason) and the tail of pytest's output. Each run gets its own
+``--basetemp`` inside the copy, so concurrent runs never share pytest's temp directories.
 
 The whole list runs in well under 15 minutes on 2 cores with ``-j 2``; keep new selections to a few sharp node
 ids. A mutation that no existing test catches gets a behavioural test in ``tests/mutations/``.
@@ -81,6 +85,8 @@ _ENSEMBLE_LOOP = """            x = torch.rot90(lr, k, dims=(-2, -1))
 _LATEST_WRITE = """                atomic_write_text(self.dir / LATEST, final.name + "\\n")
 """
 _BICUBIC_FALSE, _BICUBIC_TRUE = 'mode="bicubic", align_corners=False', 'mode="bicubic", align_corners=True'
+_AGREEMENT_TEST = ("tests/mutations/test_step_agreement.py::"
+                   "test_one_ranks_stop_signal_and_nan_loss_decide_the_step_on_both_ranks")
 _BEFORE_RENAME = """                replaced = None
                 if final.exists():  # re-saving a step after a resume"""
 
@@ -99,6 +105,10 @@ MUTATIONS: tuple[Mutation, ...] = (
        [("hpc_sr/data/augment.py", "_gather(hr, idx, y * scale, x * scale,",
          "_gather(hr, idx, (y + 1) * scale, x * scale,")],
        ["tests/data/test_streams.py::test_crop_and_augment_matches_rot90_and_flip_per_sample"]),
+    _m("crop_hr_off_by_one_lr_column", "HR crop starts one LR pixel right of the LR crop (stays in bounds)",
+       [("hpc_sr/data/augment.py", "_gather(hr, idx, y * scale, x * scale,",
+         "_gather(hr, idx, y * scale, (x + 1) * scale,")],
+       ["tests/data/test_streams.py::test_crop_and_augment_matches_rot90_and_flip_per_sample"]),
     _m("lr_consistency_skipped", "lr_consistent generators skip the projection",
        [("hpc_sr/models/layers.py", "out = lr_consistency_projection(out, lr, self.scale)", "out = out")],
        ["tests/models/test_srresnet.py::test_lr_consistent_output_pools_to_the_input"]),
@@ -111,11 +121,16 @@ MUTATIONS: tuple[Mutation, ...] = (
     _m("latest_before_rename", "checkpoint `latest` is written before step_N is renamed into place",
        [("hpc_sr/train/checkpoint.py", _LATEST_WRITE, ""),
         ("hpc_sr/train/checkpoint.py", _BEFORE_RENAME, _LATEST_WRITE + _BEFORE_RENAME)],
-       ["tests/reliability/test_checkpoint_faults.py"], timeout_s=300.0),
+       ["tests/reliability/test_checkpoint_faults.py::"
+        "test_sigkill_at_each_save_stage_keeps_the_previous_checkpoint"], timeout_s=300.0),
     _m("stop_signal_not_agreed", "the step's flags (stop, non-finite G/D) are not MAX-reduced over ranks",
        [("hpc_sr/train/step.py", "agreed = max_over_ranks(flags).tolist()  # the one collective",
          "agreed = flags.tolist()  # the one collective")],
-       ["tests/train/test_step_collectives.py::test_one_all_reduce_per_step"]),
+       [_AGREEMENT_TEST]),
+    _m("stop_signal_local", "the flags are reduced, but each rank keeps its own stop signal",
+       [("hpc_sr/train/step.py", "res.stop_signal = int(agreed[0])\n    if agreed[1]",
+         "res.stop_signal = int(stop_signal)\n    if agreed[1]")],
+       [_AGREEMENT_TEST]),
     _m("gan_fake_label_one", "BCE discriminator loss labels fakes 1.0",
        [("hpc_sr/models/losses.py", "_bce(real_logits, 1.0) + _bce(fake_logits, 0.0)",
          "_bce(real_logits, 1.0) + _bce(fake_logits, 1.0)")],
@@ -161,7 +176,7 @@ MUTATIONS: tuple[Mutation, ...] = (
        [("hpc_sr/train/trainer.py",
          'model = self.ema.module if self.ema is not None else self.backend.module("g")',
          'model = self.backend.module("g")')],
-       ["tests/train/test_trainer.py::test_keep_last_and_best_are_kept"]),
+       ["tests/mutations/test_validation_ema.py::test_validation_metrics_are_those_of_the_ema_generator"]),
     _m("grad_clip_ignored", "train.grad_clip is not applied (clip norm inf)",
        [("hpc_sr/train/backends/ddp.py", 'clip if clip > 0 else float("inf")', 'float("inf")')],
        ["tests/train/test_precision.py::test_gradient_clipping_bounds_the_update"]),
@@ -257,7 +272,8 @@ def run_one(m: Mutation, baseline: bool = False) -> Result:
         make_copy(copy)
         if not baseline:
             apply_edits(copy, m.edits)
-        cmd = [sys.executable, "-m", "pytest", "-x", "-q", "--tb=short", "-p", "no:cacheprovider", *m.tests]
+        cmd = [sys.executable, "-m", "pytest", "-x", "-q", "--tb=short", "-p", "no:cacheprovider",
+               f"--basetemp={copy / '.pytest-tmp'}", *m.tests]  # own tmp_path root: runs are concurrent
         start = time.monotonic()
         proc = subprocess.Popen(cmd, cwd=copy, env=_env(copy), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -295,7 +311,7 @@ def _short(test: str) -> str:
     return f"{Path(path).name}::{node}" if node else Path(path).name
 
 
-def print_table(results: list[Result], wall: float, jobs: int, load: tuple[float, float]) -> None:
+def print_table(results: list[Result], wall: float, jobs: int, load: tuple[float, float], what: str) -> None:
     rows = [(r.name, " ".join(_short(t) for t in r.tests), r.status, f"{r.seconds:.1f}") for r in results]
     head = ("mutation", "tests", "result", "s")
     widths = [max(len(x[i]) for x in [head, *rows]) for i in range(4)]
@@ -309,7 +325,7 @@ def print_table(results: list[Result], wall: float, jobs: int, load: tuple[float
         print(fmt(row))
     counts = {s: sum(r.status == s for r in results) for s in dict.fromkeys(r.status for r in results)}
     summary = ", ".join(f"{n} {s}" for s, n in counts.items())
-    print(f"\n{len(results)} mutations: {summary}; wall {wall:.0f} s with -j {jobs} on {os.cpu_count()} CPUs "
+    print(f"\n{len(results)} {what}: {summary}; wall {wall:.0f} s with -j {jobs} on {os.cpu_count()} CPUs "
           f"(1-min load average {load[0]:.1f} at start, {load[1]:.1f} at end)")
 
 
@@ -359,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
                   flush=True)
     wall = time.monotonic() - start
     load = (load0, os.getloadavg()[0])
-    print_table(results, wall, args.jobs, load)
+    print_table(results, wall, args.jobs, load, "unmutated selections" if args.baseline else "mutations")
     good = "passed" if args.baseline else "caught"
     accepted = (good,) if args.baseline else (good, "timeout")
     surprising = [r for r in results if r.status not in accepted]

@@ -97,16 +97,17 @@ class ScienceMetrics:
 
     def update(self, lr: torch.Tensor, sr: torch.Tensor, hr: torch.Tensor) -> None:
         from hpc_sr.eval.metrics import bicubic_upscale
-        from hpc_sr.eval.physics import noise_ceiling_estimate, simulation_truth
+        from hpc_sr.eval.physics import lr_consistent_projection, simulation_truth
 
         truth: dict[str, torch.Tensor] = {}
         if self.params is not None:
             p = self.params[self.seen : self.seen + lr.shape[0]]
             truth = {k: v.to(hr.device) for k, v in
                      simulation_truth(p, self.preset, hr.shape[-1], self.param_names).as_kwargs().items()}
-            est = noise_ceiling_estimate(lr.cpu(), p, self.preset, self.scale, self.param_names)
+            # the ceiling: the noise-free image (rendered once, above) made consistent with LR
+            est = lr_consistent_projection(truth["clean"], lr.to(truth["clean"].device), self.scale)
             assert self.ceiling is not None
-            self.ceiling.update(est.float().to(hr.device), hr)
+            self.ceiling.update(est.float(), hr)
         self.seen += lr.shape[0]
         self.model.update(sr, hr, lr, **truth)
         self.bicubic.update(bicubic_upscale(lr, self.scale), hr, lr, **truth)

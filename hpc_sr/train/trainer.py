@@ -100,18 +100,20 @@ class Trainer:
         collectives.barrier()
         if t.deterministic:
             torch.use_deterministic_algorithms(True)
-        rng.seed_everything(t.seed + env.rank)
         self.micro = micro_batch_size(cfg.data.batch_size, t.grad_accum, env.world_size)
         self.gan = t.steps > t.pretrain_steps
         self.scale = cfg.data.scale
 
         self.backend = make_backend(cfg, device, env.world_size)
-        generator = build_generator(cfg.model, self.scale)
+        rng.seed_everything(t.seed)  # every rank builds the same models: parameters AND buffers (spectral-norm
+        generator = build_generator(cfg.model, self.scale)  # vectors, which DeepSpeed does not broadcast)
         if t.init_g:
             init_generator(generator, t.init_g, cfg)
+        discriminator = build_discriminator(cfg.model) if self.gan else None
+        rng.seed_everything(t.seed + env.rank)  # then each rank its own stream
         self.backend.add("g", generator, t.lr_g)
-        if self.gan:
-            self.backend.add("d", build_discriminator(cfg.model), t.lr_d)
+        if discriminator is not None:
+            self.backend.add("d", discriminator, t.lr_d)
         self.ema = ModelEMA(self.backend.module("g"), t.ema_decay) if t.ema_decay > 0 else None
         self.terms, adv_kind = build_loss_terms(cfg)
         self.step_opts = StepOptions(

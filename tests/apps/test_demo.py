@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
 from hpc_sr.apps.demo import QUICKSTART
 from hpc_sr.cli import main
-from tests.conftest import REPO
+from tests.conftest import REPO, bicubic_psnr, read_shards
 
 
 def test_demo_embedded_quickstart_equals_the_config_file() -> None:
@@ -42,5 +43,7 @@ def test_demo_runs_end_to_end_at_tiny_size(tmp_path: Path, capsys) -> None:  # n
     out = capsys.readouterr().out
     assert "gain over bicubic" in out and "[demo] done" in out
     result = json.loads((work / "runs" / "quickstart" / "eval_test.json").read_text())
-    assert result["n"] == 4 and result["bicubic"]["psnr"] > 0
+    lr, hr, _ = read_shards(work / "data", split="test")  # 40 pairs, 80/10/10: 4 test images
+    assert result["n"] == len(hr) == 4
+    assert result["bicubic"]["psnr"] == pytest.approx(bicubic_psnr(lr, hr), abs=1e-6)
     assert list((work / "runs" / "quickstart" / "images").glob("test_*.png"))

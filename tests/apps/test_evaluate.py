@@ -104,6 +104,10 @@ def test_simulated_split_reports_physics_and_the_noise_ceiling(
     table = capsys.readouterr().out
     assert "noise ceiling" in table and "arc PSNR" in table and "power high/HR" in table
     assert result["ceiling"]["psnr"] > result["bicubic"]["psnr"]  # knowing the noise-free sky beats bicubic
+    from tools.noise_ceiling import ceiling
+
+    reference = ceiling(str(tiny_shards), split="test")["ceiling"]
+    assert result["ceiling"]["psnr"] == pytest.approx(reference["psnr"], abs=1e-6)  # the tool's method
     gain = result["model"]["psnr"] - result["bicubic"]["psnr"]
     assert result["ceiling_fraction"] == pytest.approx(gain / result["ceiling_gain_db"])
     phys = result["physics"]

@@ -326,3 +326,34 @@ def test_cli_options_and_run(
     assert str(tmp_path / "G.pt") in "".join(str(c) for c in fits.getheader(out)["HISTORY"])
     assert "wrote 1 file(s)" in capsys.readouterr().err
     assert math.isclose(fits.getheader(out)["CRPIX1"], 2 * (fits.getheader(src)["CRPIX1"] - 0.5) + 0.5)
+
+
+def test_cli_self_ensemble_averages_the_eight_transforms(tmp_path: Path) -> None:
+    """`hpc-sr upscale --self-ensemble` through hpc_sr.cli.main: the output is the mean over the 8
+    flips/rotations of a model that is not itself equivariant (random last layer), and differs from a plain
+    run."""
+    from hpc_sr.cli import main as cli_main
+    from hpc_sr.models.ensemble import self_ensemble
+    from hpc_sr.train.checkpoint import generator_payload
+
+    g = build_generator("srresnet", {"channels": 4, "blocks": 1}, 2)
+    torch.manual_seed(3)
+    torch.nn.init.normal_(g.tail.weight, std=0.05)  # not bicubic any more: flips change its output
+    payload = generator_payload(
+        {"g": {"arch": "srresnet", "options": {"channels": 4, "blocks": 1}}}, 2, g.state_dict(), "test", 0
+    )
+    torch.save(payload, tmp_path / "G.pt")
+    img = np.random.default_rng(4).uniform(0.1, 0.9, (10, 14)).astype(np.float32)
+    np.save(tmp_path / "lens.npy", img)
+    base = ["upscale", "--checkpoint", str(tmp_path / "G.pt"), "--device", "cpu", str(tmp_path / "lens.npy")]
+    assert cli_main([*base, "--out", str(tmp_path / "ens"), "--self-ensemble"]) == 0
+    assert cli_main([*base, "--out", str(tmp_path / "plain")]) == 0
+    ens, plain = np.load(tmp_path / "ens" / "lens_sr.npy"), np.load(tmp_path / "plain" / "lens_sr.npy")
+    g.eval()
+    with torch.no_grad():
+        x = torch.from_numpy(img)[None, None]
+        want_ens, want_plain = self_ensemble(g, x)[0, 0].numpy(), g(x)[0, 0].numpy()
+    assert ens.shape == (20, 28)
+    np.testing.assert_allclose(ens, want_ens, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(plain, want_plain, rtol=0, atol=1e-5)
+    assert np.abs(ens - plain).max() > 100 * 1e-5  # the flag really changed the result

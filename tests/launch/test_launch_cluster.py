@@ -1,7 +1,6 @@
 """End to end on a real one-host SLURM cluster (two slurmd): the real trainer (hpc_sr.train.entry:train_main,
-tiny configs on simulated data) through submitit jobs, the sbatch scripts, two nodes, preemption with requeue
-and resume, a real time limit. The job-array test keeps the light hpc_sr.launch.probe (it tests the array
-plumbing, not training)."""
+tiny configs on simulated data) through submitit jobs, a job array (--sweep), the sbatch scripts, two nodes,
+preemption with requeue and resume, a real time limit."""
 
 from __future__ import annotations
 
@@ -15,13 +14,13 @@ import pytest
 import submitit
 
 from hpc_sr.cli import main as cli_main
+from hpc_sr.config import load_config
 from hpc_sr.launch.slurm import submit
 from tests.conftest import tiny_overrides
 from tests.launch.launch_slurm_util import job_info, last_step, metrics, wait_final, wait_for
 
 pytestmark = pytest.mark.slurm
 REPO = Path(__file__).resolve().parents[2]
-PROBE = "hpc_sr.launch.probe:probe_main"
 
 
 def _tiny(runs: Path, name: str, steps: int, **extra: object) -> list[str]:
@@ -114,18 +113,22 @@ def test_submit_two_nodes_through_the_cli(slurm_cluster: Path, jobs: list[str], 
     _check_finished(tmp_path / "nodes", 2, world=2)
 
 
-def test_sweep_is_a_job_array(slurm_cluster: Path, jobs: list[str], tmp_path: Path) -> None:
+def test_sweep_is_a_job_array_of_real_trainings(slurm_cluster: Path, jobs: list[str], tmp_path: Path) -> None:
+    """`--sweep`: one array task per grid point, each the real trainer in its own run directory."""
     sweep = tmp_path / "sweep.yaml"
-    sweep.write_text("name: sw\ngrid:\n  train.steps: [1, 3]\n")
-    ids, _ = _submit(tmp_path, ["log.name=ignored"], entry=PROBE, sweep=str(sweep), tasks_per_node=1)
+    sweep.write_text("name: sw\ngrid:\n  train.steps: [3, 4]\n")
+    ids, _ = _submit(tmp_path, _tiny(tmp_path, "ignored", 4), sweep=str(sweep), tasks_per_node=1)
     jobs += ids
     assert len(ids) == 2 and ids[0].endswith("_0") and ids[1].endswith("_1")
-    for i, steps in enumerate((1, 3)):
-        rec = tmp_path / f"sw_{i}" / "probe" / "rank0.json"
-        wait_for(rec.is_file, 60, f"array task {i}")
-        assert '"end_step": ' + str(steps) in rec.read_text()
+    for i, steps in enumerate((3, 4)):
+        assert wait_final(ids[i], 180)["JobState"] == "COMPLETED"
         job = submitit.SlurmJob(folder=tmp_path / "sw" / "slurm", job_id=ids[i])
         assert wait_for(job.done, 30, f"result of {ids[i]}") and job.result() == 0
+        run = tmp_path / f"sw_{i}"
+        cfg = load_config(run / "config.yaml")
+        assert (cfg.log.name, cfg.train.steps, cfg.train.pretrain_steps) == (f"sw_{i}", steps, 2)
+        _check_finished(run, steps, world=1)
+    assert not (tmp_path / "ignored").exists()  # the base name only names the array
 
 
 def test_train_sbatch_one_task_per_rank(slurm_cluster: Path, jobs: list[str], tmp_path: Path) -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -37,8 +39,43 @@ def fresh_requeue_decision(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(key, raising=False)
 
 
-def test_exit_code_is_three() -> None:
-    assert REQUEUE_EXIT_CODE == 3
+def test_signal_mid_run_saves_once_and_returns_the_requeue_code(
+    tiny_shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`hpc-sr train` in this process, a real SIGUSR2 after step 2: it saves at the step it stopped at and
+    returns REQUEUE_EXIT_CODE, which the sbatch scripts and launchers tell apart from success (0), a crash
+    (1) and a CLI error (2)."""
+    from hpc_sr.cli import main as cli_main
+    from tests.conftest import tiny_overrides
+
+    assert REQUEUE_EXIT_CODE not in (0, 1, 2)
+    monkeypatch.setenv("HPC_SR_FAULT_STEP_SLEEP", "0.3")
+    run = tmp_path / "sig"
+    quiet = {"train.val_every": 100, "train.ckpt_every": 100, "log.tensorboard": "false"}
+    overrides = tiny_overrides(tiny_shards, tmp_path, name="sig", steps=40, pretrain=40, **quiet)
+
+    def train_rows() -> list[dict]:
+        path = run / "metrics.jsonl"
+        lines = path.read_text().splitlines() if path.is_file() else []
+        return [r for r in map(json.loads, lines[:-1]) if r["kind"] == "train"]  # last line may be partial
+
+    def send_after_step_2() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not any(r["step"] >= 2 for r in train_rows()):
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGUSR2)  # handled by the main thread, between bytecodes
+
+    sender = threading.Thread(target=send_after_step_2, daemon=True)
+    sender.start()
+    code = cli_main(["train", *overrides])
+    sender.join(timeout=10)
+    assert code == REQUEUE_EXIT_CODE
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    (stop,) = [r for r in records if r["kind"] == "stop"]
+    assert stop["reason"] == "SIGUSR2" and 2 <= stop["step"] < 40
+    assert [r["step"] for r in records if r["kind"] == "checkpoint"] == [stop["step"]]
+    assert (run / "checkpoints" / "latest").read_text().strip() == f"step_{stop['step']:08d}"
+    assert max(r["step"] for r in records if r["kind"] == "train") == stop["step"]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGUSR2, signal.SIGTERM])
@@ -150,13 +187,9 @@ _AGREE_WORKER = textwrap.dedent("""
 """)
 
 
-def test_agree_all_reduces_across_ranks() -> None:
+def test_agree_all_reduces_across_ranks(free_port: int) -> None:
     """Two real gloo ranks: only rank 1 has the flag; both must decide to stop."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port
     procs = []
     for rank in range(2):
         env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",

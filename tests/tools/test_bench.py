@@ -67,7 +67,7 @@ def test_bench_scaling_tiny_ddp_vs_independent() -> None:
     res = run_script("bench_scaling.py", "--g-options", G4, "--d-arch", "unet", "--d-options", "tiny",
                      "--batch", "4", "--patch", "8", "--hr-size", "32", "--repeats", "1", "--steps", "1",
                      "--windows", "2", "--warmup", "1", "--probe-matmuls", "5", "--profile-steps", "1",
-                     "--ddp-variants", "default,v1")  # fmt: skip
+                     "--ddp-variants", "default,bcast")  # fmt: skip
     rows = {(r["job"], r["phase"]): r for r in res["rows"]}
     assert set(rows) == {(j, p) for j in ("1 process", "ddp 2", "indep 2") for p in ("g", "gan")}
     assert rows[("1 process", "g")]["efficiency"] == 1.0 and rows[("1 process", "g")]["allreduce_ms"] is None
@@ -79,7 +79,7 @@ def test_bench_scaling_tiny_ddp_vs_independent() -> None:
     prof = res["profile"][0]
     assert prof["gan"]["comm_calls_per_step"] > prof["g"]["comm_calls_per_step"] > 0
     variants = {(r["variant"], r["phase"]): r for r in res["variants"]}
-    assert set(variants) == {(v, p) for v in ("default", "v1") for p in ("g", "gan")}
+    assert set(variants) == {(v, p) for v in ("default", "bcast") for p in ("g", "gan")}
     assert all(r["replicas_identical"] for r in variants.values())
     proj = res["projection"]["rows"]
     assert {r["gpus"] for r in proj} == {8, 16, 64, 256}

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -23,7 +22,7 @@ import torch
 from hpc_sr.config import load_config
 from hpc_sr.errors import TrainingError
 from hpc_sr.train.backends.deepspeed import build_ds_config, consolidated_module_state
-from tests.conftest import REPO, subprocess_env, tiny_overrides, torchrun_cmd
+from tests.conftest import REPO, in_process_group, subprocess_env, tiny_overrides, torchrun_cmd
 
 WORKER = REPO / "tests" / "train" / "ds_worker.py"
 DS_CONFIGS = REPO / "configs" / "deepspeed"
@@ -317,13 +316,8 @@ def test_generator_exported_from_zero2_checkpoint_evaluates_like_the_engine(
 @pytest.fixture
 def one_process() -> Any:
     """In-process DeepSpeed: tear down the one-rank group and the launcher variables it set afterwards."""
-    from hpc_sr.dist import env as du
-
-    unset = [k for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK") if k not in os.environ]
-    yield
-    du.shutdown_distributed()
-    for key in unset:
-        os.environ.pop(key, None)
+    with in_process_group():
+        yield
 
 
 def make_trainer(overrides: list[str], resume: str) -> Any:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import socket
+import re
 import subprocess
 import time
 import urllib.request
@@ -14,13 +14,9 @@ import torch
 from hpc_sr.config import load_config
 from hpc_sr.dist.env import DistEnv
 from hpc_sr.train.trainer import Trainer
-from tests.conftest import PYTHON, subprocess_env, tiny_overrides
+from tests.conftest import PYTHON, subprocess_env, tiny_overrides, wait_for
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+SERVING = re.compile(r"TensorBoard \S+ at http://[^:/]+:(\d+)/")
 
 
 def get_json(url: str, deadline: float) -> dict:
@@ -37,26 +33,29 @@ def get_json(url: str, deadline: float) -> dict:
 def test_tensorboard_server_shows_the_run(tiny_shards: Path, tmp_path: Path) -> None:
     cfg = load_config(None, tiny_overrides(tiny_shards, tmp_path, name="tbrun", steps=6, pretrain=3))
     assert Trainer(cfg, DistEnv(), torch.device("cpu"), resume="never").run() == 0
-    port = free_port()
-    server = subprocess.Popen(
-        [
-            PYTHON,
-            "-m",
-            "tensorboard.main",
-            "--logdir",
-            str(tmp_path),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--reload_interval",
-            "1",
-        ],
-        env=subprocess_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    log = tmp_path / "tensorboard.log"
+    with open(log, "wb") as err:  # the server keeps its own copy of the descriptor
+        server = subprocess.Popen(
+            [
+                PYTHON,
+                "-m",
+                "tensorboard.main",
+                "--logdir",
+                str(tmp_path),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",  # the server binds a free port itself and prints it: no race with other processes
+                "--reload_interval",
+                "1",
+            ],
+            env=subprocess_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
     try:
+        found = wait_for(lambda: SERVING.search(log.read_text(errors="replace")), 90, "TensorBoard's URL")
+        port = int(found.group(1))  # type: ignore[union-attr]
         deadline = time.time() + 90
         base = f"http://127.0.0.1:{port}/data/plugin"
         while True:

@@ -361,3 +361,120 @@ def test_resume_refuses_another_scale_naming_both(source_run: Path, tmp_path: Pa
     with pytest.raises(CheckpointError, match=r"data\.scale: checkpoint 2 vs config 4") as err:
         make_trainer(overrides)
     assert str(run / "checkpoints" / "step_00000004") in str(err.value)
+
+
+# ----------------------------------------------------------------------------------- loss terms, n_d, decay
+SHORT = {
+    "train.deterministic": "true",
+    "train.val_every": 100,
+    "train.ckpt_every": 100,
+    "train.ema_decay": 0.0,
+    "log.tensorboard": "false",
+}
+
+
+def short_run(
+    data: Path, runs: Path, name: str, steps: int = 2, pretrain: int = 1, **extra: object
+) -> Trainer:
+    """A 2-step run (step 1 pixel phase, step 2 GAN) with the default terms pixel + adversarial."""
+    trainer = make_trainer(
+        tiny_overrides(data, runs, name=name, steps=steps, pretrain=pretrain, **{**SHORT, **extra}), "never"
+    )
+    assert trainer.run() == 0
+    return trainer
+
+
+def weights(trainer: Trainer, name: str) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in trainer.backend.module(name).state_dict().items()}
+
+
+def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def baseline(tiny_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    runs = tmp_path_factory.mktemp("baseline")
+    trainer = short_run(tiny_shards, runs, "base")
+    return {
+        "rows": read_jsonl(runs / "base", "train"),
+        "g": weights(trainer, "g"),
+        "d": weights(trainer, "d"),
+    }
+
+
+@pytest.mark.parametrize("term", ["flux", "ssim", "lr_consistency"])
+def test_pixel_phase_loss_term_is_weighted_logged_and_trains(
+    term: str, baseline: dict, tiny_shards: Path, tmp_path: Path
+) -> None:
+    from hpc_sr.data.streams import make_train_stream
+    from hpc_sr.models.losses import LossInputs, build_losses
+    from hpc_sr.train.components import build_generator
+
+    weight = 0.5
+    trainer = short_run(tiny_shards, tmp_path, term, **{f"train.losses.{term}.weight": weight})
+    rows = read_jsonl(tmp_path / term, "train")
+    assert rows[0]["loss_g_pixel"] == baseline["rows"][0]["loss_g_pixel"]  # same data, same start
+    # at step 1 G is bicubic (zero last layer): the logged term is weight x the term on the first batch
+    cfg = trainer.cfg
+    lr, hr = next(make_train_stream(cfg.data, cfg.train.seed, DistEnv(), torch.device("cpu"), trainer.micro))
+    with torch.no_grad():
+        sr = build_generator(cfg.model, cfg.data.scale)(lr)
+    (spec,) = [t for t in build_losses(cfg.train.losses) if t.name == term]
+    expected = weight * spec.term(LossInputs(sr=sr, hr=hr, lr=lr)).item()
+    assert expected > 0 and rows[0][f"loss_g_{term}"] == pytest.approx(expected, rel=1e-5)
+    assert all(f"loss_g_{term}" in r for r in rows)
+    assert not same(weights(trainer, "g"), baseline["g"])  # the term changed G's updates
+
+
+def test_feature_matching_counts_in_the_gan_phase_only(
+    baseline: dict, tiny_shards: Path, tmp_path: Path
+) -> None:
+    trainer = short_run(tiny_shards, tmp_path, "fm", **{"train.losses.feature_matching.weight": 1.0})
+    rows = read_jsonl(tmp_path / "fm", "train")
+    assert "loss_g_feature_matching" not in rows[0]
+    assert numbers(rows[0]) == numbers(baseline["rows"][0])  # step 1 (pixel phase) is the baseline's
+    assert rows[1]["loss_g_feature_matching"] > 0
+    assert not same(weights(trainer, "g"), baseline["g"])  # G's GAN step saw the term
+    # D's step-2 update used G after step 1, which the term did not touch: D is bit-identical
+    assert same(weights(trainer, "d"), baseline["d"])
+
+
+def numbers(row: dict) -> dict:
+    """The losses and grad norms of a train record (not its timings)."""
+    return {k: v for k, v in row.items() if k.startswith(("loss_", "grad_norm_"))}
+
+
+def test_n_d_2_takes_two_discriminator_steps_per_step(
+    baseline: dict, tiny_shards: Path, tmp_path: Path
+) -> None:
+    trainer = short_run(tiny_shards, tmp_path, "nd2", **{"train.n_d": 2})
+    # G's GAN step is computed against D before this step's D updates: the extra D step leaves G unchanged
+    assert same(weights(trainer, "g"), baseline["g"])
+    assert not same(weights(trainer, "d"), baseline["d"])
+    steps = {int(s["step"]) for s in trainer.backend.optimizer("d").state.values()}
+    assert steps == {2}  # one GAN step x n_d=2 (the baseline's D optimiser has stepped once)
+    assert {int(s["step"]) for s in trainer.backend.optimizer("g").state.values()} == {2}
+
+
+def test_weight_decay_is_decoupled_and_reaches_the_optimiser(tiny_shards: Path, tmp_path: Path) -> None:
+    """AdamW: p1 = p0 (1 - lr wd) - lr u, with the same Adam update u as without decay (same gradients)."""
+    wd = 0.5
+    plain = make_trainer(
+        tiny_overrides(tiny_shards, tmp_path, name="wd0", steps=1, pretrain=1, **SHORT), "never"
+    )
+    decay = make_trainer(
+        tiny_overrides(
+            tiny_shards, tmp_path, name="wd", steps=1, pretrain=1, **{**SHORT, "train.weight_decay": wd}
+        ),
+        "never",
+    )
+    p0 = weights(decay, "g")
+    assert same(p0, weights(plain, "g"))
+    assert plain.run() == 0 and decay.run() == 0
+    lr = decay.lrs["g"]
+    assert lr == plain.lrs["g"] == pytest.approx(1e-3)
+    got, ref = weights(decay, "g"), weights(plain, "g")
+    for k in p0:
+        torch.testing.assert_close(got[k], ref[k] - lr * wd * p0[k], rtol=0, atol=2e-7)
+    assert max((got[k] - ref[k]).abs().max().item() for k in p0) > 1e-5  # decay visibly applied

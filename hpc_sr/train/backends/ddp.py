@@ -5,8 +5,8 @@ keeps running statistics of its inputs (BatchNorm-style). Otherwise they are bro
 wrapped (DDP itself then syncs only the parameters): spectral-norm vectors start from rank 0's random draw and
 then evolve identically on every rank (the power iteration depends on the weights alone), constant index
 tables (SwinIR) never change; a broadcast before every forward would be one more collective per forward, i.e.
-one more point where every rank waits for the slowest. Gradients are views into DDP's buckets (no copy in and
-out).
+one more point where every rank waits for the slowest. Everything else is torch's default (measured on CPU:
+bucket size, gradient_as_bucket_view and static_graph made no difference within noise; docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -39,7 +39,12 @@ def broadcast_buffers_once(module: nn.Module, src: int = 0) -> None:
     if not dist.is_initialized():
         return
     for buf in module.buffers():
-        dist.broadcast(buf, src=src)
+        if buf.is_contiguous():
+            dist.broadcast(buf, src=src)
+        else:  # collectives need dense tensors
+            dense = buf.contiguous()
+            dist.broadcast(dense, src=src)
+            buf.copy_(dense)
 
 
 def ddp_options(cfg: Config, module: nn.Module) -> dict[str, Any]:
@@ -47,7 +52,6 @@ def ddp_options(cfg: Config, module: nn.Module) -> dict[str, Any]:
     return {
         "find_unused_parameters": cfg.dist.find_unused_parameters,
         "broadcast_buffers": has_running_stats(module),
-        "gradient_as_bucket_view": True,
     }
 
 
