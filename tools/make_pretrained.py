@@ -2,9 +2,11 @@
 
     python tools/make_pretrained.py RUN_DIR --data DATA --name deeplense-small --command "hpc-sr train ..."
 
-Exports the run's EMA generator (state_dict format), evaluates it on the data set's test split beside bicubic and
+Exports the run's EMA generator (state_dict format), evaluates it on the data set's test split beside bicubic
+and
 the split's noise ceiling (tools/noise_ceiling.py), and records in the file: the training command, the data
-set (path, preset, seed, counts), the metrics and the gain as a fraction of the ceiling. Refuses files over 1 MB.
+set (path, preset, seed, counts), the metrics and the gain as a fraction of the ceiling. Refuses files over 1
+MB.
 """
 
 from __future__ import annotations
@@ -24,6 +26,12 @@ REPO = Path(__file__).resolve().parents[1]
 MAX_BYTES = 1_000_000
 
 
+def portable(provenance: dict) -> dict:
+    """The data set's provenance without machine-specific paths or command lines (the file is shipped)."""
+    keep = ("command", "preset", "seed", "hr_size", "num", "package_version", "date")
+    return {k: provenance[k] for k in keep if k in provenance}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run", type=Path)
@@ -34,8 +42,20 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     payload = load_generator_payload(a.run, ema=True)
     result = evaluate(a.run, a.data, split="test", limit=a.limit, quiet=True)
-    proc = subprocess.run([sys.executable, str(REPO / "tools" / "noise_ceiling.py"), str(a.data), "--split", "test",
-                           "--limit", str(a.limit)], capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "tools" / "noise_ceiling.py"),
+            str(a.data),
+            "--split",
+            "test",
+            "--limit",
+            str(a.limit),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     ceiling = json.loads(proc.stdout.strip().splitlines()[-1])
     m, b = result["model"], result["bicubic"]
     gain, ceiling_gain = m["psnr"] - b["psnr"], ceiling["ceiling"]["psnr"] - ceiling["bicubic"]["psnr"]
@@ -46,10 +66,11 @@ def main(argv: list[str] | None = None) -> int:
         "scale": payload["scale"],
         "trained_with": a.command,
         "data": {"count": manifest.count, "split_seed": manifest.split_seed,
-                 "split": {k: len(v) for k, v in manifest.split.items()}, "provenance": manifest.provenance},
+                 "split": {k: len(v) for k, v in manifest.split.items()},
+                 "provenance": portable(manifest.provenance)},
         "test": {"n": result["n"], "model": m, "bicubic": b, "ceiling": ceiling["ceiling"], "gain_db": gain,
                  "ceiling_gain_db": ceiling_gain, "ceiling_fraction": gain / ceiling_gain},
-        "values": "LR in [0, 1] as the DeepLense set (peak-normalised); use `hpc-sr upscale` for physical units",
+        "values": "LR in [0, 1] as the DeepLense set (peak-normalised); `hpc-sr upscale` handles physical units",
     }  # fmt: skip
     payload = {**payload, "pretrained": record, "source": f"pretrained {a.name}"}
     out = PRETRAINED_DIR / f"{a.name}.pt"
@@ -57,10 +78,14 @@ def main(argv: list[str] | None = None) -> int:
     atomic_torch_save(payload, out)
     if out.stat().st_size > MAX_BYTES:
         out.unlink()
-        raise SystemExit(f"{out}: {out.stat().st_size} bytes is over the {MAX_BYTES} limit for a shipped model")
+        raise SystemExit(
+            f"{out}: {out.stat().st_size} bytes is over the {MAX_BYTES} limit for a shipped model"
+        )
     atomic_write_text(out.with_suffix(".json"), json.dumps(record, indent=2, default=str) + "\n")
-    print(f"wrote {out} ({out.stat().st_size:,} bytes): gain {gain:+.3f} dB = {gain / ceiling_gain:.0%} of the "
-          f"ceiling on {result['n']} test images")
+    print(
+        f"wrote {out} ({out.stat().st_size:,} bytes): gain {gain:+.3f} dB = {gain / ceiling_gain:.0%} of the "
+        f"ceiling on {result['n']} test images"
+    )
     return 0
 
 

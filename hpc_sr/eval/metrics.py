@@ -1,6 +1,6 @@
 """Image-quality metrics and the bicubic baseline (pure functions; nothing here loads checkpoints).
 
-Conventions (docs: DESIGN.md "Conventions for the science"):
+Conventions (docs/EVALUATION.md):
 
 * per image, ``data_range = 1``, on SR outputs clamped to [0, 1] (HR is taken as it is);
 * computed in float64 whatever the input dtype;

@@ -1,6 +1,7 @@
 """`hpc-sr submit`: submit training to SLURM through submitit (one task per GPU, requeue on USR2).
 
-    ids = submit("configs/srgan.yaml", ["train.steps=20000"], nodes=2, gpus_per_node=4, time="12:00:00")
+    ids = submit("configs/deeplense_srgan.yaml", ["train.steps=20000"], nodes=2, gpus_per_node=4,
+                 time="12:00:00")
     submit(cfg, [], sweep="sweeps/lr.yaml")   # one job array, one run directory per grid point
     submit(cfg, [], dry_run=True)             # print the sbatch script, submit nothing
 

@@ -38,7 +38,7 @@ def run_training(cfg: Config, resume: str = "auto") -> int:
             dist_env.shutdown_distributed(wait_for_peers=clean)
         finally:
             if lock is not None:
-                lock.release()  # on success, requeue (exit 3) and errors; a crash leaves it to the stale rules
+                lock.release()  # on success, requeue (exit 3), errors; a crash leaves it to the stale rules
 
 
 def _lock_run_dir(cfg: Config, env: dist_env.DistEnv, device: object) -> RunLock | None:

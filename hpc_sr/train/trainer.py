@@ -105,8 +105,10 @@ class Trainer:
         self.scale = cfg.data.scale
 
         self.backend = make_backend(cfg, device, env.world_size)
-        rng.seed_everything(t.seed)  # every rank builds the same models: parameters AND buffers (spectral-norm
-        generator = build_generator(cfg.model, self.scale)  # vectors, which DeepSpeed does not broadcast)
+        # every rank builds the same models: parameters AND buffers (spectral-norm vectors, which DeepSpeed
+        # does not broadcast)
+        rng.seed_everything(t.seed)
+        generator = build_generator(cfg.model, self.scale)
         if t.init_g:
             init_generator(generator, t.init_g, cfg)
         discriminator = build_discriminator(cfg.model) if self.gan else None

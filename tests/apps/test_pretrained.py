@@ -1,4 +1,5 @@
-"""The generator shipped in the package: loads by name, records how it was made, and beats bicubic on a freshly
+"""The generator shipped in the package: loads by name, records how it was made, and beats bicubic on a
+freshly
 simulated split it never saw."""
 
 from __future__ import annotations

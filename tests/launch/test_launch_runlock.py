@@ -21,13 +21,41 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_requeued_job_takes_over_its_own_lock(slurm_cluster: Path, jobs: list[str], tmp_path: Path) -> None:
     steps = 40
-    overrides = tiny_overrides(None, tmp_path, name="lk", steps=steps, pretrain=steps, **{
-        "train.val_every": steps, "train.ckpt_every": 2, "log.image_every": 0, "log.tensorboard": "false"})
-    env = {**os.environ, "PYTHON": sys.executable, "ENTRY": "-m hpc_sr train", "RUN": "lk",
-           "RUNS_DIR": str(tmp_path), "OVERRIDES": " ".join(overrides), "HPC_SR_FAULT_STEP_SLEEP": "0.3"}
-    out = subprocess.run(["sbatch", "--parsable", "-o", str(tmp_path / "lk-%j.out"), "-N1", "--ntasks=1", "-c1",
-                          str(REPO / "slurm" / "train.sbatch")], env=env, capture_output=True, text=True,
-                         timeout=60, check=True, cwd=tmp_path)
+    overrides = tiny_overrides(
+        None,
+        tmp_path,
+        name="lk",
+        steps=steps,
+        pretrain=steps,
+        **{"train.val_every": steps, "train.ckpt_every": 2, "log.image_every": 0, "log.tensorboard": "false"},
+    )
+    env = {
+        **os.environ,
+        "PYTHON": sys.executable,
+        "ENTRY": "-m hpc_sr train",
+        "RUN": "lk",
+        "RUNS_DIR": str(tmp_path),
+        "OVERRIDES": " ".join(overrides),
+        "HPC_SR_FAULT_STEP_SLEEP": "0.3",
+    }
+    out = subprocess.run(
+        [
+            "sbatch",
+            "--parsable",
+            "-o",
+            str(tmp_path / "lk-%j.out"),
+            "-N1",
+            "--ntasks=1",
+            "-c1",
+            str(REPO / "slurm" / "train.sbatch"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        cwd=tmp_path,
+    )
     jid = out.stdout.strip().split(";")[0]
     jobs.append(jid)
     run = tmp_path / "lk"
@@ -35,7 +63,9 @@ def test_requeued_job_takes_over_its_own_lock(slurm_cluster: Path, jobs: list[st
     lock = json.loads((run / ".lock").read_text())
     assert lock["job_id"] == jid and lock["restart_count"] == 0
     os.kill(lock["pid"], signal.SIGKILL)  # the task dies without releasing its lock
-    wait_for(lambda: job_info(jid).get("JobState") in ("FAILED", "CANCELLED", "COMPLETED"), 60, "the job to end")
+    wait_for(
+        lambda: job_info(jid).get("JobState") in ("FAILED", "CANCELLED", "COMPLETED"), 60, "the job to end"
+    )
     lock["pid"] = os.getpid()  # ... and the lock now names a live process on this host
     (run / ".lock").write_text(json.dumps(lock))
     subprocess.run(["scontrol", "requeue", jid], check=True, timeout=30)

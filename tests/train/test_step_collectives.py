@@ -24,10 +24,16 @@ def one_rank_group(tmp_path: Path):  # noqa: ANN201
 
 
 @pytest.mark.parametrize("grad_accum", [1, 2])
-def test_one_all_reduce_per_step(one_rank_group: None, tiny_shards: Path, tmp_path: Path,
-                                 monkeypatch: pytest.MonkeyPatch, grad_accum: int) -> None:
-    over = tiny_overrides(tiny_shards, tmp_path, steps=4, pretrain=2,
-                          **{"train.grad_accum": grad_accum, "log.tensorboard": "false"})
+def test_one_all_reduce_per_step(
+    one_rank_group: None, tiny_shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, grad_accum: int
+) -> None:
+    over = tiny_overrides(
+        tiny_shards,
+        tmp_path,
+        steps=4,
+        pretrain=2,
+        **{"train.grad_accum": grad_accum, "log.tensorboard": "false"},
+    )
     trainer = Trainer(load_config(None, over), DistEnv(), torch.device("cpu"), resume="never")
     calls: list[str] = []
     real = dist.all_reduce
@@ -47,11 +53,16 @@ def test_one_all_reduce_per_step(one_rank_group: None, tiny_shards: Path, tmp_pa
         assert not res.skipped and all(isinstance(v, torch.Tensor) for v in res.losses.values())
 
 
-def test_a_poisoned_step_is_skipped_by_the_same_collective(one_rank_group: None, tiny_shards: Path,
-                                                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_poisoned_step_is_skipped_by_the_same_collective(
+    one_rank_group: None, tiny_shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("HPC_SR_FAULT_NAN_STEPS", "1")
-    trainer = Trainer(load_config(None, tiny_overrides(tiny_shards, tmp_path, **{"log.tensorboard": "false"})),
-                      DistEnv(), torch.device("cpu"), resume="never")
+    trainer = Trainer(
+        load_config(None, tiny_overrides(tiny_shards, tmp_path, **{"log.tensorboard": "false"})),
+        DistEnv(),
+        torch.device("cpu"),
+        resume="never",
+    )
     before = {k: v.clone() for k, v in trainer.backend.module("g").state_dict().items()}
     res = trainer.train_step("pretrain")
     assert res.skipped

@@ -5,7 +5,8 @@
 
 The DeepSpeed config comes from hpc_sr's config (:func:`build_ds_config`), optionally starting from a JSON
 file (``dist.deepspeed_config``, see configs/deepspeed/); a file value that disagrees with hpc_sr's config
-is an error naming the key. Facts this module relies on (RECIPES.md): D is frozen and called through its raw
+is an error naming the key. Facts this module relies on (measured, DeepSpeed 0.19.8): D is frozen, called
+through its raw
 module in the G step; ``engine.step()`` is called after every micro-batch backward (it only updates at the
 accumulation boundary, which we set explicitly so that a skipped step cannot shift it); every rank calls
 ``save_checkpoint``; each engine saves into its own directory, with a relative tag in its ``latest`` file.
