@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
                  "provenance": portable(manifest.provenance)},
         "test": {"n": result["n"], "model": m, "bicubic": b, "ceiling": ceiling["ceiling"], "gain_db": gain,
                  "ceiling_gain_db": ceiling_gain, "ceiling_fraction": gain / ceiling_gain},
-        "values": "LR in [0, 1] as the DeepLense set (peak-normalised); `hpc-sr upscale` handles physical units",
+        "values": "LR in [0, 1] as in the DeepLense set (peak-normalised); hpc-sr upscale handles units",
     }  # fmt: skip
     payload = {**payload, "pretrained": record, "source": f"pretrained {a.name}"}
     out = PRETRAINED_DIR / f"{a.name}.pt"
