@@ -12,7 +12,9 @@ Order per step (DDP back-end):
    G's optimiser step gives the same update as the classic order, and lets the next point see both;
 3. ONE small all-reduce (MAX) of [stop signal, non-finite G loss, non-finite D loss] and one host read: every
    rank takes the same decision: step G and D, or skip the step everywhere;
-4. optimiser steps (clipping, loss scaling) of G and D.
+4. optimiser steps (clipping, loss scaling) of G and D. Non-finite gradients with a finite loss (sqrt at 0)
+   make the DDP back-end skip the update (one more host read of G's norm; the gradients are identical on all
+   ranks after DDP's all-reduce, so no collective is needed) and the step counts as skipped.
 
 Losses stay on the device (no ``.item()`` per micro-batch); the caller reads them at log steps.
 The DeepSpeed back-end keeps non-finite gradients out of its partitioned ZeRO buffers: it agrees on a micro-
@@ -128,6 +130,11 @@ def optimizer_step(
         return _skip(b, res)
     res.grad_norms["g"] = b.step("g")
     b.zero_grad("g")
+    if not _finite_norm(res.grad_norms["g"]):  # the back-end skipped a non-finite update; D with it
+        for name in b.names():
+            b.zero_grad(name)
+        res.skipped, res.losses = True, {}
+        return res
     if opts.gan:
         res.grad_norms["d"] = b.step("d")
         b.zero_grad("d")
@@ -166,6 +173,15 @@ def _discriminator_backward(
             b.backward("d", loss_d, last)
         sums["loss_d"] = sums.get("loss_d", 0) + loss_d.detach() / (len(batches) * opts.n_d)
     return bad
+
+
+def _finite_norm(norm: Tensor | float) -> bool:
+    """A grad norm the back-end reports (nan when unknown, e.g. DeepSpeed ZeRO without clipping, counts as
+    finite: the back-end did step)."""
+    if isinstance(norm, Tensor):
+        value = float(norm)
+        return value == value and value != float("inf")  # NaN or +inf: the update was skipped
+    return True
 
 
 def _agreed_bad(local_bad: Tensor, stop_signal: int, res: StepResult) -> bool:

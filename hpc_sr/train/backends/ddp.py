@@ -117,14 +117,23 @@ class DDPBackend(Backend):
         self._scaler[name].scale(loss / self.grad_accum).backward()
 
     def step(self, name: str) -> torch.Tensor:
+        """Unscale, clip, step; the pre-clip global norm. Non-finite gradients (possible with a finite loss,
+        e.g. sqrt at 0) skip the update instead of writing NaN weights: fp16's GradScaler does that itself;
+        otherwise one host read of the norm decides (the gradients are identical on every rank after DDP's
+        all-reduce, so every rank decides alike without a collective)."""
         opt, scaler = self._opt[name], self._scaler[name]
         scaler.unscale_(opt)
         params = [p for p in self._raw[name].parameters() if p.grad is not None]
         clip = self.cfg.train.grad_clip
-        norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        if not scaler.is_enabled() and not bool(torch.isfinite(norm)):
+            scaler.update()
+            return norm.detach()
+        if clip > 0:
+            torch.nn.utils.clip_grads_with_norm_(params, clip, norm)
         scaler.step(opt)
         scaler.update()
-        return norm.detach()  # a device tensor: read at log steps, no host sync here
+        return norm.detach()  # a device tensor: read at log steps
 
     def zero_grad(self, name: str) -> None:
         self._opt[name].zero_grad(set_to_none=True)
