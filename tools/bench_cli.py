@@ -1,4 +1,4 @@
-"""How fast the command answers: `hpc-sr --help`, `hpc-sr --version`, `hpc-sr train --help` and `import hpc_sr`
+"""How fast the command answers: `hpc-sr --help`, `--version`, `hpc-sr train --help` and `import hpc_sr`
 in fresh processes (median of --repeat runs), against a bare `python -c pass` started the same way.
 
     python tools/bench_cli.py [--repeat 7]
