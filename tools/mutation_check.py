@@ -177,7 +177,7 @@ MUTATIONS: tuple[Mutation, ...] = (
          'model = self.ema.module if self.ema is not None else self.backend.module("g")',
          'model = self.backend.module("g")')],
        ["tests/mutations/test_validation_ema.py::test_validation_metrics_are_those_of_the_ema_generator"]),
-    _m("grad_clip_ignored", "train.grad_clip is not applied (the norm is computed, the gradients not clipped)",
+    _m("grad_clip_ignored", "train.grad_clip is not applied (norm computed, gradients not clipped)",
        [("hpc_sr/train/backends/ddp.py", "torch.nn.utils.clip_grads_with_norm_(params, clip, norm)", "pass")],
        ["tests/train/test_precision.py::test_gradient_clipping_bounds_the_update"]),
     _m("prune_drops_best", "keep-last-K pruning no longer keeps the best checkpoint",
