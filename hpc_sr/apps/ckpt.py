@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from hpc_sr.config import flatten
 from hpc_sr.errors import CheckpointError, HpcSrError
 from hpc_sr.train.checkpoint import (
     META_FILE,
@@ -32,7 +33,6 @@ from hpc_sr.train.checkpoint import (
     best_checkpoint,
     build_generator_from_payload,
     export_generator,
-    flat_keys,
     generator_payload,
     is_complete,
     load_generator,
@@ -151,8 +151,8 @@ def average_payloads(payloads: list[dict[str, Any]], sources: list[str]) -> dict
         raise HpcSrError("average: no checkpoints given")
     first, src0 = payloads[0], sources[0]
     for payload, src in zip(payloads[1:], sources[1:]):
-        spec_a = flat_keys(payload_generator_spec(first), "model.g.")
-        spec_b = flat_keys(payload_generator_spec(payload), "model.g.")
+        spec_a = flatten(payload_generator_spec(first), "model.g.")
+        spec_b = flatten(payload_generator_spec(payload), "model.g.")
         diff = [
             f"{k}: {spec_a.get(k)!r} in {src0} vs {spec_b.get(k)!r} in {src}"
             for k in sorted(set(spec_a) | set(spec_b))

@@ -18,7 +18,6 @@ from tqdm import tqdm
 
 from hpc_sr.atomic import atomic_write_text
 from hpc_sr.dist import env as dist_env
-from hpc_sr.dist.collectives import all_reduce_
 from hpc_sr.errors import DataError
 from hpc_sr.eval.loop import evaluate_batches
 from hpc_sr.models.ensemble import self_ensemble
@@ -118,9 +117,7 @@ class ScienceMetrics:
         from hpc_sr.eval.loop import reduce_accumulator
 
         for acc in (self.model, self.bicubic):
-            state = acc.state().to(device)
-            all_reduce_(state)
-            acc.load_state(state.cpu())
+            reduce_accumulator(acc, device)
         out: dict[str, Any] = {"physics": {"model": self.model.compute(), "bicubic": self.bicubic.compute()}}
         if self.ceiling is not None:
             reduce_accumulator(self.ceiling, device)

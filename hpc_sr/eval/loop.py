@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from hpc_sr.dist.collectives import all_reduce_
-from hpc_sr.eval.metrics import MetricAccumulator, bicubic_upscale
+from hpc_sr.eval.metrics import MetricAccumulator, SumAccumulator, bicubic_upscale
 
 
 @dataclass
@@ -29,7 +29,7 @@ class EvalResult:
         return self.model["psnr"] - self.bicubic["psnr"]
 
 
-def reduce_accumulator(acc: MetricAccumulator, device: torch.device) -> None:
+def reduce_accumulator(acc: SumAccumulator, device: torch.device) -> None:
     """Sum an accumulator over ranks in place (no-op for one process)."""
     state = acc.state().to(device)
     all_reduce_(state)

@@ -240,14 +240,9 @@ def resolved_model(model: dict[str, Any] | ModelConfig) -> dict[str, Any]:
     return {"g": generator_spec(model.get("g") or {}), "d": discriminator_spec(model.get("d") or {})}
 
 
-def flat_keys(d: dict[str, Any], prefix: str) -> dict[str, Any]:
-    """``{"model.g.options.channels": 8, ...}`` of a nested dict."""
-    return flatten(d, prefix)
-
-
 def model_config_diff(saved: dict[str, Any], current: dict[str, Any], prefix: str = "model.") -> list[str]:
     """``model.g.options.channels: checkpoint 8 vs config 16`` for every key that differs."""
-    a, b = flat_keys(saved, prefix), flat_keys(current, prefix)
+    a, b = flatten(saved, prefix), flatten(current, prefix)
     return [
         f"{k}: checkpoint {a.get(k)!r} vs config {b.get(k)!r}"
         for k in sorted(set(a) | set(b))

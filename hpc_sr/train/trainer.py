@@ -26,7 +26,7 @@ from hpc_sr.dist import collectives
 from hpc_sr.dist.env import DistEnv
 from hpc_sr.dist.signals import REQUEUE_EXIT_CODE, install_stop_flag, requeue_self
 from hpc_sr.errors import CheckpointError, TrainingError
-from hpc_sr.eval.loop import evaluate_batches
+from hpc_sr.eval.loop import evaluate_batches, reduce_accumulator
 from hpc_sr.eval.metrics import bicubic_upscale
 from hpc_sr.eval.physics import PhysicsAccumulator
 from hpc_sr.train import faults, rng
@@ -36,6 +36,7 @@ from hpc_sr.train.checkpoint import (
     check_model_config,
     load_generator_payload,
     resolved_model,
+    step_dirname,
 )
 from hpc_sr.train.components import build_discriminator, build_generator, build_loss_terms, check_config
 from hpc_sr.train.ema import ModelEMA
@@ -227,7 +228,8 @@ class Trainer:
     def _preempted(self, signum: int) -> int:
         reason = signal.Signals(signum).name
         self.log.console(f"stop requested ({reason}) at step {self.step}: saving and exiting for requeue")
-        if self.ckpt.latest() is None or self.ckpt.latest().name != f"step_{self.step:08d}":
+        latest = self.ckpt.latest()
+        if latest is None or latest.name != step_dirname(self.step):  # not saved at this step already
             self.save()
         self.log.record("stop", self.step, {"reason": reason})
         requeue_self(self.cfg.slurm.max_requeues, self.stop)
@@ -302,9 +304,7 @@ class Trainer:
 
         res = evaluate_batches(predict, self.val_loader or [], self.scale, self.device, on_batch=on_batch)
         for acc in physics.values():
-            state = acc.state().to(self.device)
-            collectives.all_reduce_(state)
-            acc.load_state(state.cpu())
+            reduce_accumulator(acc, self.device)
         phys = {k: acc.compute() for k, acc in physics.items()}
         model.train(was_training)
         m, bic = res.model, res.bicubic
