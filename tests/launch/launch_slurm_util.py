@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from pathlib import Path
 
 from tests.conftest import wait_for
@@ -39,6 +40,26 @@ def wait_final(jid: str, timeout_s: float = 60) -> dict[str, str]:
         return info if info.get("JobState") in FINAL_STATES else None
 
     return wait_for(final, timeout_s, f"job {jid} to finish")  # type: ignore[return-value]
+
+
+def release_requeued(jid: str) -> None:
+    """Start requeued job ``jid`` now rather than after SLURM's requeue delay.
+
+    SLURM holds a requeued job back so that its new launch credential is newer, in whole seconds, than the one
+    slurmd revoked when the last incarnation ended; a start within that same second is killed at once with
+    "Job credential revoked" (seen on CI). So wait until no node is still completing the last incarnation and
+    let the clock pass two more seconds, then release the job.
+    """
+
+    def nodes_settled() -> bool:
+        states = subprocess.run(
+            ["sinfo", "-h", "-N", "-o", "%T"], capture_output=True, text=True, timeout=30
+        ).stdout.split()
+        return bool(states) and not any(s.startswith("comp") for s in states)
+
+    wait_for(nodes_settled, 60, f"the nodes to finish job {jid}'s last incarnation")
+    time.sleep(2.0)
+    subprocess.run(["scontrol", "update", f"JobId={jid}", "StartTime=now"], check=True, timeout=30)
 
 
 def metrics(run_dir: Path, kind: str | None = None) -> list[dict]:

@@ -17,7 +17,14 @@ from hpc_sr.cli import main as cli_main
 from hpc_sr.config import load_config
 from hpc_sr.launch.slurm import submit
 from tests.conftest import tiny_overrides
-from tests.launch.launch_slurm_util import job_info, last_step, metrics, wait_final, wait_for
+from tests.launch.launch_slurm_util import (
+    job_info,
+    last_step,
+    metrics,
+    release_requeued,
+    wait_final,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slurm
 REPO = Path(__file__).resolve().parents[2]
@@ -56,7 +63,7 @@ def _preempt_and_release(jid: str, run: Path, at_step: int) -> None:
     subprocess.run(["scancel", "-s", "USR2", jid], check=True, timeout=30)
     wait_for(lambda: job_info(jid).get("JobState") == "PENDING" and job_info(jid).get("Restarts") == "1",
              90, f"job {jid} to be requeued")
-    subprocess.run(["scontrol", "update", f"JobId={jid}", "StartTime=now"], check=True, timeout=30)
+    release_requeued(jid)
 
 
 def _check_finished(run: Path, steps: int, world: int) -> None:

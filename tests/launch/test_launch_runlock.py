@@ -13,7 +13,14 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import tiny_overrides
-from tests.launch.launch_slurm_util import job_info, last_step, metrics, wait_final, wait_for
+from tests.launch.launch_slurm_util import (
+    job_info,
+    last_step,
+    metrics,
+    release_requeued,
+    wait_final,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slurm
 REPO = Path(__file__).resolve().parents[2]
@@ -69,8 +76,12 @@ def test_requeued_job_takes_over_its_own_lock(slurm_cluster: Path, jobs: list[st
     lock["pid"] = os.getpid()  # ... and the lock now names a live process on this host
     (run / ".lock").write_text(json.dumps(lock))
     subprocess.run(["scontrol", "requeue", jid], check=True, timeout=30)
-    wait_for(lambda: job_info(jid).get("JobState") == "PENDING", 60, "the requeue")
-    subprocess.run(["scontrol", "update", f"JobId={jid}", "StartTime=now"], check=True, timeout=30)
+    wait_for(
+        lambda: job_info(jid).get("JobState") == "PENDING" and job_info(jid).get("Restarts") == "1",
+        60,
+        "the requeue",
+    )
+    release_requeued(jid)
     info = wait_final(jid, 300)
     log = "\n".join(p.read_text() for p in tmp_path.glob("lk-*.out"))
     assert info["JobState"] == "COMPLETED", log[-3000:]
