@@ -9,29 +9,32 @@ Writes ``--num`` random pairs (HR ``--hr-size``, LR = its 2x2 mean, float32) to 
 times ``next(stream)`` of the REAL training stream (``hpc_sr.data.streams.make_train_stream``, the object the
 trainer draws from: aligned random crops of ``--patch`` LR pixels and the 8 flips/rotations) for each
 ``data.loader``: ``item`` and ``block`` (DataLoader, ``--workers`` workers, per-item crops), ``memory`` (the
-batched :class:`~hpc_sr.data.streams.MemoryStream`: one gather per micro-batch) and ``device`` (the split on
-the training device; on CPU the same as memory). Baselines: ``v1 whole`` is the v1-style in-memory read
-(a DataLoader over ``InMemoryShardDataset``, whole images, per-item ``__getitem__`` + collate, no
-augmentation) and ``v1 per-item crop`` the same with per-item crop + augment.
+batched :class:`~hpc_sr.data.streams.MemoryStream` as the trainer builds it: chunks of ``CHUNK_SAMPLES``
+samples, on CPU the 4-orientation split and one row gather per chunk) and ``device`` (the split on the
+training device; on CPU the same as memory). ``--one-copy-rows`` adds ``memory 1-copy`` (the same chunked
+stream with one copy of the split and the per-pixel gather: what chunking alone gives). Baselines: ``v1
+whole`` is the v1-style in-memory read (a DataLoader over ``InMemoryShardDataset``, whole images, per-item
+``__getitem__`` + collate, no augmentation) and ``v1 per-item crop`` the same with per-item crop + augment.
 
-Gather alternatives (``alt:*``, measured here so that hpc_sr/data/augment.py can adopt the fastest): every
-one does what ``MemoryStream.__next__`` does per micro-batch (seed a generator, draw crops and transforms,
+Gather alternatives (``alt:*``, measured here so that hpc_sr/data/augment.py can adopt the fastest): every one
+does what the v2.0 ``MemoryStream.__next__`` did per micro-batch (seed a generator, draw crops and transforms,
 gather LR and HR from the resident split) with a different gather: ``alt:current`` (``crop_and_augment``),
 ``alt:int32-maps`` (cached int32 offset maps of the 8 transforms, one flat ``index_select``), ``alt:strided``
 (window views ``as_strided`` + ``index_select`` along dim 0, then transposes and flips on the subsets that
-need them), ``alt:rows-2copies`` (:class:`RowGather`: whole-row copies from the split and a copy of it
-rotated by 180 degrees, 2x memory), ``alt:crop-only`` (the strided gather without augmentation: the lower
-bound of any gather) and ``alt:draw-only`` (seed + draw, no gather: the fixed cost per micro-batch). Each
-alternative's output is compared with ``crop_and_augment`` first (all but crop-only must give the same
-pixels in the same order).
+need them), ``alt:rows-2copies`` (:class:`RowGather`: whole-row copies from the split and a copy of it rotated
+by 180 degrees, 2x memory), ``alt:crop-only`` (the strided gather without augmentation: the lower bound of any
+gather) and ``alt:draw-only`` (seed + draw, no gather: the fixed cost per micro-batch). Each alternative's
+output is compared with ``crop_and_augment`` first (all but crop-only must give the same pixels in the same
+order). ``alt:current`` is also the v2.0 memory stream's work per micro-batch (seed, draw, one per-pixel
+gather), so ``memory_vs_per_batch`` (memory / alt:current) is the before/after ratio.
 
 All tasks take turns in ``--rounds`` rounds of ``--window``-second windows (tools.bench_common.round_robin,
 the order rotating each round); a figure is the median over its windows; ratios are taken within the run
 (``ratio_v1``: vs ``v1 whole`` of the same batch size). With ``--workers`` > 0 the DataLoader workers keep
 prefetching between windows, so those rows read high. ``CPU share`` = this process's CPU time / wall time in
 a row's windows (how much of a core the shared machine gave it) and ``pairs/CPU-s`` = pairs per CPU-second
-(the rate on a core of its own, for work that does not wait on I/O). Prints a table and one JSON line (also
-``--out``).
+(the rate on a core of its own, for work that does not wait on I/O); the target is checked on both.
+Prints a table and one JSON line (also ``--out``).
 """
 
 from __future__ import annotations
@@ -59,7 +62,7 @@ from hpc_sr.config import load_config  # noqa: E402
 from hpc_sr.data.augment import N_DIHEDRAL, crop_and_augment, draw  # noqa: E402
 from hpc_sr.data.dataset import InMemoryShardDataset  # noqa: E402
 from hpc_sr.data.shards import pack_to_shards  # noqa: E402
-from hpc_sr.data.streams import batch_seed, make_train_stream  # noqa: E402
+from hpc_sr.data.streams import MemoryStream, batch_seed, make_train_stream  # noqa: E402
 from hpc_sr.dist.env import DistEnv  # noqa: E402
 from tools.bench_common import (  # noqa: E402
     emit,
@@ -367,6 +370,14 @@ def bench(a: argparse.Namespace) -> dict[str, Any]:
                                          if loader in ("item", "block") else 0}  # fmt: skip
                 if loader == "memory" and resident is None:
                     resident = (stream.lr, stream.hr)
+                if loader == "memory" and a.one_copy_rows:
+                    key = f"memory 1-copy|{b}"
+                    t0 = time.perf_counter()
+                    tasks[key] = stream_task(
+                        MemoryStream(cfg.data, a.seed, env, device, b, copies=False), b, device
+                    )
+                    setup_s[key] = time.perf_counter() - t0
+                    meta[key] = {"reader": "memory 1-copy", "kind": "stream", "workers": 0}
             tasks[f"v1 whole|{b}"] = v1_task(whole, b, device)
             tasks[f"v1 per-item crop|{b}"] = v1_task(per_item, b, device)
             meta[f"v1 whole|{b}"] = {"reader": "v1 whole", "kind": "baseline", "workers": 0}
@@ -404,6 +415,8 @@ def bench(a: argparse.Namespace) -> dict[str, Any]:
     streams = [r for r in rows if r["kind"] == "stream"]
     best = {b: max((r for r in streams if r["batch"] == b), key=lambda r: r["pairs_per_s"]) for b in batches}
     memory = {r["batch"]: r["pairs_per_s"] for r in streams if r["reader"] == "memory"}
+    memory_cpu = {r["batch"]: r["pairs_per_cpu_s"] for r in streams if r["reader"] == "memory"}
+    per_batch = {r["batch"]: r for r in rows if r["reader"] == "alt:current"}
     return {
         "bench": "loader",
         "device": str(device),
@@ -415,6 +428,11 @@ def bench(a: argparse.Namespace) -> dict[str, Any]:
         "alternatives_match_current": checks,
         "target_pairs_per_s": a.target,
         "memory_meets_target": {b: memory.get(b, 0.0) >= a.target for b in batches},
+        "memory_meets_target_per_cpu_s": {b: memory_cpu.get(b, 0.0) >= a.target for b in batches},
+        "memory_vs_per_batch": {b: rounded(memory[b] / per_batch[b]["pairs_per_s"], 2)
+                                for b in batches if b in memory and b in per_batch},
+        "memory_vs_per_batch_cpu_s": {b: rounded(memory_cpu[b] / per_batch[b]["pairs_per_cpu_s"], 2)
+                                      for b in batches if b in memory_cpu and b in per_batch},
         "best_stream": {b: r["reader"] for b, r in best.items()},
         "rows": rows,
     }  # fmt: skip
@@ -437,7 +455,12 @@ def print_report(res: dict[str, Any]) -> None:
         ("setup_s", "setup s", ".2f"),
     ])  # fmt: skip
     print(f"alternatives give the same pixels as crop_and_augment: {res['alternatives_match_current']}")
-    print(f"memory >= {res['target_pairs_per_s']:,} pairs/s: {res['memory_meets_target']}")
+    print(
+        f"memory >= {res['target_pairs_per_s']:,} pairs/s: {res['memory_meets_target']}; per CPU-s: "
+        f"{res['memory_meets_target_per_cpu_s']}"
+    )
+    print(f"memory / v2.0 per-micro-batch gather (alt:current), wall: {res['memory_vs_per_batch']}; "
+          f"per CPU-s: {res['memory_vs_per_batch_cpu_s']}")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -456,6 +479,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--target", type=float, default=200_000.0, help="pairs/s per process to meet (memory)")
     ap.add_argument("--no-alternatives", action="store_true", help="skip the alt:* gather rows")
     ap.add_argument("--cpu-device-rows", action="store_true", help="time loader=device on CPU too (= memory)")
+    ap.add_argument("--one-copy-rows", action="store_true", help="also time the chunked stream with one copy")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tmp", default=None, help="work folder (default: a new temp folder, removed after)")
     ap.add_argument("--out", default=None, help="also write the JSON result to this file")

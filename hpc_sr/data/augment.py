@@ -6,6 +6,12 @@ A draw is (y, x, e) per sample: the LR top-left corner of an aligned ``patch x p
 ``scale*x``, ``scale*patch``) and one of the 8 dihedral transforms e = 2*k + flip (``rot90`` k times, then a
 left-right flip), the same on LR and HR. The whole batch is one gather with precomputed index maps, on any
 device. Lensing images have no preferred orientation, so all 8 transforms are valid augmentations.
+
+A resident split gathered many times (the memory stream) is a :class:`ResidentPairs`: with ``copies=True``
+(square images) it holds each image in the 4 orientations a row gather needs (as is, mirrored, transposed,
+transposed + mirrored), so every crop + transform is one ``index_select`` of whole window rows (no per-pixel
+index; 4x the memory, ~2.3x the pairs/s of the per-pixel gather on CPU, tools/bench_loader.py); otherwise it
+uses the per-pixel gather of :func:`crop_and_augment`. Both give the same pixels in the same order.
 """
 
 from __future__ import annotations
@@ -121,3 +127,163 @@ def crop_and_augment(
     lr_out = _gather(lr, idx, y, x, e, lh, lw)
     hr_out = _gather(hr, idx, y * scale, x * scale, e, lh * scale, lw * scale)
     return lr_out, hr_out
+
+
+# ------------------------------------------------------------------------------- resident split, row gather
+N_COPIES = 4  # orientations held by a ResidentPairs with copies: c = 2 * transposed + mirrored
+
+
+def _orient(img: Tensor, c: int) -> Tensor:
+    """Orientation ``c`` of square images: transposed when c >= 2, then mirrored left-right when c is odd."""
+    out = img.transpose(-2, -1) if c >= 2 else img
+    return out.flip(-1) if c % 2 else out
+
+
+def _row_starts(
+    c: Tensor, rev: Tensor, image: Tensor, y: Tensor, x: Tensor, side: int, p: int, channels: int, n_img: int
+) -> tuple[Tensor, Tensor]:
+    """Flat offset of the first output row of each window, and the row step (+-side), in the 4-copy tensor.
+
+    Copy ``c`` of image ``image`` starts at ``(c * n_img + image) * channels * side**2``; the LR window at
+    (y, x) of the original is, in copy c, the window at row ``x if transposed else y`` and column ``v`` or
+    ``side - p - v`` (mirrored) with ``v = y if transposed else x``; ``rev`` reads its rows bottom-up."""
+    t = c >= 2
+    u, v = torch.where(t, x, y), torch.where(t, y, x)
+    col = torch.where(c % 2 == 1, side - p - v, v)
+    row = u + rev * (p - 1)
+    start = (c * n_img + image) * (channels * side * side) + row * side + col
+    return start, (1 - 2 * rev) * side
+
+
+@lru_cache(maxsize=1)
+def _row_table() -> Tensor:
+    """(8, 2) long: for each dihedral transform e, the copy and row direction (0 top-down, 1 bottom-up) whose
+    plain row reads give exactly crop_and_augment's window (found by trying all 8 on a probe)."""
+    side, p, y, x = 5, 3, 1, 2
+    img = torch.arange(float(side * side)).view(1, 1, side, side)
+    flat = torch.cat([_orient(img, c) for c in range(N_COPIES)]).reshape(-1)
+    one = torch.zeros(1, dtype=torch.long)
+    table = []
+    for e in range(N_DIHEDRAL):
+        want = _gather(img, None, one + y, one + x, one + e, p, p).reshape(p, p)
+        for c, rev in ((c, r) for c in range(N_COPIES) for r in (0, 1)):
+            start, step = _row_starts(one + c, one + rev, one * 0, one + y, one + x, side, p, 1, 1)
+            rows = start + step * torch.arange(p)
+            got = flat[(rows.view(p, 1) + torch.arange(p).view(1, p)).view(-1)].view(p, p)
+            if torch.equal(got, want):
+                table.append((c, rev))
+                break
+        else:  # pragma: no cover - the 4 orientations x 2 row directions are the 8 dihedral transforms
+            raise AssertionError(f"no row read gives dihedral transform {e}")
+    return torch.tensor(table)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Samples ``index`` of a resident split with their draws; with row gathers also each window's first-row
+    offsets (LR, HR) and row steps, computed once for the whole plan (an epoch) so a gather only slices."""
+
+    index: Tensor
+    draws: Draws
+    patch: int
+    lr_start: Tensor | None = None
+    hr_start: Tensor | None = None
+    lr_step: Tensor | None = None
+    hr_step: Tensor | None = None
+
+
+class ResidentPairs:
+    """A resident LR/HR split that gathers crops + dihedral transforms of many samples at once.
+
+        pairs = ResidentPairs(lr, hr, scale, copies=True)     # (N,C,s,s), (N,C,S,S) on any device
+        plan = pairs.plan(index, draws, patch)                 # once per epoch
+        lr_p, hr_p = pairs.gather(plan, lo, hi)               # samples lo:hi of the plan
+
+    ``copies=True`` keeps the 4 orientations (square images only; else it falls back to one copy) and reads
+    whole window rows; ``copies=False`` keeps one copy and gathers per pixel (crop_and_augment). ``lr``/``hr``
+    are the split as given (a view of the first copy). ``out`` buffers of ``gather`` receive the result.
+    """
+
+    def __init__(self, lr: Tensor, hr: Tensor, scale: int, copies: bool) -> None:
+        self.scale, self.n = scale, int(lr.shape[0])
+        self.copies = copies and self.square(tuple(lr.shape), tuple(hr.shape))
+        if self.copies:
+            self._lr4, self._hr4 = _four_copies(lr), _four_copies(hr)
+            self.lr, self.hr = self._lr4[: self.n], self._hr4[: self.n]
+        else:
+            self.lr, self.hr = lr, hr
+
+    @staticmethod
+    def square(lr_shape: tuple[int, ...], hr_shape: tuple[int, ...]) -> bool:
+        return lr_shape[-1] == lr_shape[-2] and hr_shape[-1] == hr_shape[-2]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held (all copies)."""
+        held = (self._lr4, self._hr4) if self.copies else (self.lr, self.hr)
+        return sum(t.numel() * t.element_size() for t in held)
+
+    def plan(self, index: Tensor, d: Draws, patch: int) -> Plan:
+        """The gather plan of samples ``index`` with draws ``d`` (tensors on the split's device)."""
+        if not self.copies:
+            return Plan(index, d, patch)
+        c_rev = _row_table().to(index.device).index_select(0, d.e)
+        c, rev = c_rev[:, 0], c_rev[:, 1]
+        _, ch, s, _ = self.lr.shape
+        p = patch or s
+        lr_start, lr_step = _row_starts(c, rev, index, d.y, d.x, s, p, ch, self.n)
+        k = self.scale
+        hr_start, hr_step = _row_starts(c, rev, index, d.y * k, d.x * k, s * k, p * k, ch, self.n)
+        return Plan(index, d, patch, lr_start, hr_start, lr_step, hr_step)
+
+    def gather(
+        self, plan: Plan, lo: int, hi: int, out: tuple[Tensor, Tensor] | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Patches of plan samples ``lo:hi``: (hi-lo, C, p, p) LR and (hi-lo, C, sp, sp) HR."""
+        if not self.copies:
+            d = plan.draws
+            sub = Draws(d.y[lo:hi], d.x[lo:hi], d.e[lo:hi])
+            lr, hr = crop_and_augment(self.lr, self.hr, sub, plan.patch, self.scale, index=plan.index[lo:hi])
+            if out is None:
+                return lr, hr
+            out[0].copy_(lr)
+            out[1].copy_(hr)
+            return out
+        assert plan.lr_start is not None and plan.hr_start is not None
+        assert plan.lr_step is not None and plan.hr_step is not None
+        p = plan.patch or self.lr.shape[-1]
+        lr_out, hr_out = (None, None) if out is None else out
+        lr = _rows(self._lr4, plan.lr_start[lo:hi], plan.lr_step[lo:hi], p, lr_out)
+        hr = _rows(self._hr4, plan.hr_start[lo:hi], plan.hr_step[lo:hi], p * self.scale, hr_out)
+        return lr, hr
+
+
+def _four_copies(img: Tensor, block: int = 256) -> Tensor:
+    """(4N, C, s, s) contiguous: the N images in the 4 orientations, written in blocks (small temporaries)."""
+    n = img.shape[0]
+    out = torch.empty((N_COPIES * n, *img.shape[1:]), dtype=img.dtype, device=img.device)
+    for c in range(N_COPIES):
+        for i in range(0, n, block):
+            j = min(n, i + block)
+            out[c * n + i : c * n + j].copy_(_orient(img[i:j], c))
+    return out
+
+
+@lru_cache(maxsize=16)
+def _arange(p: int, device: str) -> Tensor:
+    return torch.arange(p, device=device).view(1, p)
+
+
+def _rows(copies: Tensor, start: Tensor, step: Tensor, p: int, out: Tensor | None) -> Tensor:
+    """Windows as ``p`` row reads each (one index_select of (n * C * p) rows of ``p`` elements)."""
+    n, ch = start.shape[0], copies.shape[1]
+    view = copies.as_strided((copies.numel() - p + 1, p), (1, 1))
+    rows = torch.addcmul(start.view(n, 1), step.view(n, 1), _arange(p, str(start.device)))
+    if ch > 1:
+        plane = copies.shape[-1] * copies.shape[-2]
+        chan = torch.arange(ch, device=start.device) * plane
+        rows = rows.view(n, 1, p) + chan.view(1, ch, 1)
+    if out is None:
+        return view.index_select(0, rows.reshape(-1)).view(n, ch, p, p)
+    torch.index_select(view, 0, rows.reshape(-1), out=out.view(n * ch * p, p))
+    return out

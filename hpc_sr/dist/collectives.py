@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.distributed as dist
 
 
 def barrier() -> None:
+    """All ranks wait for each other (on NCCL on this rank's current GPU, never a guessed one)."""
     if dist.is_initialized():
-        dist.barrier()
+        backend = str(dist.get_backend())
+        device = torch.cuda.current_device() if backend == "nccl" else None
+        dist.barrier(**barrier_options(backend, device))
+
+
+def barrier_options(backend: str, device_index: int | None) -> dict[str, Any]:
+    """``dist.barrier`` arguments: NCCL gets ``device_ids=[this rank's GPU]`` (without it, NCCL guesses the
+    device from the rank and warns, or hangs when that guess is another rank's GPU)."""
+    if backend == "nccl" and device_index is not None:
+        return {"device_ids": [device_index]}
+    return {}
 
 
 def all_reduce_(tensor: torch.Tensor, op: dist.ReduceOp.RedOpType = dist.ReduceOp.SUM) -> torch.Tensor:

@@ -1,9 +1,9 @@
 """Where am I running? torchrun, SLURM (srun, one task per GPU) or a single process.
 
 ``DistEnv.from_environment()`` reads the launcher's variables (validated: an empty or non-numeric value is an
-:class:`~hpc_sr.errors.EnvironmentVariableError` naming the variable and the value); ``init_distributed`` starts
-the process group (nccl on GPU, gloo on CPU) with a collective timeout so that a dead rank fails the job instead of
-hanging it.
+:class:`~hpc_sr.errors.EnvironmentVariableError` naming the variable and the value); ``init_distributed``
+starts the process group (nccl on GPU, bound to this rank's device; gloo on CPU) with a collective timeout so
+that a dead rank fails the job instead of hanging it.
 """
 
 from __future__ import annotations
@@ -15,10 +15,12 @@ import re
 import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
+from hpc_sr.dist.collectives import barrier
 from hpc_sr.errors import EnvironmentVariableError
 
 
@@ -37,7 +39,8 @@ def env_int(
         value = int(raw.strip())
     except ValueError:
         raise EnvironmentVariableError(
-            f"environment variable {name}={raw!r} is not an integer; set it to a number >= {minimum} or unset it"
+            f"environment variable {name}={raw!r} is not an integer; set it to a number >= {minimum} or "
+            "unset it"
         ) from None
     if value < minimum:
         raise EnvironmentVariableError(f"environment variable {name}={raw!r} must be >= {minimum}")
@@ -194,7 +197,17 @@ def init_distributed(env: DistEnv, device: torch.device, timeout_s: int = 600) -
         rank=env.rank,
         world_size=env.world_size,
         timeout=datetime.timedelta(seconds=timeout_s),
+        **process_group_options(backend, device, env),
     )
+
+
+def process_group_options(backend: str, device: torch.device, env: DistEnv) -> dict[str, Any]:
+    """Extra ``init_process_group`` arguments: NCCL is bound to this rank's GPU (``device_id``, torch >= 2.3),
+    so its communicator is created for that device at once instead of on a guessed one at the first collective
+    (``device`` itself when it names an index, else ``cuda:<local_rank>``)."""
+    if backend != "nccl":
+        return {}
+    return {"device_id": device if device.index is not None else torch.device("cuda", env.local_rank)}
 
 
 def shutdown_distributed(wait_for_peers: bool = False) -> None:
@@ -208,7 +221,7 @@ def shutdown_distributed(wait_for_peers: bool = False) -> None:
         return
     if wait_for_peers:
         with contextlib.suppress(RuntimeError):
-            dist.barrier()
+            barrier()
     dist.destroy_process_group()
 
 

@@ -49,6 +49,8 @@ def probe_main(config_path: str | None, overrides: list[str], resume: str = "aut
     import torch
     import torch.distributed as dist
 
+    from hpc_sr.dist.collectives import barrier
+
     cfg = load_config(config_path, overrides)
     out = cfg.run_dir / "probe"
     out.mkdir(parents=True, exist_ok=True)
@@ -77,7 +79,7 @@ def probe_main(config_path: str | None, overrides: list[str], resume: str = "aut
     if rank == 0 and (status == "stopped" or step >= cfg.train.steps):
         _write_json(ckpt, {"step": step})
     if world > 1:
-        dist.barrier()
+        barrier()
     record.update(end_step=step, status=status, reason=flag.reason)
     _write_json(out / f"rank{rank}.json", record)
     _write_json(out / f"rank{rank}.attempt{restarts}.json", record)
