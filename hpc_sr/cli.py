@@ -141,6 +141,13 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, default=0, help="evaluate only the first N images of the split")
     p.add_argument("--no-ema", action="store_true", help="use the raw generator, not its EMA")
     p.add_argument("--self-ensemble", action="store_true", help="average over 8 flips/rotations (x8 cost)")
+    p.add_argument(
+        "--samples",
+        type=int,
+        default=1,
+        help="stochastic generator: N >= 6 samples per image; sample-mean metrics, 68%% interval calibration",
+    )
+    p.add_argument("--seed", type=int, default=0, help="noise seed for --samples")
     p.set_defaults(func=_run_evaluate)
 
 
@@ -158,6 +165,8 @@ def _run_evaluate(a: argparse.Namespace) -> int:
         ema=not a.no_ema,
         ensemble=a.self_ensemble,
         limit=a.limit,
+        samples=a.samples,
+        seed=a.seed,
     )
     return 0
 

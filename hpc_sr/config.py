@@ -44,6 +44,8 @@ class DataConfig:
     num_workers: int = 2
     loader: Literal["item", "block", "memory", "device"] = "item"  # device: the split on the training device
     block_size: int = 64  # items per contiguous read for loader=block
+    memory_copies: int = 0  # loader=memory: 4 = the split in 4 orientations (fast, 4x RAM), 1, 0 = auto
+    chunk_samples: int = 512  # loader=memory|device: samples cropped and augmented per gather
     val_images: int = 0  # cap on validation images (0 = the whole val split)
     sim_device: str = (
         "cpu"  # where source=simulate generates batches ("cpu", "cuda", "auto" = training device)
@@ -58,6 +60,7 @@ class GeneratorConfig:
     options: dict[str, Any] = field(default_factory=dict)  # validated by the arch's options dataclass
     bicubic_skip: bool = True  # output = bicubic(LR) + net(LR); the last layer starts at zero
     lr_consistent: bool = False  # project the output so its s x s block means equal LR exactly
+    noise_channels: int = 0  # > 0: a stochastic generator, N(0, 1) noise channels beside LR (samples)
 
 
 @dataclass
@@ -104,6 +107,9 @@ class TrainConfig:
     losses: list[dict[str, Any]] = field(default_factory=default_losses)
     init_g: str = ""  # start G from these weights (checkpoint dir, run dir or exported G.pt), e.g. SRResNet
     n_d: int = 1  # discriminator steps per generator step
+    # samples drawn per LR input in a step (each LR/HR repeated): 0 = auto, 2 for a stochastic generator
+    # (model.g.noise_channels > 0; the crps term needs >= 2), else 1
+    samples_per_input: int = 0
     ema_decay: float = 0.999  # 0 = no EMA
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     channels_last: bool = False

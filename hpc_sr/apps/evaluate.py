@@ -4,6 +4,10 @@ Evaluation follows the DeepLense protocol: per image, data_range 1, SR clamped t
 pooled-MSE PSNR, SSIM, MSE, relative flux error; bicubic on the same images. Under torchrun the split is
 sharded across ranks (indices rank::world) and the sums are all-reduced (hpc_sr.eval.loop), so the result is
 exact.
+
+A stochastic generator (``model.g.noise_channels > 0``) with ``samples=N`` (``--samples N``, N >= 6): the
+``model`` row is one sample; ``sample_mean`` is the mean of N samples, and ``calibration`` the coverage of the
+samples' central 68 % interval per sample-mean brightness bin (hpc_sr.eval.uncertainty; target 68 +- 5 %).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from tqdm import tqdm
 
 from hpc_sr.atomic import atomic_write_text
 from hpc_sr.dist import env as dist_env
-from hpc_sr.errors import DataError
+from hpc_sr.errors import DataError, HpcSrError
 from hpc_sr.eval.loop import evaluate_batches
 from hpc_sr.models.ensemble import self_ensemble
 from hpc_sr.train.checkpoint import load_generator
@@ -35,11 +39,31 @@ PHYSICS_ROWS = (
 )
 
 
+class EvaluateError(HpcSrError, ValueError):
+    """An evaluation that cannot be run as asked (e.g. samples of a deterministic generator)."""
+
+
+def format_calibration(cal: dict[str, Any], target: float = 0.05) -> str:
+    """The calibration table: per sample-mean brightness bin, share of pixels, coverage of the central
+    interval (target ``level`` +- ``target``) and mean interval width."""
+    level = cal["level"]
+    rows = [("bin", "mean range", "pixels", f"{level:.0%} coverage", "width", "")]
+    for b in [*cal["bins"], cal["overall"]]:
+        ok = abs(b["coverage"] - level) <= target if b["pixels"] else False
+        lo, hi = b["range"]
+        rows.append((b["name"], f"[{lo:g}, {hi:g}]", f"{b['share']:.1%}", f"{b['coverage']:.1%}",
+                     f"{b['width']:.2e}", "ok" if ok else "off"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows]
+    lines.append(f"{cal['samples']} samples per image; target {level:.0%} +- {target:.0%} per bin")
+    return "\n".join(lines)
+
+
 def format_table(result: dict[str, Any]) -> str:
     """Fixed-width tables: model vs bicubic (and the noise ceiling), then the physics metrics side by side."""
     rows = [("", "PSNR", "PSNR pooled", "SSIM", "MSE", "flux err")]
-    names = ("model", "bicubic", "ceiling") if result.get("ceiling") else ("model", "bicubic")
-    for name in names:
+    names = ("model", "sample_mean", "bicubic", "ceiling")
+    for name in [k for k in names if result.get(k)]:
         m = result[name]
         rows.append(
             (
@@ -67,6 +91,13 @@ def format_table(result: dict[str, Any]) -> str:
                 prow.append((label, fmt.format(phys["model"][key]), fmt.format(phys["bicubic"][key])))
         w = [max(len(r[i]) for r in prow) for i in range(3)]
         lines += ["", *("  ".join(c.rjust(x) for c, x in zip(r, w)) for r in prow)]
+    cal = result.get("calibration")
+    if cal:
+        lines.append(
+            f"\nsample mean of {cal['samples']}: {result['sample_mean']['psnr']:.3f} dB (one sample "
+            f"{result['model']['psnr']:.3f}); infinite-sample estimate {cal['mean_psnr_inf']:.3f} dB"
+        )
+        lines.append(format_calibration(cal))
     return "\n".join(lines)
 
 
@@ -140,8 +171,14 @@ def evaluate(
     ensemble: bool = False,
     limit: int = 0,
     quiet: bool = False,
+    samples: int = 1,
+    seed: int = 0,
 ) -> dict[str, Any]:
-    """Evaluate a generator and bicubic on one split of a shard directory; returns the JSON-able result."""
+    """Evaluate a generator and bicubic on one split of a shard directory; returns the JSON-able result.
+
+    ``samples`` > 1 (a stochastic generator only): also the mean of that many samples per image and the
+    calibration of their central 68 % interval; ``seed`` fixes their noise (rank r draws from seed + r).
+    """
     from hpc_sr.data.dataset import ShardDataset
 
     env = dist_env.DistEnv.from_environment()
@@ -152,6 +189,7 @@ def evaluate(
     try:
         model, payload = load_generator(checkpoint, ema=ema)
         model.to(device)
+        sampler = _Sampler(model, samples, seed + env.rank, device, ensemble) if samples != 1 else None
         scale = int(payload["scale"])
         dataset = ShardDataset(data, split=split, scale=scale)
         n = len(dataset) if not limit else min(limit, len(dataset))
@@ -182,6 +220,8 @@ def evaluate(
             saved += k
 
         def predict(lr: torch.Tensor) -> torch.Tensor:
+            if sampler is not None:
+                return sampler.draw(lr)
             return self_ensemble(model, lr) if ensemble else model(lr)
 
         science = ScienceMetrics(data, split, mine=list(range(env.rank, n, env.world_size)), scale=scale)
@@ -189,6 +229,8 @@ def evaluate(
         def on_batch(lr: torch.Tensor, sr: torch.Tensor, hr: torch.Tensor) -> None:
             save_pictures(lr, sr, hr)
             science.update(lr, sr, hr)
+            if sampler is not None:
+                sampler.update(hr)
 
         bar = tqdm(loader, desc=f"evaluate {split}", disable=quiet or not env.is_main, unit="batch")
         res = evaluate_batches(predict, bar, scale, device, on_batch=on_batch)
@@ -204,6 +246,8 @@ def evaluate(
             "step": payload.get("step"),
             **science.compute(device, res.model, res.bicubic),
         }
+        if sampler is not None:
+            result.update(sampler.compute(device))
         if env.is_main:
             if not quiet:
                 print(format_table(result))
@@ -216,3 +260,51 @@ def evaluate(
     finally:
         if started_dist:
             dist_env.shutdown_distributed(wait_for_peers=finished)
+
+
+class _Sampler:
+    """``samples`` draws per image of a stochastic generator: the first is the ``model`` row's SR image; the
+    mean and the calibration sums accumulate (hpc_sr.eval.uncertainty), reduced over ranks in compute()."""
+
+    def __init__(self, model: torch.nn.Module, samples: int, seed: int, device: torch.device,
+                 ensemble: bool) -> None:
+        from hpc_sr.eval.metrics import MetricAccumulator
+        from hpc_sr.eval.uncertainty import CalibrationAccumulator, interval_positions
+
+        noise = int(getattr(model, "noise_channels", 0))
+        if noise <= 0:
+            raise EvaluateError(
+                f"--samples {samples}: the generator is deterministic (model.g.noise_channels={noise}), "
+                "every sample would be the same; drop --samples or evaluate a stochastic generator"
+            )
+        if ensemble:
+            raise EvaluateError("--samples and --self-ensemble cannot be combined")
+        try:
+            interval_positions(samples)
+        except ValueError as exc:
+            raise EvaluateError(f"--samples {samples}: {exc}") from None
+        self.model, self.samples = model, samples
+        self.gen = torch.Generator(device).manual_seed(seed)
+        self.mean, self.cal = MetricAccumulator(), CalibrationAccumulator()
+        self.last: torch.Tensor | None = None
+
+    def draw(self, lr: torch.Tensor) -> torch.Tensor:
+        from hpc_sr.eval.uncertainty import draw_samples
+
+        raw = draw_samples(self.model, lr, self.samples, self.gen, clamp=False)
+        self.last = raw.clamp(0.0, 1.0)
+        return raw[0]  # as the generator gives it (unclamped: the physics rows see an exact LR residual)
+
+    def update(self, hr: torch.Tensor) -> None:
+        assert self.last is not None
+        self.mean.update(self.last.double().mean(0), hr)
+        self.cal.update(self.last, hr)
+        self.last = None
+
+    def compute(self, device: torch.device) -> dict[str, Any]:
+        from hpc_sr.eval.loop import reduce_accumulator
+
+        for acc in (self.mean, self.cal):
+            reduce_accumulator(acc, device)
+        cal = {**self.cal.compute(), "samples": self.samples}
+        return {"sample_mean": self.mean.compute(), "calibration": cal}

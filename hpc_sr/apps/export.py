@@ -10,6 +10,8 @@ file, an ONNX ``metadata_props`` entry. Every export is checked against PyTorch 
 than the example it was made from, before the file is (atomically) written; a shape-dependent Python branch
 that the exporter froze is an :class:`ExportError` naming the arch. Inputs are float32 ``(N, C, h, w)`` with
 any N, h, w; outputs ``(N, C, scale*h, scale*w)``; the ONNX graph's input is named ``lr``, its output ``sr``.
+A stochastic generator (``noise_channels > 0``) is refused (:class:`ExportError`): its noise input is not part
+of the exported interface; use its plain generator file (``state_dict``) with ``hpc_sr.load_generator``.
 
 Loading without hpc_sr::
 
@@ -121,10 +123,21 @@ def export_metadata(model: nn.Module, meta: dict[str, Any] | None = None) -> dic
     return info
 
 
-def _prepare(model: nn.Module) -> nn.Module:
-    """A float32, CPU, eval-mode copy (the caller's model is left as it was); DDP/DP wrappers removed."""
+def _prepare(model: nn.Module, fmt: str) -> nn.Module:
+    """A float32, CPU, eval-mode copy (the caller's model is left as it was); DDP/DP wrappers removed.
+
+    A stochastic generator (``noise_channels > 0``) is an ExportError naming the format.
+    """
     if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
         model = model.module
+    noise = int(getattr(model, "noise_channels", 0) or 0)
+    if noise > 0:
+        arch = getattr(model, "arch", type(model).__name__)
+        raise ExportError(
+            f"arch {arch!r}: a stochastic generator (noise_channels={noise}) cannot be exported as {fmt}: "
+            "its noise input is not part of the exported interface; export the plain generator file "
+            "(format state_dict, `hpc-sr ckpt export`) and load it with hpc_sr.load_generator"
+        )
     return copy.deepcopy(model).float().cpu().eval().requires_grad_(False)
 
 
@@ -187,7 +200,7 @@ def export_torchscript(
         if method not in TORCHSCRIPT_METHODS:
             valid = ", ".join(TORCHSCRIPT_METHODS)
             raise ExportError(f"unknown TorchScript method {method!r}; valid: {valid}")
-    m = _prepare(model)
+    m = _prepare(model, "TorchScript")
     info = export_metadata(m, meta)
     arch = info["arch"]
     example, check = _inputs(info["in_channels"], example_hw)
@@ -310,7 +323,7 @@ def export_onnx(
     for name in exporters:
         if name not in _ONNX_EXPORTERS:
             raise ExportError(f"unknown ONNX exporter {name!r}; valid: {', '.join(ONNX_EXPORTERS)}")
-    m = _prepare(model)
+    m = _prepare(model, "ONNX")
     info = export_metadata(m, meta)
     arch = info["arch"]
     example, check = _inputs(info["in_channels"], example_hw)

@@ -373,7 +373,13 @@ class MemoryStream(EpochPosition):
 def shard_source(data: DataConfig, seed: int, env: DistEnv, device: torch.device, micro_batch: int) -> Any:
     """HDF5 shards: DataLoader streams for ``loader: item | block``, the batched resident stream otherwise."""
     if data.loader in ("memory", "device"):
-        return MemoryStream(data, seed, env, device, micro_batch)
+        if data.memory_copies not in (0, 1, 4):
+            raise DataError(f"data.memory_copies={data.memory_copies!r}: valid: 0 (auto), 1, 4")
+        if data.chunk_samples < 1:
+            raise DataError(f"data.chunk_samples={data.chunk_samples!r} must be >= 1")
+        copies = {0: None, 1: False, 4: True}[data.memory_copies]
+        chunk = data.chunk_samples
+        return MemoryStream(data, seed, env, device, micro_batch, copies=copies, chunk_samples=chunk)
     return ShardStream(data, seed, env, device, micro_batch)
 
 

@@ -66,7 +66,7 @@ class EDSR(SRGenerator):
     def __init__(self, opts: EDSROptions, scale: int, common: GeneratorCommon) -> None:
         super().__init__(scale, common)
         c = opts.channels
-        self.head = nn.Conv2d(common.in_channels, c, 3, padding=1)
+        self.head = nn.Conv2d(self.net_in_channels, c, 3, padding=1)
         self.body = nn.Sequential(
             *[EDSRBlock(c, opts.res_scale) for _ in range(opts.blocks)],
             nn.Conv2d(c, c, 3, padding=1),

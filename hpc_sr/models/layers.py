@@ -4,18 +4,24 @@
         def __init__(self, opts, scale, common):
             super().__init__(scale, common)
             ...
+            self.head = nn.Conv2d(self.net_in_channels, c, 3, padding=1)   # LR (+ noise) channels
             self.tail = nn.Conv2d(c, common.in_channels, 3, padding=1)
             self.zero_init_if_skip(self.tail)    # untrained model == bicubic
-        def predict(self, lr): ...               # (N,C,h,w) -> (N,C,s*h,s*w)
+        def predict(self, x): ...                # (N,C[+K],h,w) -> (N,C,s*h,s*w)
 
 ``SRGenerator.forward`` adds bicubic(LR) when ``bicubic_skip`` and projects onto the LR-consistent images when
 ``lr_consistent``; it holds no parameters, so state_dict keys are the arch's own.
+
+A stochastic generator (``noise_channels`` K > 0) gets K channels of N(0, 1) noise at LR resolution beside
+the LR channels (``forward(lr, noise=None)`` draws them when not given): each call is one sample. The bicubic
+skip and the projection use the real LR channels only, so every sample is exactly LR-consistent.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -54,6 +60,14 @@ class SRGenerator(nn.Module):
         self.in_channels = common.in_channels
         self.bicubic_skip = common.bicubic_skip
         self.lr_consistent = common.lr_consistent
+        self.noise_channels = int(common.noise_channels)
+        if self.noise_channels < 0:
+            raise ValueError(f"{type(self).__name__}: noise_channels={self.noise_channels} must be >= 0")
+
+    @property
+    def net_in_channels(self) -> int:
+        """Channels the network's first layer takes: the image's, plus the noise channels."""
+        return self.in_channels + self.noise_channels
 
     def zero_init_if_skip(self, layer: nn.Module) -> None:
         """Zero the last layer's weights and bias when the bicubic skip is on: untrained output == bicubic."""
@@ -64,8 +78,15 @@ class SRGenerator(nn.Module):
     def predict(self, lr: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def forward(self, lr: Tensor) -> Tensor:
-        out = self.predict(lr)
+    def forward(self, lr: Tensor, noise: Tensor | None = None) -> Tensor:
+        """One SR image per LR image; a stochastic generator's sample for ``noise`` (drawn when None)."""
+        x = lr
+        if self.noise_channels > 0:
+            if noise is None:
+                shape = (lr.shape[0], self.noise_channels, lr.shape[2], lr.shape[3])
+                noise = torch.randn(shape, device=lr.device, dtype=lr.dtype)
+            x = torch.cat([lr, noise.to(lr.dtype)], dim=1)
+        out = self.predict(x)
         if self.bicubic_skip:
             out = out + bicubic(lr, self.scale)
         if self.lr_consistent:

@@ -107,14 +107,42 @@ def ssim_loss(sr: Tensor, hr: Tensor) -> Tensor:
     return 1.0 - ssim
 
 
+def crps_ensemble(samples: Tensor, target: Tensor) -> Tensor:
+    """Mean over pixels of the fair (ensemble) CRPS of ``samples`` (M, ...) for ``target`` (...), M >= 2.
+
+    Per pixel: mean_i |x_i - y| - 1/(2 M (M-1)) sum_{i != j} |x_i - x_j|, an unbiased estimate of the CRPS
+    of the distribution the samples come from: a proper score, lowest in expectation when that distribution
+    is the true one (so it trains calibrated spread; a pixel loss on each sample shrinks it instead). With
+    identical samples it is the MAE.
+    """
+    m = samples.shape[0]
+    if m < 2:
+        raise ValueError(f"crps_ensemble: needs at least 2 samples per input, got {m}")
+    if samples.shape[1:] != target.shape:
+        raise ValueError(
+            f"crps_ensemble: samples {tuple(samples.shape)} do not match target {tuple(target.shape)}"
+        )
+    skill = (samples - target.unsqueeze(0)).abs().mean(0)
+    # sum_{i != j} |x_i - x_j| = 2 sum_k (2k - M - 1) x_(k) over the sorted samples (k = 1..M): O(M) memory
+    k = torch.arange(1, m + 1, device=samples.device, dtype=samples.dtype)
+    w = (2 * k - m - 1).reshape(m, *([1] * target.ndim))
+    spread = (w * samples.sort(0).values).sum(0) / (m * (m - 1))
+    return (skill - spread).mean()
+
+
 # ----------------------------------------------------------------------------------------------- terms
 @dataclass
 class LossInputs:
-    """What a term may look at: SR and HR (float32), LR, and D's outputs in the GAN phase."""
+    """What a term may look at: SR and HR (float32), LR, and D's outputs in the GAN phase.
+
+    With a stochastic generator the batch holds ``samples`` draws per input, sample-major: row ``m * B + b``
+    is sample m of input b (``sr.unflatten(0, (samples, -1))``); HR and LR are repeated alike.
+    """
 
     sr: Tensor
     hr: Tensor
     lr: Tensor
+    samples: int = 1
     fake_logits: Tensor | None = None
     real_logits: Tensor | None = None  # on HR, without gradient
     fake_feats: list[Tensor] = field(default_factory=list)
@@ -260,3 +288,18 @@ class FeatureMatchingLoss(LossTerm):
 
     def __call__(self, x: LossInputs) -> Tensor:
         return feature_matching_loss([f.float() for f in x.real_feats], [f.float() for f in x.fake_feats])
+
+
+@register_loss("crps", NoOptions)
+class CRPSLoss(LossTerm):
+    """Fair ensemble CRPS of the samples per input (``train.samples_per_input`` >= 2): calibrated spread."""
+
+    def __call__(self, x: LossInputs) -> Tensor:
+        if x.samples < 2:
+            raise ValueError(
+                f"loss term 'crps' needs >= 2 samples per input, got {x.samples} "
+                "(a stochastic generator, model.g.noise_channels > 0, and train.samples_per_input >= 2)"
+            )
+        sr = x.sr.unflatten(0, (x.samples, -1))
+        hr = x.hr.float().unflatten(0, (x.samples, -1))[0]
+        return crps_ensemble(sr, hr)

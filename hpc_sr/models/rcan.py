@@ -107,7 +107,7 @@ class RCAN(SRGenerator):
     def __init__(self, opts: RCANOptions, scale: int, common: GeneratorCommon) -> None:
         super().__init__(scale, common)
         c = opts.channels
-        self.head = nn.Conv2d(common.in_channels, c, 3, padding=1)
+        self.head = nn.Conv2d(self.net_in_channels, c, 3, padding=1)
         self.body = nn.Sequential(
             *[ResidualGroup(c, opts.blocks, opts.squeeze, opts.res_scale) for _ in range(opts.groups)],
             nn.Conv2d(c, c, 3, padding=1),

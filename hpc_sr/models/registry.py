@@ -35,6 +35,7 @@ class GeneratorCommon:
     in_channels: int = 1
     bicubic_skip: bool = True  # output = bicubic(LR) + net(LR); the last layer starts at zero
     lr_consistent: bool = False  # project the output onto images whose s x s means equal the input
+    noise_channels: int = 0  # > 0: N(0, 1) noise channels concatenated to LR (a stochastic generator)
 
 
 @dataclass(frozen=True)
@@ -165,11 +166,15 @@ def generator_spec(g: Any) -> dict[str, Any]:
     """
     g = g if isinstance(g, dict) else dataclasses.asdict(g)
     arch = str(g.get("arch", "srresnet"))
+    noise = coerce_value("model.g.noise_channels", g.get("noise_channels", 0), int)
+    if noise < 0:
+        raise ConfigError(f"model.g.noise_channels: expected an integer >= 0, got {noise!r}")
     return {
         "arch": arch,
         "options": options_dict(generator_options(arch, g.get("options"))),
         "bicubic_skip": bool(g.get("bicubic_skip", True)),
         "lr_consistent": bool(g.get("lr_consistent", False)),
+        "noise_channels": noise,  # absent from files written before it existed: 0
     }
 
 
@@ -183,7 +188,10 @@ def discriminator_spec(d: Any) -> dict[str, Any]:
 def generator_from_spec(spec: dict[str, Any], scale: int, in_channels: int = 1) -> nn.Module:
     """Build the generator a :func:`generator_spec` describes."""
     common = GeneratorCommon(
-        in_channels=in_channels, bicubic_skip=spec["bicubic_skip"], lr_consistent=spec["lr_consistent"]
+        in_channels=in_channels,
+        bicubic_skip=spec["bicubic_skip"],
+        lr_consistent=spec["lr_consistent"],
+        noise_channels=int(spec.get("noise_channels", 0)),
     )
     return build_generator(spec["arch"], spec["options"], scale, common)
 

@@ -99,7 +99,7 @@ class RRDBNet(SRGenerator):
     def __init__(self, opts: RRDBOptions, scale: int, common: GeneratorCommon) -> None:
         super().__init__(scale, common)
         c, cin = opts.channels, common.in_channels
-        self.head = _conv3(cin, c)
+        self.head = _conv3(self.net_in_channels, c)
         self.body = nn.Sequential(*[RRDB(c, opts.growth, opts.res_scale) for _ in range(opts.blocks)])
         self.trunk_tail = _conv3(c, c)
         self.upsample = NearestConvUpsampler(c, scale)

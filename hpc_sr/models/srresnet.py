@@ -57,7 +57,7 @@ class SRResNet(SRGenerator):
     def __init__(self, opts: SRResNetOptions, scale: int, common: GeneratorCommon) -> None:
         super().__init__(scale, common)
         c, bn = opts.channels, opts.batch_norm
-        self.head = nn.Sequential(nn.Conv2d(common.in_channels, c, 9, padding=4), nn.PReLU(c))
+        self.head = nn.Sequential(nn.Conv2d(self.net_in_channels, c, 9, padding=4), nn.PReLU(c))
         self.body = nn.Sequential(*[ResidualBlock(c, bn, opts.res_scale) for _ in range(opts.blocks)])
         trunk: list[nn.Module] = [nn.Conv2d(c, c, 3, padding=1, bias=not bn)]
         if bn:

@@ -206,7 +206,7 @@ class SwinIR(SRGenerator):
         c, cin, ws = opts.embed_dim, common.in_channels, opts.window_size
         self.window_size = ws
         self.shift = ws // 2
-        self.head = nn.Conv2d(cin, c, 3, padding=1)
+        self.head = nn.Conv2d(self.net_in_channels, c, 3, padding=1)
         self.embed_norm = nn.LayerNorm(c)
         self.stages = nn.ModuleList(
             RSTB(c, d, h, ws, opts.mlp_ratio) for d, h in zip(opts.depths, opts.num_heads)

@@ -31,7 +31,30 @@ def check_config(cfg: Config) -> None:
         raise ConfigError(
             "train.losses: every term needs the discriminator; add a pixel term for pretraining"
         )
+    samples = samples_per_input(cfg)
+    if samples < 2 and any(t.name == "crps" for t in terms):
+        raise ConfigError(
+            f"train.losses: the crps term needs >= 2 samples per input, got "
+            f"train.samples_per_input={samples} (model.g.noise_channels={cfg.model.g.noise_channels}; a "
+            "stochastic generator needs noise_channels > 0)"
+        )
     check_source(cfg.data)
+
+
+def samples_per_input(cfg: Config) -> int:
+    """Samples drawn per LR input in a training step: ``train.samples_per_input``, or when 0 (auto) 2 for a
+    stochastic generator (``model.g.noise_channels > 0``) and 1 otherwise. ConfigError naming the key."""
+    n, noise = cfg.train.samples_per_input, cfg.model.g.noise_channels
+    if n < 0:
+        raise ConfigError(f"train.samples_per_input: expected an integer >= 0 (0 = auto), got {n}")
+    if n == 0:
+        return 2 if noise > 0 else 1
+    if n > 1 and noise <= 0:
+        raise ConfigError(
+            f"train.samples_per_input={n}: a deterministic generator (model.g.noise_channels={noise}) gives "
+            "the same output for every sample; use 1 (or 0 = auto), or set model.g.noise_channels > 0"
+        )
+    return n
 
 
 def build_generator(model: ModelConfig, scale: int) -> nn.Module:

@@ -48,6 +48,7 @@ class StepOptions:
     adversarial_kind: str = "ragan"
     channels_last: bool = False
     poison: bool = False  # fault injection: make this step's G loss NaN (hpc_sr.train.faults)
+    samples_per_input: int = 1  # > 1: each LR (and HR) repeated, sample-major, for a stochastic generator
 
 
 @dataclass
@@ -66,10 +67,16 @@ def _not_finite(loss: Tensor) -> Tensor:
 
 
 def generator_terms(
-    terms: list[WeightedTerm], sr: Tensor, hr: Tensor, lr: Tensor, d_raw: torch.nn.Module | None
+    terms: list[WeightedTerm],
+    sr: Tensor,
+    hr: Tensor,
+    lr: Tensor,
+    d_raw: torch.nn.Module | None,
+    samples: int = 1,
 ) -> dict[str, Tensor]:
-    """Weighted loss terms of G on one micro-batch (D terms only when ``d_raw`` is given)."""
-    x = LossInputs(sr=sr.float(), hr=hr, lr=lr)
+    """Weighted loss terms of G on one micro-batch (D terms only when ``d_raw`` is given); ``samples`` draws
+    per input, sample-major (see :class:`~hpc_sr.models.losses.LossInputs`)."""
+    x = LossInputs(sr=sr.float(), hr=hr, lr=lr, samples=samples)
     active = [t for t in terms if d_raw is not None or not t.term.needs_discriminator]
     if d_raw is not None and any(t.term.needs_discriminator for t in active):
         d_raw.requires_grad_(False)  # D frozen in the G step; called without its DDP/engine wrapper
@@ -100,6 +107,8 @@ def optimizer_step(
     for micro in range(opts.grad_accum):
         t0 = time.perf_counter()
         lr, hr = next_batch()
+        if opts.samples_per_input > 1:  # M samples of each input: rows m * B + b (sample-major)
+            lr, hr = lr.repeat(opts.samples_per_input, 1, 1, 1), hr.repeat(opts.samples_per_input, 1, 1, 1)
         if opts.channels_last:
             lr = lr.contiguous(memory_format=torch.channels_last)
         res.data_time += time.perf_counter() - t0
@@ -107,7 +116,7 @@ def optimizer_step(
         with b.accumulate("g", last):
             with b.autocast():
                 sr = b.model("g")(lr)
-                parts = generator_terms(terms, sr, hr, lr, d_raw)
+                parts = generator_terms(terms, sr, hr, lr, d_raw, opts.samples_per_input)
             loss = torch.stack([p.float() for p in parts.values()]).sum()
             if opts.poison:
                 loss = loss * float("nan")

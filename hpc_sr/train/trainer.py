@@ -38,7 +38,13 @@ from hpc_sr.train.checkpoint import (
     resolved_model,
     step_dirname,
 )
-from hpc_sr.train.components import build_discriminator, build_generator, build_loss_terms, check_config
+from hpc_sr.train.components import (
+    build_discriminator,
+    build_generator,
+    build_loss_terms,
+    check_config,
+    samples_per_input,
+)
 from hpc_sr.train.ema import ModelEMA
 from hpc_sr.train.logger import RunLogger, peak_memory_mb
 from hpc_sr.train.meter import StepMeter, format_eta
@@ -120,7 +126,11 @@ class Trainer:
         self.ema = ModelEMA(self.backend.module("g"), t.ema_decay) if t.ema_decay > 0 else None
         self.terms, adv_kind = build_loss_terms(cfg)
         self.step_opts = StepOptions(
-            grad_accum=t.grad_accum, n_d=t.n_d, adversarial_kind=adv_kind, channels_last=t.channels_last
+            grad_accum=t.grad_accum,
+            n_d=t.n_d,
+            adversarial_kind=adv_kind,
+            channels_last=t.channels_last,
+            samples_per_input=samples_per_input(cfg),
         )
 
         self.stream = make_train_stream(cfg.data, t.seed, env, device, self.micro)

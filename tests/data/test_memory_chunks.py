@@ -167,3 +167,19 @@ def test_staged_stream_gives_the_same_batches_and_kept_batches_stay_valid(shards
     later = _take(staged, 9)  # 4+ more chunks through the same two buffers
     assert _same(kept, copies)  # the batches handed out were never overwritten
     assert _same(_take(plain, 12), kept + later)
+
+
+def test_config_keys_choose_layout_and_chunk_and_name_bad_values(shards: Path) -> None:
+    from hpc_sr.data.streams import shard_source
+    from hpc_sr.errors import DataError
+
+    env = DistEnv()
+    one = shard_source(_data(shards, memory_copies=1, chunk_samples=8), 0, env, CPU, 4)
+    four = shard_source(_data(shards, memory_copies=4, chunk_samples=64), 0, env, CPU, 4)
+    assert isinstance(one, MemoryStream) and isinstance(four, MemoryStream)
+    assert (one.chunk, four.chunk) == (2, 16) and (one.pairs.copies, four.pairs.copies) == (False, True)
+    assert _same(_take(one, 5), _take(four, 5))  # same samples whatever the layout and chunk
+    with pytest.raises(DataError, match=r"data\.memory_copies=3"):
+        shard_source(_data(shards, memory_copies=3), 0, env, CPU, 4)
+    with pytest.raises(DataError, match=r"data\.chunk_samples=0"):
+        shard_source(_data(shards, chunk_samples=0), 0, env, CPU, 4)

@@ -1,0 +1,54 @@
+"""`hpc-sr evaluate --samples N`: sample-mean metrics and the calibration table of a stochastic generator."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from hpc_sr.apps.evaluate import EvaluateError, evaluate, format_table
+from hpc_sr.models.registry import generator_from_spec, generator_spec
+from hpc_sr.train.checkpoint import generator_payload
+
+
+def generator_file(tmp_path: Path, noise: int) -> Path:
+    """A small RRDB G.pt whose last layer is not zero (so its samples differ), as an exported file."""
+    g_cfg = {
+        "arch": "rrdb",
+        "options": {"channels": 8, "blocks": 1, "growth": 4},
+        "lr_consistent": True,
+        "noise_channels": noise,
+    }
+    torch.manual_seed(0)
+    g = generator_from_spec(generator_spec(g_cfg), 2)
+    with torch.no_grad():
+        g.tail.weight.normal_(0, 0.01)
+    out = tmp_path / f"G{noise}.pt"
+    torch.save(generator_payload({"g": g_cfg}, 2, g.state_dict(), "test", 0), out)
+    return out
+
+
+def test_samples_give_the_sample_mean_and_calibration_rows(tiny_shards: Path, tmp_path: Path) -> None:
+    out = tmp_path / "eval.json"
+    result = evaluate(generator_file(tmp_path, 1), tiny_shards, json_out=out, samples=8, quiet=True)
+    saved = json.loads(out.read_text())
+    cal = saved["calibration"]
+    assert cal["samples"] == 8 and cal["level"] == 0.68 and cal["images"] == saved["n"] == 5
+    assert [b["name"] for b in cal["bins"]] == ["background", "faint", "bright"]
+    assert sum(b["pixels"] for b in cal["bins"]) == cal["overall"]["pixels"] == 5 * 32 * 32
+    assert 0.0 < cal["overall"]["coverage"] <= 1.0 and cal["overall"]["width"] > 0
+    assert saved["sample_mean"]["psnr"] == pytest.approx(cal["mean_psnr"], abs=1e-9)
+    assert saved["sample_mean"]["psnr"] != saved["model"]["psnr"]  # the mean of 8 is not one sample
+    again = evaluate(generator_file(tmp_path, 1), tiny_shards, samples=8, quiet=True)
+    assert again["calibration"] == result["calibration"]  # seeded
+    table = format_table(result)
+    assert "sample_mean" in table and "68% coverage" in table and "background" in table
+
+
+def test_samples_of_a_deterministic_generator_is_a_clear_error(tiny_shards: Path, tmp_path: Path) -> None:
+    with pytest.raises(EvaluateError, match=r"--samples 8: the generator is deterministic"):
+        evaluate(generator_file(tmp_path, 0), tiny_shards, samples=8, quiet=True)
+    with pytest.raises(EvaluateError, match=r"--samples 4: .*at least 6 samples"):
+        evaluate(generator_file(tmp_path, 1), tiny_shards, samples=4, quiet=True)

@@ -1,0 +1,196 @@
+"""Stochastic generators (model.g.noise_channels): noise input, crps term, config checks, a tiny run."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+import hpc_sr
+from hpc_sr.apps.export import ExportError, export_onnx, export_torchscript
+from hpc_sr.config import ConfigError, load_config
+from hpc_sr.dist.env import DistEnv
+from hpc_sr.models.layers import bicubic, lr_consistency_projection
+from hpc_sr.models.losses import LossInputs, build_losses, crps_ensemble
+from hpc_sr.models.registry import GENERATORS, GeneratorCommon, build_generator, generator_names
+from hpc_sr.train.checkpoint import load_generator
+from hpc_sr.train.components import check_config, samples_per_input
+from hpc_sr.train.trainer import Trainer
+from tests.conftest import tiny_overrides
+
+
+def tiny(arch: str, noise: int, **common: bool) -> torch.nn.Module:
+    opts = dataclasses.asdict(GENERATORS[arch].options.tiny())
+    flags = {"bicubic_skip": False, **common}
+    torch.manual_seed(0)
+    return build_generator(arch, opts, 2, GeneratorCommon(noise_channels=noise, **flags)).eval()
+
+
+def first_conv(g: torch.nn.Module) -> torch.nn.Conv2d:
+    return next(m for m in g.modules() if isinstance(m, torch.nn.Conv2d))
+
+
+# ----------------------------------------------------------------------------------------------- generators
+def test_noise_channels_0_keeps_the_shipped_model_bit_identical() -> None:
+    g = hpc_sr.load_generator("deeplense-small")
+    assert g.noise_channels == 0 and first_conv(g).in_channels == 1
+    lr = torch.rand(2, 1, 13, 11)
+    with torch.no_grad():
+        old = lr_consistency_projection(g.predict(lr) + bicubic(lr, 2), lr, 2)  # the forward before noise
+        assert torch.equal(g(lr), old)
+
+
+@pytest.mark.parametrize("arch", generator_names())
+def test_noise_0_builds_the_same_weights_as_before(arch: str) -> None:
+    g = tiny(arch, 0)
+    assert first_conv(g).in_channels == 1 and g.net_in_channels == 1
+    sd0, sd1 = g.state_dict(), tiny(arch, 1).state_dict()
+    assert list(sd0) == list(sd1)  # same keys: only the first conv's input width changes
+    changed = [k for k in sd0 if sd0[k].shape != sd1[k].shape]
+    assert changed == [next(k for k in sd0 if k.endswith("weight"))]
+
+
+@pytest.mark.parametrize("arch", generator_names())
+def test_every_arch_samples_with_noise_and_each_sample_is_lr_consistent(arch: str) -> None:
+    g = tiny(arch, 1, lr_consistent=True)
+    assert first_conv(g).in_channels == 2 and g.net_in_channels == 2
+    lr = torch.rand(2, 1, 9, 11)
+    n1, n2 = torch.randn(2, 1, 9, 11), torch.randn(2, 1, 9, 11)
+    with torch.no_grad():
+        a, a2, b, drawn = g(lr, n1), g(lr, n1.clone()), g(lr, n2), g(lr)
+    assert a.shape == (2, 1, 18, 22)
+    assert torch.equal(a, a2)
+    assert (a - b).abs().max() > 1e-6 and (a - drawn).abs().max() > 1e-6
+    for sample in (a, b, drawn):
+        torch.testing.assert_close(F.avg_pool2d(sample, 2), lr, rtol=0, atol=1e-6)
+
+
+def test_the_bicubic_skip_uses_only_the_lr_channels() -> None:
+    g = build_generator("edsr", {"channels": 4, "blocks": 1}, 2, GeneratorCommon(noise_channels=2))
+    lr = torch.rand(1, 1, 8, 8)
+    with torch.no_grad():  # the tail starts at zero: every sample is bicubic(LR), whatever the noise
+        assert torch.equal(g(lr, torch.randn(1, 2, 8, 8)), bicubic(lr, 2))
+
+
+# ----------------------------------------------------------------------------------------------- crps
+def test_crps_equals_hand_computed_values() -> None:
+    # M=2: (|1-3| + |2-3|)/2 - (|1-2| + |2-1|)/4 = 1;  M=3: (2 + 1 + 2)/3 - 2 (1 + 4 + 3)/12 = 1/3
+    assert float(crps_ensemble(torch.tensor([[1.0], [2.0]]), torch.tensor([3.0]))) == pytest.approx(1.0)
+    # the truth between two samples: no skill penalty beyond their spread
+    assert float(crps_ensemble(torch.tensor([[1.0], [3.0]]), torch.tensor([2.0]))) == pytest.approx(0.0)
+    three = crps_ensemble(torch.tensor([[0.0], [1.0], [4.0]]), torch.tensor([2.0]))
+    assert float(three) == pytest.approx(1 / 3)
+
+
+def test_crps_matches_the_pairwise_definition_and_identical_samples_give_the_mae() -> None:
+    torch.manual_seed(0)
+    x, y = torch.randn(5, 3, 4), torch.randn(3, 4)
+    pairs = (x.unsqueeze(0) - x.unsqueeze(1)).abs().sum((0, 1)) / (2 * 5 * 4)
+    torch.testing.assert_close(crps_ensemble(x, y), ((x - y).abs().mean(0) - pairs).mean())
+    same = x[:1].repeat(4, 1, 1).requires_grad_(True)
+    loss = crps_ensemble(same, y)
+    torch.testing.assert_close(loss, (x[0] - y).abs().mean())
+    loss.backward()  # shifting every sample moves the score as the MAE's gradient says
+    torch.testing.assert_close(same.grad.sum(0), torch.sign(x[0] - y) / y.numel())
+
+
+def test_crps_is_lowest_for_the_true_spread() -> None:
+    gen = torch.Generator().manual_seed(0)
+    y = torch.randn(200_000, generator=gen)
+    score = {s: float(crps_ensemble(s * torch.randn(2, 200_000, generator=gen), y)) for s in (0.5, 1.0, 2.0)}
+    assert score[1.0] < score[0.5] and score[1.0] < score[2.0]
+    mse_like = {s: float((s * torch.randn(200_000, generator=gen) - y).pow(2).mean()) for s in (0.5, 1.0)}
+    assert mse_like[0.5] < mse_like[1.0]  # a pixel loss on each sample prefers too little spread
+
+
+def test_the_crps_term_reads_the_sample_major_batch() -> None:
+    (term,) = build_losses([{"term": "crps"}])
+    hr = torch.rand(3, 1, 4, 4)
+    sr = torch.rand(6, 1, 4, 4)  # rows m * 3 + b
+    x = LossInputs(sr=sr, hr=hr.repeat(2, 1, 1, 1), lr=hr, samples=2)
+    torch.testing.assert_close(term.term(x), crps_ensemble(sr.reshape(2, 3, 1, 4, 4), hr))
+    with pytest.raises(ValueError, match="crps.*2 samples"):
+        term.term(LossInputs(sr=sr, hr=sr, lr=hr, samples=1))
+
+
+# ----------------------------------------------------------------------------------------------- config
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (["model.g.noise_channels=-1"], r"model\.g\.noise_channels: expected an integer >= 0"),
+        (["model.g.noise_channels=1.5"], r"model\.g\.noise_channels: expected an integer"),
+        (["train.samples_per_input=2"], r"train\.samples_per_input=2: a deterministic generator"),
+        (["model.g.noise_channels=1", "train.samples_per_input=-1"], r"train\.samples_per_input: expected"),
+        (["train.losses=[{term: pixel}, {term: crps}]"], r"train\.losses: the crps term needs >= 2"),
+        (
+            ["model.g.noise_channels=1", "train.samples_per_input=1", "train.losses=[{term: crps}]"],
+            r"train\.losses: the crps term needs >= 2 samples.*samples_per_input=1",
+        ),
+    ],
+)
+def test_config_errors_name_the_key(overrides: list[str], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        check_config(load_config(None, overrides))
+
+
+def test_samples_per_input_defaults() -> None:
+    assert samples_per_input(load_config(None, [])) == 1
+    assert samples_per_input(load_config(None, ["model.g.noise_channels=2"])) == 2
+    four = load_config(None, ["model.g.noise_channels=1", "train.samples_per_input=4"])
+    assert samples_per_input(four) == 4
+
+
+# ----------------------------------------------------------------------------------------------- training
+@pytest.fixture
+def one_rank_group(tmp_path: Path):  # noqa: ANN201
+    """A real gloo process group of world size 1 (the DDP back-end's collectives), torn down afterwards."""
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def test_a_tiny_stochastic_run_trains_and_its_checkpoint_reloads_with_the_noise_input(
+    one_rank_group: None, tiny_shards: Path, tmp_path: Path
+) -> None:
+    losses = "[{term: pixel, kind: mse}, {term: crps}, {term: adversarial, weight: 0.005}]"
+    over = tiny_overrides(
+        tiny_shards,
+        tmp_path,
+        steps=4,
+        pretrain=2,
+        **{
+            "model.g.arch": "rrdb",
+            "model.g.options": '{"channels": 8, "blocks": 1, "growth": 4}',
+            "model.g.lr_consistent": "true",
+            "model.g.noise_channels": 1,
+            "train.losses": losses,
+            "train.ckpt_every": 4,
+            "train.val_every": 4,
+            "log.tensorboard": "false",
+        },
+    )
+    trainer = Trainer(load_config(None, over), DistEnv(), torch.device("cpu"), resume="never")
+    assert trainer.step_opts.samples_per_input == 2
+    assert trainer.run() == 0
+    model, payload = load_generator(tmp_path / "tiny")
+    assert payload["generator"]["noise_channels"] == 1 and model.noise_channels == 1
+    assert first_conv(model).in_channels == 2
+    lr, noise = torch.rand(1, 1, 9, 11), torch.randn(1, 1, 9, 11)
+    with torch.no_grad():
+        torch.testing.assert_close(model(lr, noise), trainer.ema.module.eval()(lr, noise), rtol=0, atol=1e-6)
+        torch.testing.assert_close(F.avg_pool2d(model(lr), 2), lr, rtol=0, atol=1e-6)
+    text = (tmp_path / "tiny" / "metrics.jsonl").read_text()
+    assert '"loss_g_crps"' in text and '"loss_g_adversarial"' in text
+
+
+# ----------------------------------------------------------------------------------------------- export
+@pytest.mark.parametrize("export", [export_torchscript, export_onnx])
+def test_export_refuses_a_stochastic_generator(export: object, tmp_path: Path) -> None:
+    g = tiny("srresnet", 1)
+    with pytest.raises(ExportError, match=r"stochastic generator \(noise_channels=1\).*state_dict"):
+        export(g, tmp_path / "g.out")  # type: ignore[operator]
+    assert not (tmp_path / "g.out").exists()
