@@ -109,8 +109,9 @@ def optimizer_step(
         lr, hr = next_batch()
         if opts.samples_per_input > 1:  # M samples of each input: rows m * B + b (sample-major)
             lr, hr = lr.repeat(opts.samples_per_input, 1, 1, 1), hr.repeat(opts.samples_per_input, 1, 1, 1)
-        if opts.channels_last:
+        if opts.channels_last:  # HR too: D reads it (and SR, which a channels_last G already returns)
             lr = lr.contiguous(memory_format=torch.channels_last)
+            hr = hr.contiguous(memory_format=torch.channels_last)
         res.data_time += time.perf_counter() - t0
         last = micro == opts.grad_accum - 1
         with b.accumulate("g", last):
