@@ -82,6 +82,11 @@ def format_table(result: dict[str, Any]) -> str:
     if result.get("ceiling"):
         tail += (f"; noise ceiling {result['ceiling_gain_db']:+.3f} dB: the model has "
                  f"{result['ceiling_fraction']:.0%} of it")
+    if result.get("sample_mean"):  # a stochastic generator: 'model' is one sample; its mean is the estimate
+        mean_gain = result["sample_mean"]["psnr"] - result["bicubic"]["psnr"]
+        tail += f" (one sample)\nsample mean: gain over bicubic {mean_gain:+.3f} dB"
+        if result.get("ceiling"):
+            tail += f", {mean_gain / result['ceiling_gain_db']:.0%} of the noise ceiling"
     lines.append(tail)
     phys = result.get("physics")
     if phys:

@@ -45,6 +45,8 @@ def test_samples_give_the_sample_mean_and_calibration_rows(tiny_shards: Path, tm
     assert again["calibration"] == result["calibration"]  # seeded
     table = format_table(result)
     assert "sample_mean" in table and "68% coverage" in table and "background" in table
+    mean_gain = saved["sample_mean"]["psnr"] - saved["bicubic"]["psnr"]
+    assert f"(one sample)\nsample mean: gain over bicubic {mean_gain:+.3f} dB" in table
 
 
 def test_samples_of_a_deterministic_generator_is_a_clear_error(tiny_shards: Path, tmp_path: Path) -> None:
