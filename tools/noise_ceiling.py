@@ -24,7 +24,7 @@ from hpc_sr.data.lensing import PARAM_NAMES
 from hpc_sr.data.shards import load_manifest
 from hpc_sr.errors import DataError
 from hpc_sr.eval.metrics import MetricAccumulator, bicubic_upscale
-from hpc_sr.eval.physics import clean_images, lr_consistent_projection
+from hpc_sr.eval.physics import clean_images, lr_consistent_projection, noise_ceiling_estimate
 
 DEFAULT_PRESET = "deeplense_sr"
 
@@ -52,9 +52,16 @@ def split_preset(root: str) -> str:
 
 
 def ceiling(
-    root: str, split: str = "test", limit: int = 0, preset: str | None = None, batch: int = 32
+    root: str,
+    split: str = "test",
+    limit: int = 0,
+    preset: str | None = None,
+    batch: int = 32,
+    weighting: str = "equal",
 ) -> dict[str, dict[str, float]]:
-    """Metrics vs HR of bicubic, the noise-free HR and the ceiling (noise-free HR made LR-consistent)."""
+    """Metrics vs HR of bicubic, the noise-free HR and the ceiling (noise-free HR made LR-consistent; each
+    block's residual split equally, or by noise variance with ``weighting="variance"``: see
+    :func:`hpc_sr.eval.physics.noise_ceiling_estimate`)."""
     lr, hr, params, scale = read_split(root, split, limit)
     preset = preset or split_preset(root)
     acc = {name: MetricAccumulator() for name in ("bicubic", "noise_free", "ceiling")}
@@ -63,7 +70,11 @@ def ceiling(
         clean = clean_images(p, preset, hr.shape[-1])  # float64, clipped to [0, 1] as HR
         acc["bicubic"].update(bicubic_upscale(lo, scale), h)
         acc["noise_free"].update(clean, h)
-        acc["ceiling"].update(lr_consistent_projection(clean, lo, scale), h)
+        if weighting == "equal":
+            est = lr_consistent_projection(clean, lo, scale)
+        else:
+            est = noise_ceiling_estimate(lo, p, preset, scale, weighting=weighting)
+        acc["ceiling"].update(est, h)
     return {name: a.compute() for name, a in acc.items()}
 
 
@@ -77,10 +88,16 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help=f"the preset the set was simulated with (default: the manifest's, else {DEFAULT_PRESET})",
     )
+    ap.add_argument(
+        "--weighting",
+        default="equal",
+        choices=["equal", "variance"],
+        help="split each block's residual equally (the reference) or by the pixels' noise variance",
+    )
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     try:
-        result = ceiling(a.data, a.split, a.limit, a.preset)
+        result = ceiling(a.data, a.split, a.limit, a.preset, weighting=a.weighting)
     except DataError as exc:
         print(f"noise_ceiling: error: {exc}", file=sys.stderr)
         return 2

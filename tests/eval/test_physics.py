@@ -316,6 +316,11 @@ def test_noise_ceiling_beats_bicubic_and_equals_the_old_tool(
     assert main([str(shards), "--split", "train"]) == 0
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert last["split"] == "train" and last["ceiling"]["psnr"] == pytest.approx(tool["ceiling"]["psnr"])
+    var = ceiling(str(shards), split="train", weighting="variance")  # the conditional mean: a bit higher
+    assert var["bicubic"] == tool["bicubic"] and var["ceiling"]["psnr"] > tool["ceiling"]["psnr"]
+    assert main([str(shards), "--split", "train", "--weighting", "variance"]) == 0
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert last["ceiling"]["psnr"] == pytest.approx(var["ceiling"]["psnr"])
 
 
 def test_variance_weighted_ceiling_is_consistent_and_equal_weighting_for_uniform_noise(shards: Path) -> None:
