@@ -195,6 +195,17 @@ def ensure_process_group(device: torch.device) -> None:
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=store, rank=0, world_size=1)
 
 
+def precision_supported(precision: str) -> bool:
+    """Whether DeepSpeed's accelerator on this machine runs ``train.precision`` (DeepSpeed refuses the engine
+    otherwise; on CPU, fp16 needs oneDNN fp16 support, i.e. AVX512-FP16 or AMX, which depends on the host)."""
+    if precision == "fp32":
+        return True
+    from deepspeed.accelerator import get_accelerator
+
+    acc = get_accelerator()
+    return bool(acc.is_fp16_supported() if precision == "fp16" else acc.is_bf16_supported())
+
+
 class DeepSpeedBackend(Backend):
     """One DeepSpeed engine per registered model, each with a client torch AdamW."""
 
@@ -205,6 +216,13 @@ class DeepSpeedBackend(Backend):
         super().__init__(cfg, device, world_size)
         if cfg.train.compile:
             raise TrainingError("train.compile=true is not supported with dist.backend=deepspeed")
+        if not precision_supported(cfg.train.precision):
+            p = cfg.train.precision
+            raise TrainingError(
+                f"train.precision={p} with dist.backend=deepspeed: DeepSpeed's accelerator reports that this "
+                f"machine does not support {p} (on CPU, fp16 needs oneDNN fp16: AVX512-FP16 or AMX); use "
+                "train.precision=bf16 or fp32, or dist.backend=ddp (torch autocast)"
+            )
         self.ds_config = build_ds_config(cfg, world_size)
         self._names: list[str] = []
         self._engines: dict[str, Any] = {}
