@@ -194,13 +194,15 @@ def test_no_requeue_past_max_timeouts(slurm_cluster: Path, jobs: list[str], tmp_
 
 
 def test_time_limit_signal_requeues(slurm_cluster: Path, jobs: list[str], tmp_path: Path) -> None:
-    """A real time limit: --time=1 --signal=USR2@50 sends USR2 ~10-25 s in (slurmctld's timer is coarse);
-    the trainer stops, saves, counts it as a time-out and requeues. The requeued run is cancelled."""
+    """A real time limit: --time=2 --signal=USR2@80 sends USR2 ~40-55 s in (slurmctld's timer is coarse);
+    the trainer stops, saves, counts it as a time-out and requeues. The requeued run is cancelled.
+    (With --time=1 and USR2@50 the signal came ~10 s in: on a loaded CI machine, before Python had installed
+    its handler, which killed the task instead.)"""
     overrides = _tiny(tmp_path, "tl", 100000, **{"log.log_every": 10})
-    jid = _sbatch("train.sbatch", tmp_path, "tl", overrides, "-N1", "-n1", "-c1", "--time=1",
-                  "--signal=USR2@50")
+    jid = _sbatch("train.sbatch", tmp_path, "tl", overrides, "-N1", "-n1", "-c1", "--time=2",
+                  "--signal=USR2@80")
     jobs.append(jid)
-    wait_for(lambda: job_info(jid).get("Restarts") == "1", 90, f"job {jid} to be requeued at its time limit")
+    wait_for(lambda: job_info(jid).get("Restarts") == "1", 180, f"job {jid} to be requeued at its time limit")
     run = tmp_path / "tl"
     stop = metrics(run, "stop")
     assert len(stop) == 1 and stop[0]["reason"] == "SIGUSR2" and 0 < stop[0]["step"] < 100000
