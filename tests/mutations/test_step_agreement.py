@@ -41,6 +41,7 @@ def _worker(rank: int, store: str) -> int:
             weights = [float(v.double().sum()) for v in backend.module("g").state_dict().values()]
             out.append({"stop": res.stop_signal, "skipped": res.skipped, "weights": weights})
         print(json.dumps(out), flush=True)
+        dist.barrier()  # neither rank tears gloo down while the other still talks (CI saw an abort at exit)
         return 0
     finally:
         dist.destroy_process_group()
