@@ -47,6 +47,7 @@ class DataConfig:
     memory_copies: int = 0  # loader=memory: 4 = the split in 4 orientations (fast, 4x RAM), 1, 0 = auto
     chunk_samples: int = 512  # loader=memory|device: samples cropped and augmented per gather
     val_images: int = 0  # cap on validation images (0 = the whole val split)
+    target: Literal["hr", "clean"] = "hr"  # clean: noise-free HR of simulated data (memory|device, simulate)
     sim_device: str = (
         "cpu"  # where source=simulate generates batches ("cpu", "cuda", "auto" = training device)
     )

@@ -341,3 +341,32 @@ def build_dataset(
     if loader == "block":
         return BlockShardDataset(root, split, block_size=block_size, **kw)
     raise DataError(f"unknown loader {loader!r}; choose item, block or memory")
+
+
+def noise_free_split(root: str | Path, split: str = "train", batch: int = 64) -> np.ndarray:
+    """The noise-free HR of a simulated split (n,1,H,W) float32 in split order, re-rendered from the
+    parameters its shards record with the preset its manifest names (``data.target: clean``).
+
+    Raises DataError naming the directory if the set records no simulator parameters (packed from files)
+    or was made by another simulator version.
+    """
+    from hpc_sr.data.lensing import PARAM_NAMES, PRESETS, noise_free_hr
+    from hpc_sr.data.shards import read_split_params
+
+    m = load_manifest(root)
+    params = read_split_params(root, split)
+    preset = m.provenance.get("preset")
+    if params is None or m.provenance.get("command") != "simulate" or preset not in PRESETS:
+        raise DataError(
+            f"{root}: data.target=clean needs a simulated set (hpc-sr simulate) with recorded parameters; "
+            f"this one was made by {m.provenance.get('command')!r} (preset {preset!r})"
+        )
+    if list(m.param_names) != list(PARAM_NAMES):
+        raise DataError(
+            f"{root}: param_names {list(m.param_names)} are not this simulator's {list(PARAM_NAMES)}"
+        )
+    out = np.empty((len(params), *m.hr_shape), np.float32)
+    for s in range(0, len(params), batch):
+        p = torch.from_numpy(params[s : s + batch])
+        out[s : s + batch] = noise_free_hr(p, preset, m.hr_shape[-1]).numpy()
+    return out

@@ -244,6 +244,7 @@ class WindowBatch:
     lr: Tensor
     params: Tensor
     offsets: Tensor
+    clean: Tensor | None = None  # (N,1,w,w): the noise-free HR window, same peak and clamp (keep_clean=True)
 
 
 def _resolve_preset(preset: str | LensPreset) -> LensPreset:
@@ -478,18 +479,21 @@ class LensingSimulator:
         off = torch.randint(0, positions, (n, 2), generator=generator, device=gdev)
         return off.to(self.device).mul_(self.scale)
 
-    def sample_windows(self, n: int, window: int, generator: torch.Generator | None = None) -> WindowBatch:
+    def sample_windows(
+        self, n: int, window: int, generator: torch.Generator | None = None, keep_clean: bool = False
+    ) -> WindowBatch:
         """n (hr, lr) windows, each of its own parameters and at its own random aligned place in its image.
 
         ``window`` is the HR side, a multiple of ``scale`` (LR windows are window // scale). Only the windows
         (plus the PSF margin) and the small peak patches are rendered: see "Windows" in the module docstring.
         Draws from ``generator``: the parameters (as sample_params), the offsets, then the noise.
+        ``keep_clean``: also return each window before its noise (``WindowBatch.clean``), same draws.
         """
         if n < 1:
             raise DataError(f"number of windows n={n} must be >= 1")
         params = self.sample_params(n, generator)
         offsets = self.sample_offsets(n, window, generator)
-        return self._window_pairs(params, offsets, window, True, generator)
+        return self._window_pairs(params, offsets, window, True, generator, keep_clean)
 
     def window_pairs(
         self,
@@ -590,10 +594,17 @@ class LensingSimulator:
         return max(1, self._chunk_budget() // (side * side * self.supersample**2))
 
     def _window_pairs(
-        self, params: Tensor, offsets: Tensor, window: int, noise: bool, generator: torch.Generator | None
+        self,
+        params: Tensor,
+        offsets: Tensor,
+        window: int,
+        noise: bool,
+        generator: torch.Generator | None,
+        keep_clean: bool = False,
     ) -> WindowBatch:
         n, sc = params.shape[0], self.scale
         flux = torch.empty(n, 1, window, window, dtype=self.dtype, device=self.device)
+        clean_flux = torch.empty_like(flux) if keep_clean else None
         lr_flux = torch.empty(n, 1, window // sc, window // sc, dtype=self.dtype, device=self.device)
         coeffs = self._coeffs(params)
         chunk = self._window_chunk(window)
@@ -606,6 +617,8 @@ class LensingSimulator:
                 m = sc * -(-max(r, sc * ((c["psf_lr"].shape[1] - 1) // 2)) // sc)
             clean = self._region_clean(c, off - m, window + 2 * m)
             img = _blur_mm(clean[..., m - r : m + window + r, m - r : m + window + r], c["psf"])
+            if clean_flux is not None:
+                clean_flux[s : s + chunk] = img
             flux[s : s + chunk] = self._add_noise(img, c, generator) if noise else img
             if self.lr_mode == "independent":
                 img = self._window_lr(c, off, window, clean, m)
@@ -622,7 +635,8 @@ class LensingSimulator:
             lr = F.avg_pool2d(hr, sc)
         else:
             lr = lr_flux.div_(peak * sc**2).clamp_(0.0, 1.0)
-        return WindowBatch(hr=hr, lr=lr, params=params, offsets=offsets)
+        clean_hr = None if clean_flux is None else clean_flux.div_(peak).clamp_(0.0, 1.0)
+        return WindowBatch(hr=hr, lr=lr, params=params, offsets=offsets, clean=clean_hr)
 
     def _region_clean(self, c: dict[str, Tensor], top_left: Tensor, side: int) -> Tensor:
         """Unblurred flux (C,1,side,side) of the pixels from top_left (C,2) on, indices clamped to the image
@@ -775,6 +789,14 @@ class LensingSimulator:
             var = img.abs().div_(t).add_(bkg2)  # independent Gaussians: variances add
         z = torch.randn(img.shape, generator=generator, dtype=self.dtype, device=gdev).to(self.device)
         return z.mul_(var.sqrt()).add_(img)
+
+
+def noise_free_hr(params: Tensor, preset: str | LensPreset, hr_size: int) -> Tensor:
+    """The noise-free HR (N,1,H,W) of recorded params (N, len(PARAM_NAMES)), float64 on params' device:
+    ``render(params, noise=False) / hr_peak_flux`` clipped to [0, 1], the scaling HR had."""
+    p = params.detach().to(torch.float64)
+    sim = LensingSimulator(preset, hr_size=hr_size, scale=1, device=p.device, dtype=torch.float64)
+    return sim.render(p, noise=False).div_(p[:, _IDX["hr_peak_flux"]].reshape(-1, 1, 1, 1)).clamp_(0.0, 1.0)
 
 
 def simulate(n: int, preset: str = "deeplense_sr", seed: int = 0, **kw) -> SimBatch:

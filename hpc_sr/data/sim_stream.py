@@ -7,8 +7,9 @@ The worked example of a data source in one file (docs/ARCHITECTURE.md): a class 
 Renders on ``data.sim_device`` (``auto`` = the training device). With ``data.patch_size`` each sample gets its
 own random aligned window, and only that window (plus the PSF margin) is rendered
 (:meth:`~hpc_sr.data.lensing.LensingSimulator.sample_windows`); then each sample's flip/rotation
-(hpc_sr.data.augment), as the shard streams do. The torch generator's state is the stream position
-(checkpointed per rank); ranks draw from different seeds.
+(hpc_sr.data.augment), as the shard streams do. ``data.target: clean``: the target is each window before
+its noise (same peak scaling), so the loss sees no HR noise. The torch generator's state is the stream
+position (checkpointed per rank); ranks draw from different seeds.
 """
 
 from __future__ import annotations
@@ -45,10 +46,18 @@ class SimulatedStream:
             data.augment,
         )
         self.lr_hw = (lr_size, lr_size)
+        self.clean = data.target == "clean"
         self.device = device
 
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.patch:  # render each sample's own window only
+        if self.clean:  # the noise-free window as the target (whole images: a window of hr_size)
+            side = self.patch or self.lr_hw[0]
+            batch = self.sim.sample_windows(
+                self.micro_batch, side * self.scale, generator=self.generator, keep_clean=True
+            )
+            d = draw(self.micro_batch, (side, side), 0, self.augment, self.generator)
+            lr, hr = crop_and_augment(batch.lr, batch.clean, d, 0, self.scale)  # type: ignore[arg-type]
+        elif self.patch:  # render each sample's own window only
             batch = self.sim.sample_windows(
                 self.micro_batch, self.patch * self.scale, generator=self.generator
             )

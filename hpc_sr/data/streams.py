@@ -288,10 +288,12 @@ class MemoryStream(EpochPosition):
         chunk_samples: int = CHUNK_SAMPLES,
         staging: bool | None = None,
     ) -> None:
-        from hpc_sr.data.dataset import InMemoryShardDataset
+        from hpc_sr.data.dataset import InMemoryShardDataset, noise_free_split
 
         ds = InMemoryShardDataset(data.path, split="train", scale=data.scale)
         lr_np, hr_np = ds.arrays()
+        if data.target == "clean":  # the noise-free HR as the target (simulated sets only)
+            hr_np = noise_free_split(data.path, "train")
         check_patch(data.patch_size, tuple(lr_np.shape[-2:]), data.scale, data.path)
         check_enough(len(lr_np), micro_batch, env, data.path)
         home = device if data.loader == "device" else torch.device("cpu")
@@ -380,6 +382,11 @@ def shard_source(data: DataConfig, seed: int, env: DistEnv, device: torch.device
         copies = {0: None, 1: False, 4: True}[data.memory_copies]
         chunk = data.chunk_samples
         return MemoryStream(data, seed, env, device, micro_batch, copies=copies, chunk_samples=chunk)
+    if data.target != "hr":
+        raise ConfigError(
+            f"data.target={data.target!r} needs data.loader=memory or device (got {data.loader!r}) or "
+            "data.source=simulate"
+        )
     return ShardStream(data, seed, env, device, micro_batch)
 
 

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from hpc_sr.data.lensing import PARAM_NAMES, PRESETS, LensingSimulator, LensPreset, gaussian_blur
+from hpc_sr.data.lensing import PARAM_NAMES, PRESETS, LensPreset, gaussian_blur, noise_free_hr
 from hpc_sr.errors import DataError
 from hpc_sr.eval.metrics import SumAccumulator, psnr_from_mse
 
@@ -390,10 +390,7 @@ def clean_images(
 ) -> Tensor:
     """The noise-free HR (N,1,H,W) float64 on params' device: render(params, noise=False) / hr_peak_flux,
     clipped to [0, 1] as HR is (``param_names``, e.g. a manifest's, is checked if given)."""
-    p = _check_params(params, param_names)
-    sim = LensingSimulator(preset, hr_size=hr_size, scale=1, device=p.device, dtype=torch.float64)
-    img = sim.render(p, noise=False)
-    return (img / p[:, _P["hr_peak_flux"]].reshape(-1, 1, 1, 1)).clamp_(0.0, 1.0)
+    return noise_free_hr(_check_params(params, param_names), preset, hr_size)
 
 
 def noise_variance(params: Tensor, clean: Tensor) -> Tensor:
