@@ -12,9 +12,11 @@ trainer draws from: aligned random crops of ``--patch`` LR pixels and the 8 flip
 batched :class:`~hpc_sr.data.streams.MemoryStream` as the trainer builds it: chunks of ``CHUNK_SAMPLES``
 samples, on CPU the 4-orientation split and one row gather per chunk) and ``device`` (the split on the
 training device; on CPU the same as memory). ``--one-copy-rows`` adds ``memory 1-copy`` (the same chunked
-stream with one copy of the split and the per-pixel gather: what chunking alone gives). Baselines: ``v1
-whole`` is the v1-style in-memory read (a DataLoader over ``InMemoryShardDataset``, whole images, per-item
-``__getitem__`` + collate, no augmentation) and ``v1 per-item crop`` the same with per-item crop + augment.
+stream with one copy of the split and the per-pixel gather: what chunking alone gives); ``--page-ablation``
+adds ``memory 4K-pages`` (the 4-orientation split on ordinary pages instead of transparent huge pages).
+Baselines: ``v1 whole`` is the v1-style in-memory read (a DataLoader over ``InMemoryShardDataset``, whole
+images, per-item ``__getitem__`` + collate, no augmentation) and ``v1 per-item crop`` the same with
+per-item crop + augment.
 
 Gather alternatives (``alt:*``, measured here so that hpc_sr/data/augment.py can adopt the fastest): every one
 does what the v2.0 ``MemoryStream.__next__`` did per micro-batch (seed a generator, draw crops and transforms,
@@ -378,6 +380,14 @@ def bench(a: argparse.Namespace) -> dict[str, Any]:
                     )
                     setup_s[key] = time.perf_counter() - t0
                     meta[key] = {"reader": "memory 1-copy", "kind": "stream", "workers": 0}
+                if loader == "memory" and a.page_ablation:
+                    key = f"memory 4K-pages|{b}"
+                    t0 = time.perf_counter()
+                    tasks[key] = stream_task(
+                        MemoryStream(cfg.data, a.seed, env, device, b, huge_pages=False), b, device
+                    )
+                    setup_s[key] = time.perf_counter() - t0
+                    meta[key] = {"reader": "memory 4K-pages", "kind": "stream", "workers": 0}
             tasks[f"v1 whole|{b}"] = v1_task(whole, b, device)
             tasks[f"v1 per-item crop|{b}"] = v1_task(per_item, b, device)
             meta[f"v1 whole|{b}"] = {"reader": "v1 whole", "kind": "baseline", "workers": 0}
@@ -480,6 +490,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--no-alternatives", action="store_true", help="skip the alt:* gather rows")
     ap.add_argument("--cpu-device-rows", action="store_true", help="time loader=device on CPU too (= memory)")
     ap.add_argument("--one-copy-rows", action="store_true", help="also time the chunked stream with one copy")
+    ap.add_argument("--page-ablation", action="store_true",
+                    help="also time the memory stream with its split on 4 KiB pages (no huge pages)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tmp", default=None, help="work folder (default: a new temp folder, removed after)")
     ap.add_argument("--out", default=None, help="also write the JSON result to this file")

@@ -16,6 +16,10 @@ uses the per-pixel gather of :func:`crop_and_augment`. Both give the same pixels
 
 from __future__ import annotations
 
+import contextlib
+import math
+import mmap
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -180,16 +184,15 @@ def _row_table() -> Tensor:
 
 @dataclass(frozen=True)
 class Plan:
-    """Samples ``index`` of a resident split with their draws; with row gathers also each window's first-row
-    offsets (LR, HR) and row steps, computed once for the whole plan (an epoch) so a gather only slices."""
+    """Samples ``index`` of a resident split with their draws; with row gathers also the flat offset of
+    every window row (LR, HR: (n, C, p) int32 while the split allows, else int64), computed once for the
+    whole plan (an epoch) so a gather only slices."""
 
     index: Tensor
     draws: Draws
     patch: int
-    lr_start: Tensor | None = None
-    hr_start: Tensor | None = None
-    lr_step: Tensor | None = None
-    hr_step: Tensor | None = None
+    lr_rows: Tensor | None = None
+    hr_rows: Tensor | None = None
 
 
 class ResidentPairs:
@@ -199,16 +202,17 @@ class ResidentPairs:
         plan = pairs.plan(index, draws, patch)                 # once per epoch
         lr_p, hr_p = pairs.gather(plan, lo, hi)               # samples lo:hi of the plan
 
-    ``copies=True`` keeps the 4 orientations (square images only; else it falls back to one copy) and reads
-    whole window rows; ``copies=False`` keeps one copy and gathers per pixel (crop_and_augment). ``lr``/``hr``
-    are the split as given (a view of the first copy). ``out`` buffers of ``gather`` receive the result.
+    ``copies=True`` keeps the 4 orientations (square images only; else it falls back to one copy; in host
+    memory on transparent huge pages unless ``huge_pages=False``) and reads whole window rows;
+    ``copies=False`` keeps one copy and gathers per pixel (crop_and_augment). ``lr``/``hr`` are the split as
+    given (a view of the first copy). ``out`` buffers of ``gather`` receive the result.
     """
 
-    def __init__(self, lr: Tensor, hr: Tensor, scale: int, copies: bool) -> None:
+    def __init__(self, lr: Tensor, hr: Tensor, scale: int, copies: bool, huge_pages: bool = True) -> None:
         self.scale, self.n = scale, int(lr.shape[0])
         self.copies = copies and self.square(tuple(lr.shape), tuple(hr.shape))
         if self.copies:
-            self._lr4, self._hr4 = _four_copies(lr), _four_copies(hr)
+            self._lr4, self._hr4 = _four_copies(lr, huge_pages), _four_copies(hr, huge_pages)
             self.lr, self.hr = self._lr4[: self.n], self._hr4[: self.n]
         else:
             self.lr, self.hr = lr, hr
@@ -231,10 +235,10 @@ class ResidentPairs:
         c, rev = c_rev[:, 0], c_rev[:, 1]
         _, ch, s, _ = self.lr.shape
         p = patch or s
-        lr_start, lr_step = _row_starts(c, rev, index, d.y, d.x, s, p, ch, self.n)
+        lr_rows = _row_offsets(self._lr4, *_row_starts(c, rev, index, d.y, d.x, s, p, ch, self.n), p)
         k = self.scale
-        hr_start, hr_step = _row_starts(c, rev, index, d.y * k, d.x * k, s * k, p * k, ch, self.n)
-        return Plan(index, d, patch, lr_start, hr_start, lr_step, hr_step)
+        hr_first = _row_starts(c, rev, index, d.y * k, d.x * k, s * k, p * k, ch, self.n)
+        return Plan(index, d, patch, lr_rows, _row_offsets(self._hr4, *hr_first, p * k))
 
     def gather(
         self, plan: Plan, lo: int, hi: int, out: tuple[Tensor, Tensor] | None = None
@@ -249,19 +253,44 @@ class ResidentPairs:
             out[0].copy_(lr)
             out[1].copy_(hr)
             return out
-        assert plan.lr_start is not None and plan.hr_start is not None
-        assert plan.lr_step is not None and plan.hr_step is not None
-        p = plan.patch or self.lr.shape[-1]
+        assert plan.lr_rows is not None and plan.hr_rows is not None
         lr_out, hr_out = (None, None) if out is None else out
-        lr = _rows(self._lr4, plan.lr_start[lo:hi], plan.lr_step[lo:hi], p, lr_out)
-        hr = _rows(self._hr4, plan.hr_start[lo:hi], plan.hr_step[lo:hi], p * self.scale, hr_out)
-        return lr, hr
+        return _rows(self._lr4, plan.lr_rows[lo:hi], lr_out), _rows(self._hr4, plan.hr_rows[lo:hi], hr_out)
 
 
-def _four_copies(img: Tensor, block: int = 256) -> Tensor:
-    """(4N, C, s, s) contiguous: the N images in the 4 orientations, written in blocks (small temporaries)."""
+HUGE_PAGE_MIN_BYTES = 8 << 20  # host tensors from this size are backed by transparent huge pages (Linux)
+
+
+def empty_huge_pages(shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+    """``torch.empty(shape, dtype=dtype)`` in host memory advised for transparent huge pages.
+
+    A resident split is read at random windows: with 4 KiB pages every window row is a likely TLB miss
+    over a split of GBs, with 2 MiB pages the whole split stays within the TLB's reach. On Linux with THP
+    in ``madvise`` or ``always`` mode the tensor is a private anonymous mapping advised MADV_HUGEPAGE before
+    its first touch (the tensor keeps the mapping alive); elsewhere, or below ``HUGE_PAGE_MIN_BYTES``, a
+    plain ``torch.empty``.
+    """
+    nbytes = math.prod(shape) * dtype.itemsize
+    advise = getattr(mmap, "MADV_HUGEPAGE", None)
+    if nbytes < HUGE_PAGE_MIN_BYTES or advise is None or not hasattr(mmap, "MAP_ANONYMOUS"):
+        return torch.empty(shape, dtype=dtype)
+    buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    with contextlib.suppress(OSError):  # THP off in this kernel: ordinary pages, same tensor
+        buf.madvise(advise)
+    with warnings.catch_warnings():  # frombuffer warns about buffers it cannot tell are writable
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.frombuffer(buf, dtype=dtype).view(shape)
+
+
+def _four_copies(img: Tensor, huge_pages: bool = True, block: int = 256) -> Tensor:
+    """(4N, C, s, s) contiguous: the N images in the 4 orientations, written in blocks (small temporaries);
+    in host memory on transparent huge pages (:func:`empty_huge_pages`) with ``huge_pages``."""
     n = img.shape[0]
-    out = torch.empty((N_COPIES * n, *img.shape[1:]), dtype=img.dtype, device=img.device)
+    shape = (N_COPIES * n, *img.shape[1:])
+    if img.device.type == "cpu" and huge_pages:
+        out = empty_huge_pages(shape, img.dtype)
+    else:
+        out = torch.empty(shape, dtype=img.dtype, device=img.device)
     for c in range(N_COPIES):
         for i in range(0, n, block):
             j = min(n, i + block)
@@ -269,20 +298,21 @@ def _four_copies(img: Tensor, block: int = 256) -> Tensor:
     return out
 
 
-@lru_cache(maxsize=16)
-def _arange(p: int, device: str) -> Tensor:
-    return torch.arange(p, device=device).view(1, p)
-
-
-def _rows(copies: Tensor, start: Tensor, step: Tensor, p: int, out: Tensor | None) -> Tensor:
-    """Windows as ``p`` row reads each (one index_select of (n * C * p) rows of ``p`` elements)."""
+def _row_offsets(copies: Tensor, start: Tensor, step: Tensor, p: int) -> Tensor:
+    """(n, C, p) flat offsets of the ``p`` rows of each window (first row ``start``, row step ``step``) in
+    every channel of ``copies``; int32 while the split has fewer than 2**31 elements (half the index
+    reads)."""
     n, ch = start.shape[0], copies.shape[1]
-    view = copies.as_strided((copies.numel() - p + 1, p), (1, 1))
-    rows = torch.addcmul(start.view(n, 1), step.view(n, 1), _arange(p, str(start.device)))
+    rows = torch.addcmul(start.view(n, 1, 1), step.view(n, 1, 1), torch.arange(p, device=start.device))
     if ch > 1:
-        plane = copies.shape[-1] * copies.shape[-2]
-        chan = torch.arange(ch, device=start.device) * plane
-        rows = rows.view(n, 1, p) + chan.view(1, ch, 1)
+        rows = rows + (torch.arange(ch, device=start.device) * copies[0, 0].numel()).view(1, ch, 1)
+    return rows.to(torch.int32 if copies.numel() < 2**31 else torch.int64)
+
+
+def _rows(copies: Tensor, rows: Tensor, out: Tensor | None) -> Tensor:
+    """Windows (n, C, p, p) as one index_select of the n * C * p rows (offsets ``rows``) of p elements."""
+    n, ch, p = rows.shape
+    view = copies.as_strided((copies.numel() - p + 1, p), (1, 1))
     if out is None:
         return view.index_select(0, rows.reshape(-1)).view(n, ch, p, p)
     torch.index_select(view, 0, rows.reshape(-1), out=out.view(n * ch * p, p))

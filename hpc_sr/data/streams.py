@@ -272,7 +272,8 @@ class MemoryStream(EpochPosition):
     out one by one as views of the chunk (a fresh tensor per chunk: batches kept by the caller stay valid).
     Square images in host memory are kept in 4 orientations (``copies=True``; default up to
     ``FOUR_COPIES_MAX_BYTES``) so that each chunk is one row gather (:class:`~hpc_sr.data.augment
-    .ResidentPairs`; same pixels either way). A split in host memory bound for a GPU goes through two pinned
+    .ResidentPairs`; same pixels either way; on transparent huge pages unless ``huge_pages=False``). A split
+    in host memory bound for a GPU goes through two pinned
     chunk buffers (:class:`Staging`), never the whole split pinned.
     """
 
@@ -287,6 +288,7 @@ class MemoryStream(EpochPosition):
         copies: bool | None = None,
         chunk_samples: int = CHUNK_SAMPLES,
         staging: bool | None = None,
+        huge_pages: bool = True,
     ) -> None:
         from hpc_sr.data.dataset import InMemoryShardDataset, noise_free_split
 
@@ -301,7 +303,7 @@ class MemoryStream(EpochPosition):
         if copies is None:
             size = lr.numel() * lr.element_size() + hr.numel() * hr.element_size()
             copies = home.type == "cpu" and 4 * size <= FOUR_COPIES_MAX_BYTES
-        self.pairs = ResidentPairs(lr, hr, data.scale, copies=copies)
+        self.pairs = ResidentPairs(lr, hr, data.scale, copies=copies, huge_pages=huge_pages)
         del lr, hr
         self.lr, self.hr = self.pairs.lr, self.pairs.hr
         self.n, self.rank, self.world = len(lr_np), env.rank, env.world_size

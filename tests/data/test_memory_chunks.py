@@ -183,3 +183,41 @@ def test_config_keys_choose_layout_and_chunk_and_name_bad_values(shards: Path) -
         shard_source(_data(shards, memory_copies=3), 0, env, CPU, 4)
     with pytest.raises(DataError, match=r"data\.chunk_samples=0"):
         shard_source(_data(shards, chunk_samples=0), 0, env, CPU, 4)
+
+
+def _vm_flags(address: int) -> list[str]:
+    """The VmFlags of the mapping of this process that holds ``address`` (/proc/self/smaps)."""
+    inside = False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()[0]
+            if "-" in head and ":" not in head:
+                lo, hi = (int(v, 16) for v in head.split("-"))
+                inside = lo <= address < hi
+            elif inside and head == "VmFlags:":
+                return line.split()[1:]
+    return []
+
+
+def test_resident_copies_live_on_huge_page_advised_memory_and_stay_valid() -> None:
+    from hpc_sr.data.augment import HUGE_PAGE_MIN_BYTES, empty_huge_pages
+
+    shape = (HUGE_PAGE_MIN_BYTES // 4 // 64 + 1, 1, 8, 8)
+    t = empty_huge_pages(shape, torch.float32)
+    assert t.shape == shape and t.dtype == torch.float32 and t.is_contiguous()
+    t.fill_(0.25)
+    part = t[5:7]
+    del t  # the view keeps the mapping alive
+    assert float(part.sum()) == 0.25 * part.numel()
+    thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    if thp.exists() and "[never]" not in thp.read_text():
+        assert "hg" in _vm_flags(part.data_ptr())  # advised MADV_HUGEPAGE
+    small = empty_huge_pages((4, 4), torch.float32)  # below the threshold: a plain tensor
+    assert "hg" not in _vm_flags(small.data_ptr())
+    lr = torch.rand(40, 1, 6, 6)
+    pairs = ResidentPairs(lr, torch.rand(40, 1, 12, 12), 2, copies=True)
+    plain = ResidentPairs(lr, pairs.hr.clone(), 2, copies=True, huge_pages=False)
+    d = draw(16, (6, 6), 3, True, torch.Generator().manual_seed(0))
+    index = torch.randperm(40)[:16]
+    got, want = pairs.gather(pairs.plan(index, d, 3), 0, 16), plain.gather(plain.plan(index, d, 3), 0, 16)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
