@@ -148,6 +148,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         help="stochastic generator: N >= 6 samples per image; sample-mean metrics, 68%% interval calibration",
     )
     p.add_argument("--seed", type=int, default=0, help="noise seed for --samples")
+    p.add_argument("--antithetic", action="store_true",
+                   help="--samples as pairs (z, -z): the mean of a centred generator's samples is its centre")
     p.set_defaults(func=_run_evaluate)
 
 
@@ -167,6 +169,7 @@ def _run_evaluate(a: argparse.Namespace) -> int:
         limit=a.limit,
         samples=a.samples,
         seed=a.seed,
+        antithetic=a.antithetic,
     )
     return 0
 

@@ -62,6 +62,7 @@ class GeneratorConfig:
     bicubic_skip: bool = True  # output = bicubic(LR) + net(LR); the last layer starts at zero
     lr_consistent: bool = False  # project the output so its s x s block means equal LR exactly
     noise_channels: int = 0  # > 0: a stochastic generator, N(0, 1) noise channels beside LR (samples)
+    noise_centred: bool = False  # sample = G(lr,0) + (G(lr,z) - G(lr,-z))/2: centred on G(lr,0) (3 passes)
 
 
 @dataclass

@@ -6,8 +6,10 @@ sharded across ranks (indices rank::world) and the sums are all-reduced (hpc_sr.
 exact.
 
 A stochastic generator (``model.g.noise_channels > 0``) with ``samples=N`` (``--samples N``, N >= 6): the
-``model`` row is one sample; ``sample_mean`` is the mean of N samples, and ``calibration`` the coverage of the
-samples' central 68 % interval per sample-mean brightness bin (hpc_sr.eval.uncertainty; target 68 +- 5 %).
+``model`` row is one sample; ``sample_mean`` is the mean of N samples (as the generator gives them, then
+clamped), and ``calibration`` the coverage of the (clamped) samples' central 68 % interval per sample-mean
+brightness bin (hpc_sr.eval.uncertainty; target 68 +- 5 %). ``antithetic=True`` draws the N samples as N/2
+pairs (z, -z): a centred generator's (``model.g.noise_centred``) sample mean is then exactly its centre.
 """
 
 from __future__ import annotations
@@ -178,11 +180,13 @@ def evaluate(
     quiet: bool = False,
     samples: int = 1,
     seed: int = 0,
+    antithetic: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a generator and bicubic on one split of a shard directory; returns the JSON-able result.
 
     ``samples`` > 1 (a stochastic generator only): also the mean of that many samples per image and the
-    calibration of their central 68 % interval; ``seed`` fixes their noise (rank r draws from seed + r).
+    calibration of their central 68 % interval; ``seed`` fixes their noise (rank r draws from seed + r);
+    ``antithetic``: the samples come in pairs (z, -z) (their mean is exactly a centred generator's centre).
     """
     from hpc_sr.data.dataset import ShardDataset
 
@@ -194,7 +198,9 @@ def evaluate(
     try:
         model, payload = load_generator(checkpoint, ema=ema)
         model.to(device)
-        sampler = _Sampler(model, samples, seed + env.rank, device, ensemble) if samples != 1 else None
+        sampler = (
+            _Sampler(model, samples, seed + env.rank, device, ensemble, antithetic) if samples != 1 else None
+        )
         scale = int(payload["scale"])
         dataset = ShardDataset(data, split=split, scale=scale)
         n = len(dataset) if not limit else min(limit, len(dataset))
@@ -272,7 +278,7 @@ class _Sampler:
     mean and the calibration sums accumulate (hpc_sr.eval.uncertainty), reduced over ranks in compute()."""
 
     def __init__(self, model: torch.nn.Module, samples: int, seed: int, device: torch.device,
-                 ensemble: bool) -> None:
+                 ensemble: bool, antithetic: bool = False) -> None:
         from hpc_sr.eval.metrics import MetricAccumulator
         from hpc_sr.eval.uncertainty import CalibrationAccumulator, interval_positions
 
@@ -288,7 +294,9 @@ class _Sampler:
             interval_positions(samples)
         except ValueError as exc:
             raise EvaluateError(f"--samples {samples}: {exc}") from None
-        self.model, self.samples = model, samples
+        if antithetic and samples % 2:
+            raise EvaluateError(f"--samples {samples} --antithetic: antithetic pairs need an even number")
+        self.model, self.samples, self.antithetic = model, samples, antithetic
         self.gen = torch.Generator(device).manual_seed(seed)
         self.mean, self.cal = MetricAccumulator(), CalibrationAccumulator()
         self.last: torch.Tensor | None = None
@@ -296,14 +304,16 @@ class _Sampler:
     def draw(self, lr: torch.Tensor) -> torch.Tensor:
         from hpc_sr.eval.uncertainty import draw_samples
 
-        raw = draw_samples(self.model, lr, self.samples, self.gen, clamp=False)
-        self.last = raw.clamp(0.0, 1.0)
+        raw = draw_samples(self.model, lr, self.samples, self.gen, clamp=False, antithetic=self.antithetic)
+        self.last = raw
         return raw[0]  # as the generator gives it (unclamped: the physics rows see an exact LR residual)
 
     def update(self, hr: torch.Tensor) -> None:
         assert self.last is not None
-        self.mean.update(self.last.double().mean(0), hr)
-        self.cal.update(self.last, hr)
+        # the estimate: the mean of the samples as the generator gives them, then clamped as every SR image
+        # (the mean of clamped samples is biased up wherever the samples straddle 0: the background)
+        self.mean.update(self.last.double().mean(0).clamp(0.0, 1.0), hr)
+        self.cal.update(self.last.clamp(0.0, 1.0), hr, raw=self.last)
         self.last = None
 
     def compute(self, device: torch.device) -> dict[str, Any]:
@@ -311,5 +321,5 @@ class _Sampler:
 
         for acc in (self.mean, self.cal):
             reduce_accumulator(acc, device)
-        cal = {**self.cal.compute(), "samples": self.samples}
+        cal = {**self.cal.compute(), "samples": self.samples, "antithetic": self.antithetic}
         return {"sample_mean": self.mean.compute(), "calibration": cal}

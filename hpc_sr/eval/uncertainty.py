@@ -33,12 +33,19 @@ BIN_NAMES: tuple[str, ...] = ("background", "faint", "bright")
 
 @torch.no_grad()
 def draw_samples(
-    g: nn.Module, lr: Tensor, n: int, seed: int | torch.Generator = 0, clamp: bool = True
+    g: nn.Module,
+    lr: Tensor,
+    n: int,
+    seed: int | torch.Generator = 0,
+    clamp: bool = True,
+    antithetic: bool = False,
 ) -> Tensor:
     """``n`` samples (n, B, C, H, W) of a stochastic generator for ``lr``, float32, clamped to [0, 1].
 
     The noise comes from ``seed`` (an int, or a ``torch.Generator`` on ``lr``'s device to continue), so the
     same seed gives the same samples. ``clamp=False`` keeps them as the generator gives them.
+    ``antithetic``: n/2 draws z and their negatives -z (samples 2i and 2i+1), n even; for a centred
+    generator (``model.g.noise_centred``) the mean of the unclamped samples is then exactly its centre.
     """
     k = int(getattr(g, "noise_channels", 0))
     if k <= 0:
@@ -48,9 +55,15 @@ def draw_samples(
         )
     if n < 1:
         raise ValueError(f"draw_samples: n={n} must be >= 1")
+    if antithetic and n % 2:
+        raise ValueError(f"draw_samples: antithetic pairs need an even n, got {n}")
     gen = seed if isinstance(seed, torch.Generator) else torch.Generator(lr.device).manual_seed(int(seed))
     shape = (lr.shape[0], k, lr.shape[-2], lr.shape[-1])
-    out = [g(lr, torch.randn(shape, generator=gen, device=lr.device, dtype=lr.dtype)) for _ in range(n)]
+    noises = [torch.randn(shape, generator=gen, device=lr.device, dtype=lr.dtype)
+              for _ in range(n // 2 if antithetic else n)]  # fmt: skip
+    if antithetic:
+        noises = [s * z for z in noises for s in (1, -1)]
+    out = [g(lr, z) for z in noises]
     stacked = torch.stack(out).float()
     return stacked.clamp(0.0, 1.0) if clamp else stacked
 
@@ -123,8 +136,12 @@ class CalibrationAccumulator(SumAccumulator):
         self._bins = len(names)
         self._sums = torch.zeros(3 * (self._bins + 1) + 5, dtype=torch.float64)
 
-    def update(self, samples: Tensor, hr: Tensor) -> None:
-        """Add one batch: ``samples`` (n, B, C, H, W) in [0, 1], ``hr`` (B, C, H, W)."""
+    def update(self, samples: Tensor, hr: Tensor, raw: Tensor | None = None) -> None:
+        """Add one batch: ``samples`` (n, B, C, H, W) in [0, 1], ``hr`` (B, C, H, W).
+
+        ``raw``: the same samples before their clamp to [0, 1]; the estimate (binning and the PSNR rows) is
+        then their mean, clamped (else the mean of ``samples``).
+        """
         if samples.ndim != hr.ndim + 1 or samples.shape[1:] != hr.shape:
             raise ValueError(
                 f"CalibrationAccumulator: samples {tuple(samples.shape)} must be (n, *hr.shape), "
@@ -135,7 +152,8 @@ class CalibrationAccumulator(SumAccumulator):
         lo, hi = central_interval(s64, self.level)
         covered = ((hr64 >= lo) & (hr64 <= hi)).double()
         width = hi - lo
-        mean = s64.mean(0)
+        spread_of = s64 if raw is None else raw.detach().double()
+        mean = spread_of.mean(0).clamp_(0.0, 1.0) if raw is not None else s64.mean(0)
         idx = _bin_index(mean, self.edges).flatten()
         rows = torch.zeros(self._bins + 1, 3, dtype=torch.float64, device=samples.device)
         ones = torch.ones_like(idx, dtype=torch.float64)
@@ -143,7 +161,7 @@ class CalibrationAccumulator(SumAccumulator):
             rows[: self._bins, col].index_add_(0, idx, v)
         rows[self._bins] = rows[: self._bins].sum(0)
         err = (mean - hr64).pow(2).flatten(1).mean(1)
-        var = s64.var(0, unbiased=True).flatten(1).mean(1) if n > 1 else torch.zeros_like(err)
+        var = spread_of.var(0, unbiased=True).flatten(1).mean(1) if n > 1 else torch.zeros_like(err)
         err_inf = err - var / n
         images = torch.stack(
             [

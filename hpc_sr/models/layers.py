@@ -14,7 +14,10 @@
 
 A stochastic generator (``noise_channels`` K > 0) gets K channels of N(0, 1) noise at LR resolution beside
 the LR channels (``forward(lr, noise=None)`` draws them when not given): each call is one sample. The bicubic
-skip and the projection use the real LR channels only, so every sample is exactly LR-consistent.
+skip and the projection use the real LR channels only, so every sample is exactly LR-consistent. With
+``noise_centred`` a sample is ``P(lr, 0) + (P(lr, z) - P(lr, -z)) / 2`` (P the network, one batched pass over
+the three inputs): odd in z around the centre ``forward(lr, zeros)``, so the samples' mean is the centre in
+expectation and exactly for antithetic pairs (z, -z) (``eval.uncertainty.draw_samples(antithetic=True)``).
 """
 
 from __future__ import annotations
@@ -63,6 +66,9 @@ class SRGenerator(nn.Module):
         self.noise_channels = int(common.noise_channels)
         if self.noise_channels < 0:
             raise ValueError(f"{type(self).__name__}: noise_channels={self.noise_channels} must be >= 0")
+        self.noise_centred = bool(common.noise_centred)
+        if self.noise_centred and self.noise_channels == 0:
+            raise ValueError(f"{type(self).__name__}: noise_centred needs noise_channels > 0")
 
     @property
     def net_in_channels(self) -> int:
@@ -85,8 +91,16 @@ class SRGenerator(nn.Module):
             if noise is None:
                 shape = (lr.shape[0], self.noise_channels, lr.shape[2], lr.shape[3])
                 noise = torch.randn(shape, device=lr.device, dtype=lr.dtype)
-            x = torch.cat([lr, noise.to(lr.dtype)], dim=1)
-        out = self.predict(x)
+            noise = noise.to(lr.dtype)
+            if self.noise_centred:  # one batched pass over (z, -z, 0): centre + the odd part in z
+                zs = (noise, -noise, torch.zeros_like(noise))
+                x = torch.cat([torch.cat([lr, z], dim=1) for z in zs], dim=0)
+                plus, minus, centre = self.predict(x).chunk(3, dim=0)
+                out = centre + (plus - minus) * 0.5
+            else:
+                out = self.predict(torch.cat([lr, noise], dim=1))
+        else:
+            out = self.predict(x)
         if self.bicubic_skip:
             out = out + bicubic(lr, self.scale)
         if self.lr_consistent:

@@ -36,6 +36,7 @@ class GeneratorCommon:
     bicubic_skip: bool = True  # output = bicubic(LR) + net(LR); the last layer starts at zero
     lr_consistent: bool = False  # project the output onto images whose s x s means equal the input
     noise_channels: int = 0  # > 0: N(0, 1) noise channels concatenated to LR (a stochastic generator)
+    noise_centred: bool = False  # sample = centre + odd part in the noise (layers.SRGenerator.forward)
 
 
 @dataclass(frozen=True)
@@ -169,13 +170,21 @@ def generator_spec(g: Any) -> dict[str, Any]:
     noise = coerce_value("model.g.noise_channels", g.get("noise_channels", 0), int)
     if noise < 0:
         raise ConfigError(f"model.g.noise_channels: expected an integer >= 0, got {noise!r}")
-    return {
+    centred = coerce_value("model.g.noise_centred", g.get("noise_centred", False), bool)
+    if centred and noise == 0:
+        raise ConfigError(
+            "model.g.noise_centred=true needs a stochastic generator: set model.g.noise_channels > 0"
+        )
+    spec = {
         "arch": arch,
         "options": options_dict(generator_options(arch, g.get("options"))),
         "bicubic_skip": bool(g.get("bicubic_skip", True)),
         "lr_consistent": bool(g.get("lr_consistent", False)),
         "noise_channels": noise,  # absent from files written before it existed: 0
     }
+    if centred:  # only when on: specs of every other generator stay as they were
+        spec["noise_centred"] = True
+    return spec
 
 
 def discriminator_spec(d: Any) -> dict[str, Any]:
@@ -192,6 +201,7 @@ def generator_from_spec(spec: dict[str, Any], scale: int, in_channels: int = 1) 
         bicubic_skip=spec["bicubic_skip"],
         lr_consistent=spec["lr_consistent"],
         noise_channels=int(spec.get("noise_channels", 0)),
+        noise_centred=bool(spec.get("noise_centred", False)),
     )
     return build_generator(spec["arch"], spec["options"], scale, common)
 

@@ -54,6 +54,11 @@ def samples_per_input(cfg: Config) -> int:
             f"train.samples_per_input={n}: a deterministic generator (model.g.noise_channels={noise}) gives "
             "the same output for every sample; use 1 (or 0 = auto), or set model.g.noise_channels > 0"
         )
+    if cfg.model.g.noise_centred and n % 2:
+        raise ConfigError(
+            f"train.samples_per_input={n}: a centred generator (model.g.noise_centred) trains on antithetic "
+            "pairs (z, -z); use an even number (or 0 = auto: 2)"
+        )
     return n
 
 

@@ -49,6 +49,7 @@ class StepOptions:
     channels_last: bool = False
     poison: bool = False  # fault injection: make this step's G loss NaN (hpc_sr.train.faults)
     samples_per_input: int = 1  # > 1: each LR (and HR) repeated, sample-major, for a stochastic generator
+    antithetic_noise: int = 0  # K > 0: G's K noise channels drawn as pairs (z, -z) over the samples
 
 
 @dataclass
@@ -60,6 +61,16 @@ class StepResult:
     skipped: bool = False
     stop_signal: int = 0
     data_time: float = 0.0
+
+
+def antithetic_noise(lr: Tensor, channels: int, samples: int) -> Tensor:
+    """N(0, 1) noise for a sample-major batch of ``samples`` (even) draws per input: sample 2i+1 of each
+    input gets the negative of sample 2i's noise, so a centred generator's pair averages to its centre."""
+    if samples % 2:
+        raise ValueError(f"antithetic noise needs an even number of samples per input, got {samples}")
+    b = lr.shape[0] // samples
+    z = torch.randn((samples // 2, b, channels, *lr.shape[-2:]), device=lr.device, dtype=lr.dtype)
+    return torch.stack((z, -z), dim=1).reshape(lr.shape[0], channels, *lr.shape[-2:])
 
 
 def _not_finite(loss: Tensor) -> Tensor:
@@ -116,7 +127,10 @@ def optimizer_step(
         last = micro == opts.grad_accum - 1
         with b.accumulate("g", last):
             with b.autocast():
-                sr = b.model("g")(lr)
+                if opts.antithetic_noise:
+                    sr = b.model("g")(lr, antithetic_noise(lr, opts.antithetic_noise, opts.samples_per_input))
+                else:
+                    sr = b.model("g")(lr)
                 parts = generator_terms(terms, sr, hr, lr, d_raw, opts.samples_per_input)
             loss = torch.stack([p.float() for p in parts.values()]).sum()
             if opts.poison:

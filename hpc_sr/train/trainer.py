@@ -80,17 +80,48 @@ def check_writable(run_dir: Path) -> None:
 
 
 def init_generator(generator: nn.Module, source: str, cfg: Config) -> None:
-    """Load G's weights (EMA when present) from ``train.init_g``; the generator config must match."""
+    """Load G's weights (EMA when present) from ``train.init_g``; the generator config must match.
+
+    A deterministic source may start a stochastic generator of the same arch and options (``model.g
+    .noise_channels`` K > 0): the first layer's weights for the K noise inputs start at zero, so the new
+    generator begins as the source, every sample alike, and training grows the spread.
+    """
     payload = load_generator_payload(source, ema=True)
-    saved_model = {"g": payload.get("generator") or resolved_model(payload["model"])["g"]}
+    saved_g = dict(payload.get("generator") or resolved_model(payload["model"])["g"])
+    state = payload["state_dict"]
+    want = cfg.model.g.noise_channels
+    if int(saved_g.get("noise_channels", 0)) == 0 and want > 0:
+        saved_g["noise_channels"] = want
+        saved_g["noise_centred"] = cfg.model.g.noise_centred
+        state = with_noise_inputs(state, generator.state_dict(), want, Path(source))
     check_model_config(
-        {"config": {"model": saved_model, "data": {"scale": payload["scale"]}}},
+        {"config": {"model": {"g": saved_g}, "data": {"scale": payload["scale"]}}},
         cfg.model,
         cfg.data.scale,
         Path(source),
         generator_only=True,
     )
-    generator.load_state_dict(payload["state_dict"])
+    generator.load_state_dict(state)
+
+
+def with_noise_inputs(
+    state: dict[str, torch.Tensor], target: dict[str, torch.Tensor], noise: int, source: Path
+) -> dict[str, torch.Tensor]:
+    """``state`` of a deterministic generator for a stochastic one: every weight whose input-channel dim is
+    ``noise`` short of the target's gets zero columns for the noise inputs (the first layer)."""
+    out, grown = dict(state), []
+    for key, w in state.items():
+        t = target.get(key)
+        if t is not None and w.ndim >= 2 and t.shape[1] == w.shape[1] + noise and t.shape[2:] == w.shape[2:]:
+            pad = torch.zeros((w.shape[0], noise, *w.shape[2:]), dtype=w.dtype)
+            out[key] = torch.cat([w, pad], dim=1)
+            grown.append(key)
+    if len(grown) != 1:
+        raise CheckpointError(
+            f"{source}: cannot start a stochastic generator from it: expected one first layer to take the "
+            f"{noise} noise input(s), found {grown or 'none'}"
+        )
+    return out
 
 
 class Trainer:
@@ -131,6 +162,7 @@ class Trainer:
             adversarial_kind=adv_kind,
             channels_last=t.channels_last,
             samples_per_input=samples_per_input(cfg),
+            antithetic_noise=cfg.model.g.noise_channels if cfg.model.g.noise_centred else 0,
         )
 
         self.stream = make_train_stream(cfg.data, t.seed, env, device, self.micro)

@@ -14,12 +14,21 @@ import hpc_sr
 from hpc_sr.apps.export import ExportError, export_onnx, export_torchscript
 from hpc_sr.config import ConfigError, load_config
 from hpc_sr.dist.env import DistEnv
+from hpc_sr.errors import CheckpointError
+from hpc_sr.eval.uncertainty import draw_samples
 from hpc_sr.models.layers import bicubic, lr_consistency_projection
 from hpc_sr.models.losses import LossInputs, build_losses, crps_ensemble
-from hpc_sr.models.registry import GENERATORS, GeneratorCommon, build_generator, generator_names
+from hpc_sr.models.registry import (
+    GENERATORS,
+    GeneratorCommon,
+    build_generator,
+    generator_names,
+    generator_spec,
+)
 from hpc_sr.train.checkpoint import load_generator
 from hpc_sr.train.components import check_config, samples_per_input
-from hpc_sr.train.trainer import Trainer
+from hpc_sr.train.trainer import Trainer, init_generator
+from hpc_sr.train.trainer import build_generator as build_generator_from_config
 from tests.conftest import tiny_overrides
 
 
@@ -153,10 +162,12 @@ def one_rank_group(tmp_path: Path):  # noqa: ANN201
     dist.destroy_process_group()
 
 
+@pytest.mark.parametrize("centred", [False, True])
 def test_a_tiny_stochastic_run_trains_and_its_checkpoint_reloads_with_the_noise_input(
-    one_rank_group: None, tiny_shards: Path, tmp_path: Path
+    one_rank_group: None, tiny_shards: Path, tmp_path: Path, centred: bool
 ) -> None:
-    losses = "[{term: pixel, kind: mse}, {term: crps}, {term: adversarial, weight: 0.005}]"
+    of = "mean" if centred else "sample"
+    losses = f"[{{term: pixel, kind: mse, of: {of}}}, {{term: crps}}, {{term: adversarial, weight: 0.005}}]"
     over = tiny_overrides(
         tiny_shards,
         tmp_path,
@@ -167,6 +178,7 @@ def test_a_tiny_stochastic_run_trains_and_its_checkpoint_reloads_with_the_noise_
             "model.g.options": '{"channels": 8, "blocks": 1, "growth": 4}',
             "model.g.lr_consistent": "true",
             "model.g.noise_channels": 1,
+            "model.g.noise_centred": str(centred).lower(),
             "train.losses": losses,
             "train.ckpt_every": 4,
             "train.val_every": 4,
@@ -175,9 +187,11 @@ def test_a_tiny_stochastic_run_trains_and_its_checkpoint_reloads_with_the_noise_
     )
     trainer = Trainer(load_config(None, over), DistEnv(), torch.device("cpu"), resume="never")
     assert trainer.step_opts.samples_per_input == 2
+    assert trainer.step_opts.antithetic_noise == (1 if centred else 0)
     assert trainer.run() == 0
     model, payload = load_generator(tmp_path / "tiny")
     assert payload["generator"]["noise_channels"] == 1 and model.noise_channels == 1
+    assert payload["generator"].get("noise_centred", False) == centred and model.noise_centred == centred
     assert first_conv(model).in_channels == 2
     lr, noise = torch.rand(1, 1, 9, 11), torch.randn(1, 1, 9, 11)
     with torch.no_grad():
@@ -194,3 +208,71 @@ def test_export_refuses_a_stochastic_generator(export: object, tmp_path: Path) -
     with pytest.raises(ExportError, match=r"stochastic generator \(noise_channels=1\).*state_dict"):
         export(g, tmp_path / "g.out")  # type: ignore[operator]
     assert not (tmp_path / "g.out").exists()
+
+
+# ----------------------------------------------------------------------------------------------- centred
+@pytest.mark.parametrize("arch", ["srresnet", "rrdb", "swinir"])
+def test_a_centred_generator_is_odd_in_the_noise_around_its_centre(arch: str) -> None:
+    g = tiny(arch, 1, lr_consistent=True, noise_centred=True)
+    with torch.no_grad():
+        first_conv(g).weight[:, 1:].normal_(0, 0.3)  # the noise input does something
+        for m in g.modules():  # and so does the last layer (tiny nets may start near zero)
+            if isinstance(m, torch.nn.Conv2d) and m.weight.abs().max() == 0:
+                m.weight.normal_(0, 0.01)
+        lr, z = torch.rand(2, 1, 8, 8), torch.randn(2, 1, 8, 8)
+        plus, minus, centre = g(lr, z), g(lr, -z), g(lr, torch.zeros_like(z))
+        assert float((plus - centre).abs().max()) > 1e-4  # samples differ from the centre
+        torch.testing.assert_close((plus + minus) / 2, centre, rtol=0, atol=1e-6)
+        torch.testing.assert_close(F.avg_pool2d(plus, 2), lr, rtol=0, atol=1e-6)  # still LR-consistent
+        raw = draw_samples(g, lr, 6, seed=3, clamp=False, antithetic=True)
+        torch.testing.assert_close(raw.mean(0), centre, rtol=0, atol=1e-6)
+        torch.testing.assert_close(raw[1] - centre, centre - raw[0], rtol=0, atol=1e-6)  # pairs (z, -z)
+        iid = draw_samples(g, lr, 6, seed=3, clamp=False)
+        assert float((iid.mean(0) - centre).abs().max()) > 1e-5  # iid draws average only near it
+    with pytest.raises(ValueError, match="antithetic pairs need an even n, got 5"):
+        draw_samples(g, lr, 5, antithetic=True)
+    with pytest.raises(ValueError, match="noise_centred needs noise_channels > 0"):
+        tiny(arch, 0, noise_centred=True)
+    with pytest.raises(ConfigError, match="model.g.noise_centred=true needs a stochastic generator"):
+        generator_spec(load_config(None, ["model.g.noise_centred=true"]).model.g)
+
+
+def test_a_stochastic_generator_starts_from_a_deterministic_one(tmp_path: Path) -> None:
+    over = ["model.g.arch=rrdb", 'model.g.options={"channels": 32, "blocks": 1, "growth": 16}',
+            "model.g.lr_consistent=true", "model.g.noise_channels=1",
+            "model.g.noise_centred=true"]  # fmt: skip
+    cfg = load_config(None, over)
+    g = build_generator_from_config(cfg.model, 2)
+    init_generator(g, "deeplense-small", cfg)
+    source = hpc_sr.load_generator("deeplense-small")
+    assert first_conv(g).weight[:, 1:].abs().max() == 0  # the noise inputs start at zero
+    lr = torch.rand(2, 1, 10, 10)
+    with torch.no_grad():
+        torch.testing.assert_close(g(lr), source(lr), rtol=0, atol=1e-6)  # every sample is the source's SR
+    other = load_config(None, [*over[:1], 'model.g.options={"channels": 16, "blocks": 1, "growth": 16}',
+                               *over[2:]])  # fmt: skip
+    with pytest.raises(CheckpointError, match="deeplense-small.*(another model config|noise input)"):
+        init_generator(build_generator_from_config(other.model, 2), "deeplense-small", other)
+
+
+def test_antithetic_training_noise_pairs_the_samples_and_the_mean_pixel_term_sees_the_centre() -> None:
+    from hpc_sr.train.step import antithetic_noise
+
+    lr = torch.rand(3, 1, 5, 5).repeat(4, 1, 1, 1)  # 4 samples of 3 inputs, sample-major
+    z = antithetic_noise(lr, 2, 4).unflatten(0, (4, 3))
+    assert z.shape == (4, 3, 2, 5, 5)
+    torch.testing.assert_close(z[1], -z[0]) and torch.testing.assert_close(z[3], -z[2])
+    assert not torch.equal(z[0], z[2])  # pairs are independent of each other
+    with pytest.raises(ValueError, match="even number of samples per input, got 3"):
+        antithetic_noise(lr[:9], 1, 3)
+    hr = torch.rand(3, 1, 10, 10)
+    centre, d = torch.rand(3, 1, 10, 10), 0.1 * torch.randn(3, 1, 10, 10)
+    sr = torch.cat([centre + d, centre - d])  # an antithetic pair of each input
+    x = LossInputs(sr=sr, hr=hr.repeat(2, 1, 1, 1), lr=lr[:6], samples=2)
+    (mean_term,) = build_losses([{"term": "pixel", "kind": "mse", "of": "mean"}])
+    (each_term,) = build_losses([{"term": "pixel", "kind": "mse"}])
+    torch.testing.assert_close(mean_term.term(x), F.mse_loss(centre, hr))
+    torch.testing.assert_close(each_term.term(x), F.mse_loss(centre, hr) + d.pow(2).mean())  # + the spread
+    with pytest.raises(ConfigError, match=r"train.samples_per_input=3: a centred generator"):
+        samples_per_input(load_config(None, ["model.g.noise_channels=1", "model.g.noise_centred=true",
+                                             "train.samples_per_input=3"]))  # fmt: skip
