@@ -110,7 +110,7 @@ class TrainConfig:
     init_g: str = ""  # start G from these weights (checkpoint dir, run dir or exported G.pt), e.g. SRResNet
     n_d: int = 1  # discriminator steps per generator step
     # samples drawn per LR input in a step (each LR/HR repeated): 0 = auto, 2 for a stochastic generator
-    # (model.g.noise_channels > 0; the crps term needs >= 2), else 1
+    # (model.g.noise_channels > 0; the crps term needs >= 2; 4 = two antithetic pairs if centred), else 1
     samples_per_input: int = 0
     ema_decay: float = 0.999  # 0 = no EMA
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"

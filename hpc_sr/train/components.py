@@ -48,16 +48,16 @@ def samples_per_input(cfg: Config) -> int:
     if n < 0:
         raise ConfigError(f"train.samples_per_input: expected an integer >= 0 (0 = auto), got {n}")
     if n == 0:
-        return 2 if noise > 0 else 1
+        return (4 if cfg.model.g.noise_centred else 2) if noise > 0 else 1
     if n > 1 and noise <= 0:
         raise ConfigError(
             f"train.samples_per_input={n}: a deterministic generator (model.g.noise_channels={noise}) gives "
             "the same output for every sample; use 1 (or 0 = auto), or set model.g.noise_channels > 0"
         )
-    if cfg.model.g.noise_centred and n % 2:
+    if cfg.model.g.noise_centred and (n % 2 or n < 4):
         raise ConfigError(
             f"train.samples_per_input={n}: a centred generator (model.g.noise_centred) trains on antithetic "
-            "pairs (z, -z); use an even number (or 0 = auto: 2)"
+            "pairs (z, -z), two or more per input for the crps term; use an even number >= 4 (0 = auto: 4)"
         )
     return n
 

@@ -84,10 +84,11 @@ def generator_terms(
     lr: Tensor,
     d_raw: torch.nn.Module | None,
     samples: int = 1,
+    antithetic: bool = False,
 ) -> dict[str, Tensor]:
     """Weighted loss terms of G on one micro-batch (D terms only when ``d_raw`` is given); ``samples`` draws
     per input, sample-major (see :class:`~hpc_sr.models.losses.LossInputs`)."""
-    x = LossInputs(sr=sr.float(), hr=hr, lr=lr, samples=samples)
+    x = LossInputs(sr=sr.float(), hr=hr, lr=lr, samples=samples, antithetic=antithetic)
     active = [t for t in terms if d_raw is not None or not t.term.needs_discriminator]
     if d_raw is not None and any(t.term.needs_discriminator for t in active):
         d_raw.requires_grad_(False)  # D frozen in the G step; called without its DDP/engine wrapper
@@ -131,7 +132,9 @@ def optimizer_step(
                     sr = b.model("g")(lr, antithetic_noise(lr, opts.antithetic_noise, opts.samples_per_input))
                 else:
                     sr = b.model("g")(lr)
-                parts = generator_terms(terms, sr, hr, lr, d_raw, opts.samples_per_input)
+                parts = generator_terms(
+                    terms, sr, hr, lr, d_raw, opts.samples_per_input, bool(opts.antithetic_noise)
+                )
             loss = torch.stack([p.float() for p in parts.values()]).sum()
             if opts.poison:
                 loss = loss * float("nan")

@@ -186,7 +186,7 @@ def test_a_tiny_stochastic_run_trains_and_its_checkpoint_reloads_with_the_noise_
         },
     )
     trainer = Trainer(load_config(None, over), DistEnv(), torch.device("cpu"), resume="never")
-    assert trainer.step_opts.samples_per_input == 2
+    assert trainer.step_opts.samples_per_input == (4 if centred else 2)
     assert trainer.step_opts.antithetic_noise == (1 if centred else 0)
     assert trainer.run() == 0
     model, payload = load_generator(tmp_path / "tiny")
@@ -273,6 +273,33 @@ def test_antithetic_training_noise_pairs_the_samples_and_the_mean_pixel_term_see
     (each_term,) = build_losses([{"term": "pixel", "kind": "mse"}])
     torch.testing.assert_close(mean_term.term(x), F.mse_loss(centre, hr))
     torch.testing.assert_close(each_term.term(x), F.mse_loss(centre, hr) + d.pow(2).mean())  # + the spread
-    with pytest.raises(ConfigError, match=r"train.samples_per_input=3: a centred generator"):
-        samples_per_input(load_config(None, ["model.g.noise_channels=1", "model.g.noise_centred=true",
-                                             "train.samples_per_input=3"]))  # fmt: skip
+    centred = ["model.g.noise_channels=1", "model.g.noise_centred=true"]
+    for bad in (3, 2):
+        with pytest.raises(ConfigError, match=rf"train.samples_per_input={bad}: a centred generator"):
+            samples_per_input(load_config(None, [*centred, f"train.samples_per_input={bad}"]))
+    assert samples_per_input(load_config(None, centred)) == 4
+
+
+def test_antithetic_crps_counts_only_independent_pairs_and_is_lowest_at_the_true_spread() -> None:
+    torch.manual_seed(0)
+    y = torch.randn(20000)
+    z = torch.randn(2, 20000)
+
+    def score(sigma: float, antithetic: bool) -> float:
+        s = torch.stack([sigma * z[0], -sigma * z[0], sigma * z[1], -sigma * z[1]])
+        return float(crps_ensemble(s, y, antithetic=antithetic))
+
+    def one_pair(sigma: float) -> float:
+        return float(crps_ensemble(torch.stack([sigma * z[0], -sigma * z[0]]), y))
+
+    assert one_pair(20.0) < 0.2 * one_pair(1.0)  # the plain estimator on one pair rewards a huge spread
+    scores = {s: score(s, True) for s in (0.5, 0.8, 1.0, 1.25, 2.0)}
+    assert min(scores, key=scores.get) == 1.0  # the pair-aware one is lowest at the truth's spread
+    iid = torch.randn(4, 20000)
+    torch.testing.assert_close(  # with 2 pairs it equals the skill less half the mean cross-pair distance
+        crps_ensemble(iid, y, antithetic=True),
+        ((iid - y).abs().mean(0) - 0.5 * torch.stack(
+            [(iid[i] - iid[j]).abs() for i in (0, 1) for j in (2, 3)]).mean(0)).mean(),  # fmt: skip
+    )
+    with pytest.raises(ValueError, match="antithetic pairs need an even number >= 4 of samples, got 2"):
+        crps_ensemble(iid[:2], y, antithetic=True)
