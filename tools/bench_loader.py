@@ -372,22 +372,16 @@ def bench(a: argparse.Namespace) -> dict[str, Any]:
                                          if loader in ("item", "block") else 0}  # fmt: skip
                 if loader == "memory" and resident is None:
                     resident = (stream.lr, stream.hr)
-                if loader == "memory" and a.one_copy_rows:
-                    key = f"memory 1-copy|{b}"
+                variants = {"memory 1-copy": {"copies": False}, "memory 4K-pages": {"huge_pages": False}}
+                wanted = {"memory 1-copy": a.one_copy_rows, "memory 4K-pages": a.page_ablation}
+                for reader, kw in variants.items():
+                    if loader != "memory" or not wanted[reader]:
+                        continue
+                    key = f"{reader}|{b}"
                     t0 = time.perf_counter()
-                    tasks[key] = stream_task(
-                        MemoryStream(cfg.data, a.seed, env, device, b, copies=False), b, device
-                    )
+                    tasks[key] = stream_task(MemoryStream(cfg.data, a.seed, env, device, b, **kw), b, device)
                     setup_s[key] = time.perf_counter() - t0
-                    meta[key] = {"reader": "memory 1-copy", "kind": "stream", "workers": 0}
-                if loader == "memory" and a.page_ablation:
-                    key = f"memory 4K-pages|{b}"
-                    t0 = time.perf_counter()
-                    tasks[key] = stream_task(
-                        MemoryStream(cfg.data, a.seed, env, device, b, huge_pages=False), b, device
-                    )
-                    setup_s[key] = time.perf_counter() - t0
-                    meta[key] = {"reader": "memory 4K-pages", "kind": "stream", "workers": 0}
+                    meta[key] = {"reader": reader, "kind": "stream", "workers": 0}
             tasks[f"v1 whole|{b}"] = v1_task(whole, b, device)
             tasks[f"v1 per-item crop|{b}"] = v1_task(per_item, b, device)
             meta[f"v1 whole|{b}"] = {"reader": "v1 whole", "kind": "baseline", "workers": 0}

@@ -102,7 +102,9 @@ def format_table(result: dict[str, Any]) -> str:
     if cal:
         lines.append(
             f"\nsample mean of {cal['samples']}: {result['sample_mean']['psnr']:.3f} dB (one sample "
-            f"{result['model']['psnr']:.3f}); infinite-sample estimate {cal['mean_psnr_inf']:.3f} dB"
+            f"{result['model']['psnr']:.3f}); "
+            + ("antithetic pairs (z, -z)" if cal.get("antithetic")
+               else f"infinite-sample estimate {cal['mean_psnr_inf']:.3f} dB")
         )
         lines.append(format_calibration(cal))
     return "\n".join(lines)
@@ -322,4 +324,6 @@ class _Sampler:
         for acc in (self.mean, self.cal):
             reduce_accumulator(acc, device)
         cal = {**self.cal.compute(), "samples": self.samples, "antithetic": self.antithetic}
+        if self.antithetic:  # var / n is the cost of independent draws: not defined for pairs (z, -z)
+            cal["mean_psnr_inf"] = cal["mean_psnr_pooled_inf"] = float("nan")
         return {"sample_mean": self.mean.compute(), "calibration": cal}

@@ -54,3 +54,26 @@ def test_samples_of_a_deterministic_generator_is_a_clear_error(tiny_shards: Path
         evaluate(generator_file(tmp_path, 0), tiny_shards, samples=8, quiet=True)
     with pytest.raises(EvaluateError, match=r"--samples 4: .*at least 6 samples"):
         evaluate(generator_file(tmp_path, 1), tiny_shards, samples=4, quiet=True)
+
+
+def test_antithetic_samples_of_a_centred_generator_average_to_its_centre(
+    tiny_shards: Path, tmp_path: Path
+) -> None:
+    g_cfg = {"arch": "rrdb", "options": {"channels": 8, "blocks": 1, "growth": 4}, "lr_consistent": True,
+             "noise_channels": 1, "noise_centred": True}  # fmt: skip
+    torch.manual_seed(0)
+    g = generator_from_spec(generator_spec(g_cfg), 2)
+    with torch.no_grad():
+        g.tail.weight.normal_(0, 0.01)
+        g.head.weight[:, 1:].normal_(0, 0.3)
+    path = tmp_path / "Gc.pt"
+    torch.save(generator_payload({"g": g_cfg}, 2, g.state_dict(), "test", 0), path)
+    anti = evaluate(path, tiny_shards, samples=8, antithetic=True, quiet=True)
+    iid = evaluate(path, tiny_shards, samples=8, quiet=True)
+    assert anti["calibration"]["antithetic"] is True and iid["calibration"]["antithetic"] is False
+    assert anti["calibration"]["mean_psnr_inf"] != anti["calibration"]["mean_psnr_inf"]  # NaN: undefined
+    assert "antithetic pairs (z, -z)" in format_table(anti)
+    # the antithetic mean is the centre G(lr, 0): no sampling noise left, unlike 8 independent draws
+    assert anti["sample_mean"]["psnr"] > iid["sample_mean"]["psnr"]
+    with pytest.raises(EvaluateError, match="--samples 7 --antithetic: antithetic pairs need an even number"):
+        evaluate(path, tiny_shards, samples=7, antithetic=True, quiet=True)
