@@ -84,8 +84,14 @@ class SRGenerator(nn.Module):
     def predict(self, lr: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def forward(self, lr: Tensor, noise: Tensor | None = None) -> Tensor:
-        """One SR image per LR image; a stochastic generator's sample for ``noise`` (drawn when None)."""
+    def forward(self, lr: Tensor, noise: Tensor | None = None, pair: bool = False) -> Tensor:
+        """One SR image per LR image; a stochastic generator's sample for ``noise`` (drawn when None).
+
+        ``pair`` (centred generators): both samples of each antithetic pair from the same three passes,
+        ``cat([sample(z), sample(-z)])`` (2N images), half the work of two calls.
+        """
+        if pair and not self.noise_centred:
+            raise ValueError(f"{type(self).__name__}: pair=True needs a centred generator (noise_centred)")
         x = lr
         if self.noise_channels > 0:
             if noise is None:
@@ -96,7 +102,9 @@ class SRGenerator(nn.Module):
                 zs = (noise, -noise, torch.zeros_like(noise))
                 x = torch.cat([torch.cat([lr, z], dim=1) for z in zs], dim=0)
                 plus, minus, centre = self.predict(x).chunk(3, dim=0)
-                out = centre + (plus - minus) * 0.5
+                odd = (plus - minus) * 0.5
+                out = torch.cat([centre + odd, centre - odd]) if pair else centre + odd
+                lr = torch.cat([lr, lr]) if pair else lr
             else:
                 out = self.predict(torch.cat([lr, noise], dim=1))
         else:

@@ -63,14 +63,17 @@ class StepResult:
     data_time: float = 0.0
 
 
-def antithetic_noise(lr: Tensor, channels: int, samples: int) -> Tensor:
-    """N(0, 1) noise for a sample-major batch of ``samples`` (even) draws per input: sample 2i+1 of each
-    input gets the negative of sample 2i's noise, so a centred generator's pair averages to its centre."""
+def antithetic_samples(g: torch.nn.Module, lr: Tensor, channels: int, samples: int) -> Tensor:
+    """A centred generator's samples for a sample-major batch ``lr`` of ``samples`` (even) copies per input:
+    samples 2i and 2i+1 of each input are the pair (z, -z), both from one ``g(.., pair=True)`` call on
+    ``samples / 2`` copies (three network passes per pair, not six), returned sample-major as ``lr``."""
     if samples % 2:
         raise ValueError(f"antithetic noise needs an even number of samples per input, got {samples}")
+    half = lr[: lr.shape[0] // 2]  # copies 0 .. samples/2 - 1 of every input
+    z = torch.randn((half.shape[0], channels, *lr.shape[-2:]), device=lr.device, dtype=lr.dtype)
+    out = g(half, z, pair=True)  # (2, samples/2, B, ...): [+z draws; -z draws]
     b = lr.shape[0] // samples
-    z = torch.randn((samples // 2, b, channels, *lr.shape[-2:]), device=lr.device, dtype=lr.dtype)
-    return torch.stack((z, -z), dim=1).reshape(lr.shape[0], channels, *lr.shape[-2:])
+    return out.unflatten(0, (2, samples // 2, b)).transpose(0, 1).reshape(lr.shape[0], *out.shape[1:])
 
 
 def _not_finite(loss: Tensor) -> Tensor:
@@ -129,7 +132,8 @@ def optimizer_step(
         with b.accumulate("g", last):
             with b.autocast():
                 if opts.antithetic_noise:
-                    sr = b.model("g")(lr, antithetic_noise(lr, opts.antithetic_noise, opts.samples_per_input))
+                    g = b.model("g")
+                    sr = antithetic_samples(g, lr, opts.antithetic_noise, opts.samples_per_input)
                 else:
                     sr = b.model("g")(lr)
                 parts = generator_terms(

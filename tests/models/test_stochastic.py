@@ -255,16 +255,25 @@ def test_a_stochastic_generator_starts_from_a_deterministic_one(tmp_path: Path) 
         init_generator(build_generator_from_config(other.model, 2), "deeplense-small", other)
 
 
-def test_antithetic_training_noise_pairs_the_samples_and_the_mean_pixel_term_sees_the_centre() -> None:
-    from hpc_sr.train.step import antithetic_noise
+def test_antithetic_training_samples_pair_up_around_the_centre_and_the_mean_pixel_term_sees_it() -> None:
+    from hpc_sr.train.step import antithetic_samples
 
-    lr = torch.rand(3, 1, 5, 5).repeat(4, 1, 1, 1)  # 4 samples of 3 inputs, sample-major
-    z = antithetic_noise(lr, 2, 4).unflatten(0, (4, 3))
-    assert z.shape == (4, 3, 2, 5, 5)
-    torch.testing.assert_close(z[1], -z[0]) and torch.testing.assert_close(z[3], -z[2])
-    assert not torch.equal(z[0], z[2])  # pairs are independent of each other
+    g = tiny("rrdb", 2, lr_consistent=True, noise_centred=True)
+    with torch.no_grad():
+        first_conv(g).weight[:, 1:].normal_(0, 0.3)
+        g.tail.weight.normal_(0, 0.01)
+        lr = torch.rand(3, 1, 5, 5).repeat(4, 1, 1, 1)  # 4 samples of 3 inputs, sample-major
+        sr = antithetic_samples(g, lr, 2, 4).unflatten(0, (4, 3))
+        centre = g(lr[:3], torch.zeros(3, 2, 5, 5))
+    assert sr.shape == (4, 3, 1, 10, 10)
+    torch.testing.assert_close((sr[0] + sr[1]) / 2, centre, rtol=0, atol=1e-6)  # pair (z, -z)
+    torch.testing.assert_close((sr[2] + sr[3]) / 2, centre, rtol=0, atol=1e-6)
+    assert float((sr[0] - sr[2]).abs().max()) > 1e-5  # pairs are independent of each other
+    torch.testing.assert_close(F.avg_pool2d(sr[1], 2), lr[:3], rtol=0, atol=1e-6)  # each LR-consistent
     with pytest.raises(ValueError, match="even number of samples per input, got 3"):
-        antithetic_noise(lr[:9], 1, 3)
+        antithetic_samples(g, lr[:9], 2, 3)
+    with pytest.raises(ValueError, match="pair=True needs a centred generator"):
+        tiny("rrdb", 1)(lr[:3], pair=True)
     hr = torch.rand(3, 1, 10, 10)
     centre, d = torch.rand(3, 1, 10, 10), 0.1 * torch.randn(3, 1, 10, 10)
     sr = torch.cat([centre + d, centre - d])  # an antithetic pair of each input
