@@ -150,6 +150,11 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="noise seed for --samples")
     p.add_argument("--antithetic", action="store_true",
                    help="--samples as pairs (z, -z): the mean of a centred generator's samples is its centre")
+    p.add_argument("--recalibrate-on", choices=["train", "val", "test"], default=None,
+                   help="--samples: first fit one spread scale per brightness bin on this split (first "
+                        "--limit images), then evaluate with the scaled samples")
+    p.add_argument("--spread-scales", default=None,
+                   help="--samples: apply spread scales fitted before (JSON: a record or an evaluate --json)")
     p.set_defaults(func=_run_evaluate)
 
 
@@ -170,6 +175,8 @@ def _run_evaluate(a: argparse.Namespace) -> int:
         samples=a.samples,
         seed=a.seed,
         antithetic=a.antithetic,
+        recalibrate_on=a.recalibrate_on,
+        spread_scales=a.spread_scales,
     )
     return 0
 

@@ -10,6 +10,9 @@ A stochastic generator (``model.g.noise_channels > 0``) with ``samples=N`` (``--
 clamped), and ``calibration`` the coverage of the (clamped) samples' central 68 % interval per sample-mean
 brightness bin (hpc_sr.eval.uncertainty; target 68 +- 5 %). ``antithetic=True`` draws the N samples as N/2
 pairs (z, -z): a centred generator's (``model.g.noise_centred``) sample mean is then exactly its centre.
+``recalibrate_on="val"`` first fits one spread scale per brightness bin on that split's images
+(hpc_sr.eval.recalibration), then reports the test split with the scaled samples (``calibration``) beside the
+raw ones (``calibration_raw``); ``spread_scales=FILE`` applies scales fitted before instead.
 """
 
 from __future__ import annotations
@@ -106,6 +109,13 @@ def format_table(result: dict[str, Any]) -> str:
             + ("antithetic pairs (z, -z)" if cal.get("antithetic")
                else f"infinite-sample estimate {cal['mean_psnr_inf']:.3f} dB")
         )
+        if result.get("calibration_raw"):
+            fitted = result["spread_scales"]
+            scales = ", ".join(f"{v:.2f}" for v in fitted["scales"])
+            lines.append(f"recalibrated: spread scales per block-brightness bin [{scales}] (fitted on "
+                         f"{fitted['fitted_on']}); as the generator gives them:")
+            lines.append(format_calibration(result["calibration_raw"]))
+            lines.append("recalibrated:")
         lines.append(format_calibration(cal))
     return "\n".join(lines)
 
@@ -183,12 +193,16 @@ def evaluate(
     samples: int = 1,
     seed: int = 0,
     antithetic: bool = False,
+    recalibrate_on: str | None = None,
+    spread_scales: str | Path | None = None,
 ) -> dict[str, Any]:
     """Evaluate a generator and bicubic on one split of a shard directory; returns the JSON-able result.
 
     ``samples`` > 1 (a stochastic generator only): also the mean of that many samples per image and the
     calibration of their central 68 % interval; ``seed`` fixes their noise (rank r draws from seed + r);
     ``antithetic``: the samples come in pairs (z, -z) (their mean is exactly a centred generator's centre).
+    ``recalibrate_on``: a split whose first ``limit`` images (all: 0) fit per-bin spread scales first;
+    ``spread_scales``: a JSON file of scales fitted before (hpc_sr.eval.recalibration.SpreadScales.load).
     """
     from hpc_sr.data.dataset import ShardDataset
 
@@ -204,6 +218,16 @@ def evaluate(
             _Sampler(model, samples, seed + env.rank, device, ensemble, antithetic) if samples != 1 else None
         )
         scale = int(payload["scale"])
+        _check_recalibration(sampler is not None, split, recalibrate_on, spread_scales)
+        if sampler is not None and recalibrate_on:
+            sampler.fit_scales(data, recalibrate_on, limit, batch_size, env, quiet, scale)
+        elif sampler is not None and spread_scales:
+            from hpc_sr.eval.recalibration import SpreadScales
+
+            try:
+                sampler.use_scales(SpreadScales.load(spread_scales), f"file {spread_scales}")
+            except ValueError as exc:
+                raise EvaluateError(str(exc)) from None
         dataset = ShardDataset(data, split=split, scale=scale)
         n = len(dataset) if not limit else min(limit, len(dataset))
         if n == 0:
@@ -275,6 +299,16 @@ def evaluate(
             dist_env.shutdown_distributed(wait_for_peers=finished)
 
 
+def _check_recalibration(sampling: bool, split: str, fit_on: str | None, scales: str | Path | None) -> None:
+    if (fit_on or scales) and not sampling:
+        raise EvaluateError("--recalibrate-on / --spread-scales need --samples N of a stochastic generator")
+    if fit_on and scales:
+        raise EvaluateError("--recalibrate-on and --spread-scales exclude each other: fit or load, not both")
+    if fit_on == split:
+        raise EvaluateError(f"--recalibrate-on {fit_on}: fit the scales on another split than the one "
+                            "evaluated, or the coverage is not a test")
+
+
 class _Sampler:
     """``samples`` draws per image of a stochastic generator: the first is the ``model`` row's SR image; the
     mean and the calibration sums accumulate (hpc_sr.eval.uncertainty), reduced over ranks in compute()."""
@@ -301,29 +335,75 @@ class _Sampler:
         self.model, self.samples, self.antithetic = model, samples, antithetic
         self.gen = torch.Generator(device).manual_seed(seed)
         self.mean, self.cal = MetricAccumulator(), CalibrationAccumulator()
+        self.cal_raw = CalibrationAccumulator()
+        self.device = device
+        self.scales: Any = None  # SpreadScales once fitted or loaded
+        self.scales_from = ""
         self.last: torch.Tensor | None = None
+        self.last_raw: torch.Tensor | None = None
 
-    def draw(self, lr: torch.Tensor) -> torch.Tensor:
+    def _draw_raw(self, lr: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         from hpc_sr.eval.uncertainty import draw_samples
 
-        raw = draw_samples(self.model, lr, self.samples, self.gen, clamp=False, antithetic=self.antithetic)
-        self.last = raw
-        return raw[0]  # as the generator gives it (unclamped: the physics rows see an exact LR residual)
+        return draw_samples(self.model, lr, self.samples, gen, clamp=False, antithetic=self.antithetic)
+
+    def fit_scales(self, data: str | Path, split: str, limit: int, batch_size: int,
+                   env: dist_env.DistEnv, quiet: bool, scale: int) -> None:
+        """Fit per-bin spread scales on ``split`` (its own noise stream, so test draws are unchanged)."""
+        from hpc_sr.data.dataset import ShardDataset
+        from hpc_sr.eval.loop import reduce_accumulator
+        from hpc_sr.eval.recalibration import SpreadScaleFitter
+
+        dataset = ShardDataset(data, split=split, scale=scale)
+        n = len(dataset) if not limit else min(limit, len(dataset))
+        if n == 0:
+            raise DataError(f"{data}: split {split!r} (--recalibrate-on) is empty")
+        gen = torch.Generator(self.device).manual_seed(int(self.gen.initial_seed()) + 7919)
+        fitter = SpreadScaleFitter(block=scale)
+        loader = DataLoader(Subset(dataset, list(range(env.rank, n, env.world_size))), batch_size=batch_size)
+        with torch.no_grad():
+            for lr, hr in tqdm(loader, desc=f"recalibrate on {split}", disable=quiet or not env.is_main,
+                               unit="batch"):
+                fitter.update(self._draw_raw(lr.to(self.device), gen), hr.to(self.device))
+        reduce_accumulator(fitter, self.device)
+        try:
+            self.use_scales(fitter.compute(), f"the first {n} images of split {split!r}")
+        except ValueError as exc:
+            raise EvaluateError(str(exc)) from None
+
+    def use_scales(self, scales: Any, source: str) -> None:
+        self.scales, self.scales_from = scales, source
+
+    def draw(self, lr: torch.Tensor) -> torch.Tensor:
+        raw = self._draw_raw(lr, self.gen)
+        self.last_raw = raw
+        self.last = self.scales.apply(raw) if self.scales is not None else raw
+        return self.last[0]  # unclamped: the physics rows see an exact LR residual
 
     def update(self, hr: torch.Tensor) -> None:
-        assert self.last is not None
+        assert self.last is not None and self.last_raw is not None
         # the estimate: the mean of the samples as the generator gives them, then clamped as every SR image
         # (the mean of clamped samples is biased up wherever the samples straddle 0: the background)
         self.mean.update(self.last.double().mean(0).clamp(0.0, 1.0), hr)
         self.cal.update(self.last.clamp(0.0, 1.0), hr, raw=self.last)
-        self.last = None
+        if self.scales is not None:
+            self.cal_raw.update(self.last_raw.clamp(0.0, 1.0), hr, raw=self.last_raw)
+        self.last = self.last_raw = None
+
+    def _cal(self, acc: Any) -> dict[str, Any]:
+        cal = {**acc.compute(), "samples": self.samples, "antithetic": self.antithetic}
+        if self.antithetic:  # var / n is the cost of independent draws: not defined for pairs (z, -z)
+            cal["mean_psnr_inf"] = cal["mean_psnr_pooled_inf"] = float("nan")
+        return cal
 
     def compute(self, device: torch.device) -> dict[str, Any]:
         from hpc_sr.eval.loop import reduce_accumulator
 
-        for acc in (self.mean, self.cal):
+        for acc in (self.mean, self.cal, self.cal_raw):
             reduce_accumulator(acc, device)
-        cal = {**self.cal.compute(), "samples": self.samples, "antithetic": self.antithetic}
-        if self.antithetic:  # var / n is the cost of independent draws: not defined for pairs (z, -z)
-            cal["mean_psnr_inf"] = cal["mean_psnr_pooled_inf"] = float("nan")
-        return {"sample_mean": self.mean.compute(), "calibration": cal}
+        out: dict[str, Any] = {"sample_mean": self.mean.compute(), "calibration": self._cal(self.cal)}
+        if self.scales is not None:
+            out["calibration"]["recalibrated"] = True
+            out["calibration_raw"] = self._cal(self.cal_raw)
+            out["spread_scales"] = {**self.scales.to_dict(), "fitted_on": self.scales_from}
+        return out

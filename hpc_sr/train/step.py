@@ -10,11 +10,14 @@ Order per step (DDP back-end):
    gradients do not depend on G's update (the fakes are detached, D is unchanged by it), so computing them
    before
    G's optimiser step gives the same update as the classic order, and lets the next point see both;
-3. ONE small all-reduce (MAX) of [stop signal, non-finite G loss, non-finite D loss] and one host read: every
-   rank takes the same decision: step G and D, or skip the step everywhere;
-4. optimiser steps (clipping, loss scaling) of G and D. Non-finite gradients with a finite loss (sqrt at 0)
-   make the DDP back-end skip the update (one more host read of G's norm; the gradients are identical on all
-   ranks after DDP's all-reduce, so no collective is needed) and the step counts as skipped.
+3. the global gradient norms of G and D on the device (``backend.grad_norm``; their gradients are final:
+   DDP all-reduced them in the last backward), then ONE small all-reduce (MAX) of [stop signal, non-finite
+   G loss or G gradients, non-finite D loss or D gradients] and ONE host read: every rank takes the same
+   decision: step G and D, or skip the step everywhere (non-finite gradients come from a finite loss too:
+   sqrt at 0);
+4. optimiser steps (clipping with the norms of 3, loss scaling) of G and D, with no further host read.
+   Where a back-end gives no norm before its step (fp16's GradScaler, DeepSpeed) it skips non-finite
+   updates itself and the step reads the returned G norm once to count the step as skipped.
 
 Losses stay on the device (no ``.item()`` per micro-batch); the caller reads them at log steps.
 The DeepSpeed back-end keeps non-finite gradients out of its partitioned ZeRO buffers: it agrees on a micro-
@@ -154,6 +157,10 @@ def optimizer_step(
         bad_d = _discriminator_backward(b, batches, opts, sums, stop_signal, res)
         if res.skipped:
             return res
+    norms = {name: b.grad_norm(name) for name in (("g", "d") if opts.gan else ("g",))}
+    bad_g = torch.maximum(bad_g, _not_finite(norms["g"])) if norms["g"] is not None else bad_g
+    if opts.gan and norms["d"] is not None:
+        bad_d = torch.maximum(bad_d, _not_finite(norms["d"]))
     flags = torch.cat([torch.tensor([float(stop_signal)], device=device), bad_g, bad_d])
     agreed = max_over_ranks(flags).tolist()  # the one collective and host read of the step
     res.stop_signal = int(agreed[0])
@@ -161,7 +168,8 @@ def optimizer_step(
         return _skip(b, res)
     res.grad_norms["g"] = b.step("g")
     b.zero_grad("g")
-    if not _finite_norm(res.grad_norms["g"]):  # the back-end skipped a non-finite update; D with it
+    # a back-end that decided itself (no norm before the step) may have skipped a non-finite update; D with it
+    if norms["g"] is None and not _finite_norm(res.grad_norms["g"]):
         for name in b.names():
             b.zero_grad(name)
         res.skipped, res.losses = True, {}

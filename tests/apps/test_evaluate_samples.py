@@ -77,3 +77,28 @@ def test_antithetic_samples_of_a_centred_generator_average_to_its_centre(
     assert anti["sample_mean"]["psnr"] > iid["sample_mean"]["psnr"]
     with pytest.raises(EvaluateError, match="--samples 7 --antithetic: antithetic pairs need an even number"):
         evaluate(path, tiny_shards, samples=7, antithetic=True, quiet=True)
+
+
+def test_recalibrate_on_val_then_reuse_the_fitted_scales(tiny_shards: Path, tmp_path: Path) -> None:
+    path = generator_file(tmp_path, 1)
+    out = tmp_path / "recal.json"
+    fitted = evaluate(path, tiny_shards, json_out=out, samples=8, recalibrate_on="val", quiet=True)
+    plain = evaluate(path, tiny_shards, samples=8, quiet=True)
+    scales = fitted["spread_scales"]
+    assert scales["fitted_on"] == "the first 5 images of split 'val'"
+    assert len(scales["scales"]) == len(scales["edges"]) + 1 and sum(scales["pixels"]) == 5 * 32 * 32
+    assert fitted["calibration_raw"] == plain["calibration"]  # the same test draws, before scaling
+    assert fitted["calibration"]["recalibrated"] is True
+    assert fitted["calibration"]["overall"]["width"] != plain["calibration"]["overall"]["width"]
+    # the sample mean does not move: the deviations are scaled around it
+    assert fitted["sample_mean"]["psnr"] == pytest.approx(plain["sample_mean"]["psnr"], abs=1e-4)  # float32
+    assert "recalibrated: spread scales per block-brightness bin" in format_table(fitted)
+    reused = evaluate(path, tiny_shards, samples=8, spread_scales=out, quiet=True)
+    assert reused["calibration"] == fitted["calibration"]
+    with pytest.raises(EvaluateError, match="fit the scales on another split"):
+        evaluate(path, tiny_shards, samples=8, recalibrate_on="test", quiet=True)
+    with pytest.raises(EvaluateError, match="need --samples N"):
+        evaluate(path, tiny_shards, recalibrate_on="val", quiet=True)
+    (tmp_path / "junk.json").write_text("[1, 2]")
+    with pytest.raises(EvaluateError, match=r"junk\.json: not a spread-scales record"):
+        evaluate(path, tiny_shards, samples=8, spread_scales=tmp_path / "junk.json", quiet=True)

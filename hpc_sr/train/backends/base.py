@@ -78,6 +78,13 @@ class Backend(ABC):
     def backward(self, name: str, loss: torch.Tensor, last_micro: bool) -> None:
         """Backward of one micro-batch loss (the back-end divides by the accumulation steps)."""
 
+    def grad_norm(self, name: str) -> torch.Tensor | None:
+        """The global gradient norm before :meth:`step`, as a device tensor, where the back-end can give it
+        without a host read (the step folds its finiteness into the step's one agreement and :meth:`step`
+        then trusts it); None where the back-end decides on non-finite gradients itself (fp16 loss scaling,
+        DeepSpeed)."""
+        return None
+
     @abstractmethod
     def step(self, name: str) -> torch.Tensor | float:
         """Clip, step the optimiser, update the loss scale; returns the global grad norm (nan if unknown)."""

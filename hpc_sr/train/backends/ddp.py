@@ -73,6 +73,7 @@ class DDPBackend(Backend):
         self._wrapped: dict[str, nn.Module] = {}
         self._opt: dict[str, torch.optim.Optimizer] = {}
         self._scaler: dict[str, torch.amp.GradScaler] = {}
+        self._norms: dict[str, torch.Tensor] = {}  # grad_norm() results awaiting their step()
 
     def add(self, name: str, module: nn.Module, lr: float) -> None:
         t = self.cfg.train
@@ -116,19 +117,36 @@ class DDPBackend(Backend):
     def backward(self, name: str, loss: torch.Tensor, last_micro: bool) -> None:
         self._scaler[name].scale(loss / self.grad_accum).backward()
 
+    def grad_norm(self, name: str) -> torch.Tensor | None:
+        """Unscale and the pre-clip global norm, kept for :meth:`step` (no host read); None under fp16, whose
+        GradScaler skips non-finite updates itself (and must see them to lower its scale)."""
+        scaler = self._scaler[name]
+        if scaler.is_enabled():
+            return None
+        params = [p for p in self._raw[name].parameters() if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        self._norms[name] = norm
+        return norm.detach()
+
     def step(self, name: str) -> torch.Tensor:
-        """Unscale, clip, step; the pre-clip global norm. Non-finite gradients (possible with a finite loss,
-        e.g. sqrt at 0) skip the update instead of writing NaN weights: fp16's GradScaler does that itself;
-        otherwise one host read of the norm decides (the gradients are identical on every rank after DDP's
-        all-reduce, so every rank decides alike without a collective)."""
+        """Unscale, clip, step; the pre-clip global norm. After :meth:`grad_norm` the caller has agreed that
+        the norm is finite (hpc_sr.train.step folds it into the step's one collective): no host read here.
+        Called directly, non-finite gradients (possible with a finite loss, e.g. sqrt at 0) skip the update
+        instead of writing NaN weights: fp16's GradScaler does that itself; otherwise one host read of the
+        norm decides (the gradients are identical on every rank after DDP's all-reduce, so every rank
+        decides alike without a collective)."""
         opt, scaler = self._opt[name], self._scaler[name]
-        scaler.unscale_(opt)
         params = [p for p in self._raw[name].parameters() if p.grad is not None]
         clip = self.cfg.train.grad_clip
-        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
-        if not scaler.is_enabled() and not bool(torch.isfinite(norm)):
-            scaler.update()
-            return norm.detach()
+        agreed = self._norms.pop(name, None)
+        if agreed is not None:
+            norm = agreed
+        else:
+            scaler.unscale_(opt)
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+            if not scaler.is_enabled() and not bool(torch.isfinite(norm)):
+                scaler.update()
+                return norm.detach()
         if clip > 0:
             torch.nn.utils.clip_grads_with_norm_(params, clip, norm)
         scaler.step(opt)
@@ -136,6 +154,7 @@ class DDPBackend(Backend):
         return norm.detach()  # a device tensor: read at log steps
 
     def zero_grad(self, name: str) -> None:
+        self._norms.pop(name, None)
         self._opt[name].zero_grad(set_to_none=True)
 
     def set_lr(self, name: str, lr: float) -> None:
