@@ -130,7 +130,8 @@ def _run_train(a: argparse.Namespace) -> int:
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="PSNR/SSIM/MSE/flux of a generator and of bicubic on a split")
     p.add_argument(
-        "--checkpoint", required=True, help="checkpoint step dir, run dir (latest) or exported G.pt"
+        "--checkpoint", required=True, nargs="+",
+        help="checkpoint step dir, run dir (latest) or exported G.pt; several: their mean (an ensemble)",
     )
     p.add_argument("--data", required=True, help="shard directory")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
@@ -162,7 +163,7 @@ def _run_evaluate(a: argparse.Namespace) -> int:
     from hpc_sr.apps.evaluate import evaluate
 
     evaluate(
-        a.checkpoint,
+        a.checkpoint[0] if len(a.checkpoint) == 1 else a.checkpoint,
         a.data,
         split=a.split,
         json_out=a.json_out,

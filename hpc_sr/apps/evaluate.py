@@ -1,5 +1,7 @@
 """`hpc-sr evaluate`: a generator (checkpoint, run dir, exported G.pt) and bicubic on one split, side by side.
 
+Several checkpoints (``--checkpoint A B``) are evaluated as their mean (hpc_sr.models.ensemble.ModelEnsemble).
+
 Evaluation follows the DeepLense protocol: per image, data_range 1, SR clamped to [0, 1]; mean per-image PSNR,
 pooled-MSE PSNR, SSIM, MSE, relative flux error; bicubic on the same images. Under torchrun the split is
 sharded across ranks (indices rank::world) and the sums are all-reduced (hpc_sr.eval.loop), so the result is
@@ -18,6 +20,7 @@ raw ones (``calibration_raw``); ``spread_scales=FILE`` applies scales fitted bef
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +32,7 @@ from hpc_sr.atomic import atomic_write_text
 from hpc_sr.dist import env as dist_env
 from hpc_sr.errors import DataError, HpcSrError
 from hpc_sr.eval.loop import evaluate_batches
-from hpc_sr.models.ensemble import self_ensemble
+from hpc_sr.models.ensemble import ModelEnsemble, self_ensemble
 from hpc_sr.train.checkpoint import load_generator
 
 PHYSICS_ROWS = (
@@ -179,7 +182,7 @@ class ScienceMetrics:
 
 
 def evaluate(
-    checkpoint: str | Path,
+    checkpoint: str | Path | Sequence[str | Path],
     data: str | Path,
     split: str = "test",
     json_out: str | Path | None = None,
@@ -212,7 +215,7 @@ def evaluate(
     finished = False
     dist_env.init_distributed(env, device)
     try:
-        model, payload = load_generator(checkpoint, ema=ema)
+        model, payload = _load_model(checkpoint, ema)
         model.to(device)
         sampler = (
             _Sampler(model, samples, seed + env.rank, device, ensemble, antithetic) if samples != 1 else None
@@ -252,7 +255,7 @@ def evaluate(
                 hr[:k].cpu(),
                 scale=scale,
                 max_rows=k,
-                title=f"{Path(str(checkpoint)).name} on {split}",
+                title=f"{_name(checkpoint)} on {split}",
             )
             saved += k
 
@@ -275,7 +278,7 @@ def evaluate(
             "n": res.model["n"],
             "model": res.model,
             "bicubic": res.bicubic,
-            "checkpoint": str(checkpoint),
+            "checkpoint": _names(checkpoint),
             "data": str(data),
             "split": split,
             "ema": ema,
@@ -297,6 +300,36 @@ def evaluate(
     finally:
         if started_dist:
             dist_env.shutdown_distributed(wait_for_peers=finished)
+
+
+def _name(checkpoint: str | Path | Sequence[str | Path]) -> str:
+    if isinstance(checkpoint, (str, Path)):
+        return Path(str(checkpoint)).name
+    return " + ".join(Path(str(c)).name for c in checkpoint)
+
+
+def _names(checkpoint: str | Path | Sequence[str | Path]) -> str | list[str]:
+    return str(checkpoint) if isinstance(checkpoint, (str, Path)) else [str(c) for c in checkpoint]
+
+
+def _load_model(
+    checkpoint: str | Path | Sequence[str | Path], ema: bool
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """One generator, or the mean of several of the same scale (the first one's payload)."""
+    if isinstance(checkpoint, (str, Path)):
+        return load_generator(checkpoint, ema=ema)
+    loaded = [load_generator(c, ema=ema) for c in checkpoint]
+    if len(loaded) == 1:
+        return loaded[0]
+    scales = {int(p["scale"]) for _, p in loaded}
+    if len(scales) > 1:
+        raise EvaluateError(f"--checkpoint {' '.join(map(str, checkpoint))}: an ensemble needs one scale, "
+                            f"got scales {sorted(scales)}")
+    try:
+        model = ModelEnsemble([m for m, _ in loaded])
+    except ValueError as exc:
+        raise EvaluateError(str(exc)) from None
+    return model.eval(), loaded[0][1]
 
 
 def _check_recalibration(sampling: bool, split: str, fit_on: str | None, scales: str | Path | None) -> None:

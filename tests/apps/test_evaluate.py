@@ -97,6 +97,28 @@ def test_self_ensemble_flag_changes_the_result_of_a_trained_model(
     assert ens["model"]["mse"] != pytest.approx(plain["model"]["mse"], rel=1e-6)
 
 
+def test_several_checkpoints_are_evaluated_as_their_mean(
+    trained_run: Path, tiny_shards: Path, tmp_path: Path
+) -> None:
+    from hpc_sr.apps.evaluate import EvaluateError
+
+    g = export_generator(trained_run, tmp_path / "G.pt")
+    plain = evaluate(trained_run, tiny_shards, quiet=True)
+    twice = evaluate([trained_run, g], tiny_shards, quiet=True)  # the mean of one model with itself
+    assert twice["checkpoint"] == [str(trained_run), str(g)]
+    assert twice["model"]["psnr"] == pytest.approx(plain["model"]["psnr"], abs=1e-6)
+    assert main(["evaluate", "--checkpoint", str(trained_run), str(g), "--data", str(tiny_shards),
+                 "--limit", "2"]) == 0  # fmt: skip
+    from hpc_sr.models.registry import generator_from_spec, generator_spec
+    from hpc_sr.train.checkpoint import generator_payload
+
+    g_cfg = {"arch": "srresnet", "options": {"channels": 4, "blocks": 1}}
+    x4 = generator_from_spec(generator_spec(g_cfg), 4)
+    torch.save(generator_payload({"g": g_cfg}, 4, x4.state_dict(), "test", 0), tmp_path / "G4.pt")
+    with pytest.raises(EvaluateError, match="an ensemble needs one scale"):
+        evaluate([g, tmp_path / "G4.pt"], tiny_shards, quiet=True)
+
+
 def test_simulated_split_reports_physics_and_the_noise_ceiling(
     trained_run: Path, tiny_shards: Path, capsys: pytest.CaptureFixture
 ) -> None:
