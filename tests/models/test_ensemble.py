@@ -47,7 +47,8 @@ def test_model_ensemble_is_the_mean_and_keeps_lr_consistency() -> None:
     from hpc_sr.models.ensemble import ModelEnsemble
     from hpc_sr.models.registry import generator_from_spec, generator_spec
 
-    spec = generator_spec({"arch": "srresnet", "options": {"channels": 4, "blocks": 1}, "lr_consistent": True})
+    cfg = {"arch": "srresnet", "options": {"channels": 4, "blocks": 1}, "lr_consistent": True}
+    spec = generator_spec(cfg)
     members = []
     for seed in (0, 1):
         torch.manual_seed(seed)
