@@ -322,7 +322,8 @@ class MemoryStream(EpochPosition):
         )
         self.epoch, self.position = 0, 0
         self._plan: Plan | None = None
-        self._chunk: tuple[int, torch.Tensor, torch.Tensor] | None = None  # (first position, lr, hr)
+        # (first position, its micro-batches as (lr, hr) views): __next__ is a list lookup
+        self._chunk: tuple[int, list[tuple[torch.Tensor, torch.Tensor]]] | None = None
 
     def _item_shapes(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
         c, h, w = self.lr.shape[1:]
@@ -358,19 +359,19 @@ class MemoryStream(EpochPosition):
             lr, hr = self.staging.upload(
                 *self.pairs.gather(plan, lo, hi, self.staging.buffers(hi - lo)), self.device
             )
-        self._chunk = (first, lr, hr)
+        self._chunk = (first, list(zip(lr.split(m), hr.split(m))))
 
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.position >= self.batches_per_epoch:
             self.epoch, self.position = self.epoch + 1, 0
             self.restart()
-        p, m = self.position, self.micro_batch
-        if self._chunk is None or not 0 <= p - self._chunk[0] < self._chunk[1].shape[0] // m:
+        p, chunk = self.position, self._chunk
+        if chunk is None or not 0 <= p - chunk[0] < len(chunk[1]):
             self._fill(p)
-        first, lr, hr = self._chunk  # type: ignore[misc]
-        j = (p - first) * m
+            chunk = self._chunk
+        assert chunk is not None
         self.position += 1
-        return lr[j : j + m], hr[j : j + m]
+        return chunk[1][p - chunk[0]]
 
 
 @register_source("shards")
