@@ -392,7 +392,7 @@ class _Sampler:
         if n == 0:
             raise DataError(f"{data}: split {split!r} (--recalibrate-on) is empty")
         gen = torch.Generator(self.device).manual_seed(int(self.gen.initial_seed()) + 7919)
-        fitter = SpreadScaleFitter(block=scale)
+        fitter = SpreadScaleFitter(block=1)  # per pixel: calibrates the table's per-pixel bins
         loader = DataLoader(Subset(dataset, list(range(env.rank, n, env.world_size))), batch_size=batch_size)
         with torch.no_grad():
             for lr, hr in tqdm(loader, desc=f"recalibrate on {split}", disable=quiet or not env.is_main,

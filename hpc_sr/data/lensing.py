@@ -730,10 +730,20 @@ class LensingSimulator:
         out = {
             "lens_x": col["lens_x"], "lens_y": col["lens_y"], "q": q, "cos": cos, "sin": sin,
             "inv_sq": 1 / sq, "core_x": core / sq, "core_dy": -sq * core,
-            "kc": k * cos, "ks": k * sin, "one_m_g1": 1 - g1, "one_p_g1": 1 + g1, "neg_g2": -g2,
-            "src_x": col["src_x"], "src_y": col["src_y"],
             "t": col["exposure_time"], "bkg2": col["background_rms"] ** 2, "ll_on": (col["ll_amp"] != 0),
         }  # fmt: skip
+        # the source-plane coordinates folded with the source's ellipse matrix M (see _render_clean):
+        # u = (M (beta - src))_x = u_x x + u_y y + u_0 + u_ax ax + u_ay ay, likewise v
+        m11, m12, m22 = src["m11"], src["m12"], src["m22"]
+        kc, ks = k * cos, k * sin
+        out.update(
+            u_x=m11 * (1 - g1) - m12 * g2, u_y=m12 * (1 + g1) - m11 * g2,
+            u_0=-(m11 * col["src_x"] + m12 * col["src_y"]),
+            u_ax=-(m11 * kc + m12 * ks), u_ay=m11 * ks - m12 * kc,
+            v_x=m12 * (1 - g1) - m22 * g2, v_y=m22 * (1 + g1) - m12 * g2,
+            v_0=-(m12 * col["src_x"] + m22 * col["src_y"]),
+            v_ax=-(m12 * kc + m22 * ks), v_ay=m12 * ks - m22 * kc,
+        )  # fmt: skip
         out = {k: _bc(v) for k, v in out.items()}
         out.update({f"src_{k}": _bc(v) for k, v in src.items()})
         out.update({f"ll_{k}": _bc(v) for k, v in ll.items()})
@@ -762,14 +772,13 @@ class LensingSimulator:
         den = psi.mul_(c["inv_sq"]).add_(c["core_x"])  # (psi + s) / sq
         ax = xr.div_(den).atan_()  # alpha_x' * sq / b
         ay = yr.div_(den.add_(c["core_dy"])).atanh_()  # alpha_y' * sq / b; den is now (psi + q^2 s) / sq
-        # source plane: beta = theta - R(-phi) alpha' - shear(theta), less the source centre
-        bx = (x * c["one_m_g1"] - c["src_x"]) + y * c["neg_g2"]
-        bx.addcmul_(ax, -c["kc"]).addcmul_(ay, c["ks"])
-        by = (y * c["one_p_g1"] - c["src_y"]) + x * c["neg_g2"]
-        by.addcmul_(ax, -c["ks"]).addcmul_(ay, -c["kc"])
+        # source plane: beta = theta - R(-phi) alpha' - shear(theta), less the source centre, times the
+        # source's ellipse matrix M: linear in (x, y, ax, ay), its coefficients folded in _coeffs
+        u = (x * c["u_x"] + c["u_0"]) + y * c["u_y"]
+        u.addcmul_(ax, c["u_ax"]).addcmul_(ay, c["u_ay"])
+        v = (x * c["v_x"] + c["v_0"]) + y * c["v_y"]
+        v.addcmul_(ax, c["v_ax"]).addcmul_(ay, c["v_ay"])
         del ax, ay, den
-        u = (bx * c["src_m11"]).addcmul_(by, c["src_m12"])
-        v = bx.mul_(c["src_m12"]).addcmul_(by, c["src_m22"])
         img = _sersic(u, v, {k[4:]: t for k, t in c.items() if k.startswith("src_")})
         if bool(c["ll_on"].any()):
             u = (dx * c["ll_m11"]) + (dy * c["ll_m12"])

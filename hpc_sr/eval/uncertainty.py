@@ -61,10 +61,12 @@ def draw_samples(
     shape = (lr.shape[0], k, lr.shape[-2], lr.shape[-1])
     noises = [torch.randn(shape, generator=gen, device=lr.device, dtype=lr.dtype)
               for _ in range(n // 2 if antithetic else n)]  # fmt: skip
-    if antithetic:
-        noises = [s * z for z in noises for s in (1, -1)]
-    out = [g(lr, z) for z in noises]
-    stacked = torch.stack(out).float()
+    if antithetic and getattr(g, "noise_centred", False) and hasattr(g, "antithetic_pairs"):
+        stacked = g.antithetic_pairs(lr, torch.stack(noises)).float()  # the centre computed once
+    else:
+        if antithetic:
+            noises = [s * z for z in noises for s in (1, -1)]
+        stacked = torch.stack([g(lr, z) for z in noises]).float()
     return stacked.clamp(0.0, 1.0) if clamp else stacked
 
 

@@ -50,12 +50,20 @@ def test_scaling_keeps_the_sample_mean_and_every_block_mean() -> None:
     dev = dev - block_means  # every sample keeps its block means
     dev = dev - dev.mean(0)
     raw = base + dev
-    scales = SpreadScales(edges=(0.005, 0.05, 0.1), scales=(0.5, 1.5, 3.0, 0.8))
+    scales = SpreadScales(edges=(0.005, 0.05, 0.1), scales=(0.5, 1.5, 3.0, 0.8), block=2)
     out = scales.apply(raw)
     assert not torch.allclose(out, raw)
     torch.testing.assert_close(out.mean(0), raw.mean(0), atol=1e-7, rtol=0)
     torch.testing.assert_close(F.avg_pool2d(out.flatten(0, 1), 2), F.avg_pool2d(raw.flatten(0, 1), 2),
                                atol=1e-7, rtol=0)
+
+
+def test_per_pixel_scales_follow_each_pixel_not_its_block() -> None:
+    centre = torch.tensor([[0.001, 0.2], [0.001, 0.001]]).view(1, 1, 2, 2)
+    per_pixel = SpreadScales(edges=(0.05,), scales=(1.0, 3.0)).scale_map(centre)
+    per_block = SpreadScales(edges=(0.05,), scales=(1.0, 3.0), block=2).scale_map(centre)
+    assert per_pixel.flatten().tolist() == [1.0, 3.0, 1.0, 1.0]
+    assert per_block.flatten().tolist() == [3.0] * 4  # the block mean 0.05075 is bright
 
 
 def test_required_scale_is_the_smallest_scale_that_covers() -> None:

@@ -229,6 +229,11 @@ def test_a_centred_generator_is_odd_in_the_noise_around_its_centre(arch: str) ->
         torch.testing.assert_close(raw[1] - centre, centre - raw[0], rtol=0, atol=1e-6)  # pairs (z, -z)
         iid = draw_samples(g, lr, 6, seed=3, clamp=False)
         assert float((iid.mean(0) - centre).abs().max()) > 1e-5  # iid draws average only near it
+        # the pairs drawn with the centre computed once are the samples forward() gives one by one
+        gen = torch.Generator().manual_seed(3)
+        zs = [torch.randn((2, 1, 8, 8), generator=gen) for _ in range(3)]
+        one_by_one = torch.stack([g(lr, sign * z) for z in zs for sign in (1, -1)])
+        torch.testing.assert_close(raw, one_by_one, rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="antithetic pairs need an even n, got 5"):
         draw_samples(g, lr, 5, antithetic=True)
     with pytest.raises(ValueError, match="noise_centred needs noise_channels > 0"):
