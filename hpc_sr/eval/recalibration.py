@@ -8,7 +8,9 @@ images, applied to every sample's deviation from the centre (the mean of the sam
 
 Why it is exact: scaling every sample's deviation by s > 0 keeps their order, so the central interval of the
 scaled samples is the centre plus s times the old interval's offsets (the order statistics and their linear
-interpolation commute with it, and so does the clamp to [0, 1], which is monotone). Each pixel then needs a
+interpolation commute with it), and clipping the interval's ends to [0, 1] is monotone. (The calibration
+table takes the interval of the samples as the generator gives them, then clips its ends, for this reason:
+interpolating between already-clamped samples does not commute with the scaling.) Each pixel then needs a
 smallest scale r that makes its interval cover the truth, and the interval covers a share ``level`` of a bin's
 pixels exactly when s is the ``level`` quantile of r over that bin. The fitter keeps a histogram of r per bin
 (log-spaced, float64 sums: exact over ranks with ``hpc_sr.eval.loop.reduce_accumulator``).

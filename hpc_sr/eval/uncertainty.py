@@ -141,8 +141,9 @@ class CalibrationAccumulator(SumAccumulator):
     def update(self, samples: Tensor, hr: Tensor, raw: Tensor | None = None) -> None:
         """Add one batch: ``samples`` (n, B, C, H, W) in [0, 1], ``hr`` (B, C, H, W).
 
-        ``raw``: the same samples before their clamp to [0, 1]; the estimate (binning and the PSNR rows) is
-        then their mean, clamped (else the mean of ``samples``).
+        ``raw``: the same samples before their clamp to [0, 1]; the interval is then theirs with its ends
+        clipped to [0, 1], and the estimate (binning and the PSNR rows) their mean, clamped (else the interval
+        and the mean of ``samples``).
         """
         if samples.ndim != hr.ndim + 1 or samples.shape[1:] != hr.shape:
             raise ValueError(
@@ -151,10 +152,12 @@ class CalibrationAccumulator(SumAccumulator):
             )
         n = samples.shape[0]
         s64, hr64 = samples.detach().double(), hr.detach().double().to(samples.device)
-        lo, hi = central_interval(s64, self.level)
+        spread_of = s64 if raw is None else raw.detach().double()
+        # the interval of the samples as the generator gives them, its ends then clipped to [0, 1] like every
+        # image (interpolating between clamped samples would not commute with scaling their spread)
+        lo, hi = (end.clamp(0.0, 1.0) for end in central_interval(spread_of, self.level))
         covered = ((hr64 >= lo) & (hr64 <= hi)).double()
         width = hi - lo
-        spread_of = s64 if raw is None else raw.detach().double()
         mean = spread_of.mean(0).clamp_(0.0, 1.0) if raw is not None else s64.mean(0)
         idx = _bin_index(mean, self.edges).flatten()
         rows = torch.zeros(self._bins + 1, 3, dtype=torch.float64, device=samples.device)

@@ -109,3 +109,19 @@ def test_spread_scales_round_trip_and_clear_errors(tmp_path: Path) -> None:
         SpreadScales(edges=(0.01,), scales=(1.0,))
     with pytest.raises(ValueError, match="finite and > 0"):
         SpreadScales(edges=(0.01,), scales=(1.0, 0.0))
+
+
+def test_the_fit_is_exact_on_its_own_samples_where_the_clamp_bites() -> None:
+    """Sky pixels: samples straddle 0 and HR is clipped there; the fitted bins cover 68 % of the fitting
+    pixels, as the calibration table measures them (interval of the raw samples, ends clipped)."""
+    g = torch.Generator().manual_seed(3)
+    centre = torch.rand((4, 1, 32, 32), generator=g) * 0.01
+    raw = centre + 0.004 * torch.randn((16, *centre.shape), generator=g)
+    hr = (centre + 0.006 * torch.randn(centre.shape, generator=g)).clamp(0, 1)
+    fitter = SpreadScaleFitter(edges=(0.002, 0.005))
+    fitter.update(raw, hr)
+    scales = fitter.compute()
+    scaled = scales.apply(raw)
+    cal = CalibrationAccumulator(edges=(0.002, 0.005), names=("a", "b", "c"))
+    cal.update(scaled.clamp(0, 1), hr, raw=scaled)
+    assert [b["coverage"] for b in cal.compute()["bins"]] == pytest.approx([0.68] * 3, abs=0.002)
