@@ -115,7 +115,7 @@ def format_table(result: dict[str, Any]) -> str:
         if result.get("calibration_raw"):
             fitted = result["spread_scales"]
             scales = ", ".join(f"{v:.2f}" for v in fitted["scales"])
-            lines.append(f"recalibrated: spread scales per block-brightness bin [{scales}] (fitted on "
+            lines.append(f"recalibrated: spread scales per brightness bin [{scales}] (fitted on "
                          f"{fitted['fitted_on']}); as the generator gives them:")
             lines.append(format_calibration(result["calibration_raw"]))
             lines.append("recalibrated:")

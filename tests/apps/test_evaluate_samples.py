@@ -92,7 +92,7 @@ def test_recalibrate_on_val_then_reuse_the_fitted_scales(tiny_shards: Path, tmp_
     assert fitted["calibration"]["overall"]["width"] != plain["calibration"]["overall"]["width"]
     # the sample mean does not move: the deviations are scaled around it
     assert fitted["sample_mean"]["psnr"] == pytest.approx(plain["sample_mean"]["psnr"], abs=1e-4)  # float32
-    assert "recalibrated: spread scales per block-brightness bin" in format_table(fitted)
+    assert "recalibrated: spread scales per brightness bin" in format_table(fitted)
     reused = evaluate(path, tiny_shards, samples=8, spread_scales=out, quiet=True)
     assert reused["calibration"] == fitted["calibration"]
     with pytest.raises(EvaluateError, match="fit the scales on another split"):
