@@ -9,8 +9,8 @@ exact.
 
 A stochastic generator (``model.g.noise_channels > 0``) with ``samples=N`` (``--samples N``, N >= 6): the
 ``model`` row is one sample; ``sample_mean`` is the mean of N samples (as the generator gives them, then
-clamped), and ``calibration`` the coverage of the (clamped) samples' central 68 % interval per sample-mean
-brightness bin (hpc_sr.eval.uncertainty; target 68 +- 5 %). ``antithetic=True`` draws the N samples as N/2
+clamped), and ``calibration`` the coverage of the samples' central 68 % interval (its ends clipped to [0, 1])
+per sample-mean brightness bin (hpc_sr.eval.uncertainty; target 68 +- 5 %). ``antithetic=True`` draws the N samples as N/2
 pairs (z, -z): a centred generator's (``model.g.noise_centred``) sample mean is then exactly its centre.
 ``recalibrate_on="val"`` first fits one spread scale per brightness bin on that split's images
 (hpc_sr.eval.recalibration), then reports the test split with the scaled samples (``calibration``) beside the
