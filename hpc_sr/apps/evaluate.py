@@ -9,9 +9,10 @@ exact.
 
 A stochastic generator (``model.g.noise_channels > 0``) with ``samples=N`` (``--samples N``, N >= 6): the
 ``model`` row is one sample; ``sample_mean`` is the mean of N samples (as the generator gives them, then
-clamped), and ``calibration`` the coverage of the samples' central 68 % interval (its ends clipped to [0, 1])
-per sample-mean brightness bin (hpc_sr.eval.uncertainty; target 68 +- 5 %). ``antithetic=True`` draws the N samples as N/2
-pairs (z, -z): a centred generator's (``model.g.noise_centred``) sample mean is then exactly its centre.
+clamped), and ``calibration`` the coverage of the samples' central 68 % interval (its ends clipped to
+[0, 1]) per sample-mean brightness bin (hpc_sr.eval.uncertainty; target 68 +- 5 %). ``antithetic=True`` draws
+the N samples as N/2 pairs (z, -z): a centred generator's (``model.g.noise_centred``) sample mean is then
+exactly its centre.
 ``recalibrate_on="val"`` first fits one spread scale per brightness bin on that split's images
 (hpc_sr.eval.recalibration), then reports the test split with the scaled samples (``calibration``) beside the
 raw ones (``calibration_raw``); ``spread_scales=FILE`` applies scales fitted before instead.
@@ -207,7 +208,6 @@ def evaluate(
     ``recalibrate_on``: a split whose first ``limit`` images (all: 0) fit per-bin spread scales first;
     ``spread_scales``: a JSON file of scales fitted before (hpc_sr.eval.recalibration.SpreadScales.load).
     """
-    from hpc_sr.data.dataset import ShardDataset
 
     env = dist_env.DistEnv.from_environment()
     device = dist_env.select_device(env)
@@ -215,7 +215,8 @@ def evaluate(
     finished = False
     dist_env.init_distributed(env, device)
     try:
-        model, payload = _load_model(checkpoint, ema)
+        sources = [str(checkpoint)] if isinstance(checkpoint, (str, Path)) else [str(c) for c in checkpoint]
+        model, payload = _load_model(sources, ema)
         model.to(device)
         sampler = (
             _Sampler(model, samples, seed + env.rank, device, ensemble, antithetic) if samples != 1 else None
@@ -231,11 +232,7 @@ def evaluate(
                 sampler.use_scales(SpreadScales.load(spread_scales), f"file {spread_scales}")
             except ValueError as exc:
                 raise EvaluateError(str(exc)) from None
-        dataset = ShardDataset(data, split=split, scale=scale)
-        n = len(dataset) if not limit else min(limit, len(dataset))
-        if n == 0:
-            raise DataError(f"{data}: split {split!r} is empty")
-        loader = DataLoader(Subset(dataset, list(range(env.rank, n, env.world_size))), batch_size=batch_size)
+        loader, n, mine = _split_loader(data, split, scale, limit, batch_size, env)
         if images_dir is None:
             images_dir = Path(json_out).parent / "images" if json_out else Path("eval_images")
         images_dir = Path(images_dir)
@@ -255,7 +252,7 @@ def evaluate(
                 hr[:k].cpu(),
                 scale=scale,
                 max_rows=k,
-                title=f"{_name(checkpoint)} on {split}",
+                title=f"{' + '.join(Path(c).name for c in sources)} on {split}",
             )
             saved += k
 
@@ -264,7 +261,7 @@ def evaluate(
                 return sampler.draw(lr)
             return self_ensemble(model, lr) if ensemble else model(lr)
 
-        science = ScienceMetrics(data, split, mine=list(range(env.rank, n, env.world_size)), scale=scale)
+        science = ScienceMetrics(data, split, mine=mine, scale=scale)
 
         def on_batch(lr: torch.Tensor, sr: torch.Tensor, hr: torch.Tensor) -> None:
             save_pictures(lr, sr, hr)
@@ -278,7 +275,7 @@ def evaluate(
             "n": res.model["n"],
             "model": res.model,
             "bicubic": res.bicubic,
-            "checkpoint": _names(checkpoint),
+            "checkpoint": sources[0] if len(sources) == 1 else sources,
             "data": str(data),
             "split": split,
             "ema": ema,
@@ -302,28 +299,30 @@ def evaluate(
             dist_env.shutdown_distributed(wait_for_peers=finished)
 
 
-def _name(checkpoint: str | Path | Sequence[str | Path]) -> str:
-    if isinstance(checkpoint, (str, Path)):
-        return Path(str(checkpoint)).name
-    return " + ".join(Path(str(c)).name for c in checkpoint)
+def _split_loader(
+    data: str | Path, split: str, scale: int, limit: int, batch_size: int, env: dist_env.DistEnv,
+    role: str = "",
+) -> tuple[DataLoader, int, list[int]]:
+    """This rank's share (indices rank::world) of the first ``limit`` images (0: all) of a split, batched;
+    with the number of images over all ranks and this rank's indices. An empty split is a DataError."""
+    from hpc_sr.data.dataset import ShardDataset
+
+    dataset = ShardDataset(data, split=split, scale=scale)
+    n = len(dataset) if not limit else min(limit, len(dataset))
+    if n == 0:
+        raise DataError(f"{data}: split {split!r}{role} is empty")
+    mine = list(range(env.rank, n, env.world_size))
+    return DataLoader(Subset(dataset, mine), batch_size=batch_size), n, mine
 
 
-def _names(checkpoint: str | Path | Sequence[str | Path]) -> str | list[str]:
-    return str(checkpoint) if isinstance(checkpoint, (str, Path)) else [str(c) for c in checkpoint]
-
-
-def _load_model(
-    checkpoint: str | Path | Sequence[str | Path], ema: bool
-) -> tuple[torch.nn.Module, dict[str, Any]]:
+def _load_model(sources: list[str], ema: bool) -> tuple[torch.nn.Module, dict[str, Any]]:
     """One generator, or the mean of several of the same scale (the first one's payload)."""
-    if isinstance(checkpoint, (str, Path)):
-        return load_generator(checkpoint, ema=ema)
-    loaded = [load_generator(c, ema=ema) for c in checkpoint]
+    loaded = [load_generator(c, ema=ema) for c in sources]
     if len(loaded) == 1:
         return loaded[0]
     scales = {int(p["scale"]) for _, p in loaded}
     if len(scales) > 1:
-        raise EvaluateError(f"--checkpoint {' '.join(map(str, checkpoint))}: an ensemble needs one scale, "
+        raise EvaluateError(f"--checkpoint {' '.join(sources)}: an ensemble needs one scale, "
                             f"got scales {sorted(scales)}")
     try:
         model = ModelEnsemble([m for m, _ in loaded])
@@ -383,17 +382,12 @@ class _Sampler:
     def fit_scales(self, data: str | Path, split: str, limit: int, batch_size: int,
                    env: dist_env.DistEnv, quiet: bool, scale: int) -> None:
         """Fit per-bin spread scales on ``split`` (its own noise stream, so test draws are unchanged)."""
-        from hpc_sr.data.dataset import ShardDataset
         from hpc_sr.eval.loop import reduce_accumulator
         from hpc_sr.eval.recalibration import SpreadScaleFitter
 
-        dataset = ShardDataset(data, split=split, scale=scale)
-        n = len(dataset) if not limit else min(limit, len(dataset))
-        if n == 0:
-            raise DataError(f"{data}: split {split!r} (--recalibrate-on) is empty")
+        loader, n, _ = _split_loader(data, split, scale, limit, batch_size, env, " (--recalibrate-on)")
         gen = torch.Generator(self.device).manual_seed(int(self.gen.initial_seed()) + 7919)
         fitter = SpreadScaleFitter(block=1)  # per pixel: calibrates the table's per-pixel bins
-        loader = DataLoader(Subset(dataset, list(range(env.rank, n, env.world_size))), batch_size=batch_size)
         with torch.no_grad():
             for lr, hr in tqdm(loader, desc=f"recalibrate on {split}", disable=quiet or not env.is_main,
                                unit="batch"):

@@ -117,14 +117,16 @@ class DDPBackend(Backend):
     def backward(self, name: str, loss: torch.Tensor, last_micro: bool) -> None:
         self._scaler[name].scale(loss / self.grad_accum).backward()
 
+    def _with_grads(self, name: str) -> list[nn.Parameter]:
+        return [p for p in self._raw[name].parameters() if p.grad is not None]
+
     def grad_norm(self, name: str) -> torch.Tensor | None:
-        """Unscale and the pre-clip global norm, kept for :meth:`step` (no host read); None under fp16, whose
-        GradScaler skips non-finite updates itself (and must see them to lower its scale)."""
-        scaler = self._scaler[name]
-        if scaler.is_enabled():
+        """The pre-clip global norm (no loss scale to undo outside fp16), kept for :meth:`step`, no host read;
+        None under fp16, whose GradScaler skips non-finite updates itself (and must see them to lower its
+        scale)."""
+        if self._scaler[name].is_enabled():
             return None
-        params = [p for p in self._raw[name].parameters() if p.grad is not None]
-        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        norm = torch.nn.utils.get_total_norm([p.grad for p in self._with_grads(name)])
         self._norms[name] = norm
         return norm.detach()
 
@@ -136,12 +138,10 @@ class DDPBackend(Backend):
         norm decides (the gradients are identical on every rank after DDP's all-reduce, so every rank
         decides alike without a collective)."""
         opt, scaler = self._opt[name], self._scaler[name]
-        params = [p for p in self._raw[name].parameters() if p.grad is not None]
+        params = self._with_grads(name)
         clip = self.cfg.train.grad_clip
-        agreed = self._norms.pop(name, None)
-        if agreed is not None:
-            norm = agreed
-        else:
+        norm = self._norms.pop(name, None)  # agreed finite by the step
+        if norm is None:
             scaler.unscale_(opt)
             norm = torch.nn.utils.get_total_norm([p.grad for p in params])
             if not scaler.is_enabled() and not bool(torch.isfinite(norm)):
