@@ -163,10 +163,14 @@ class SpreadScaleFitter(SumAccumulator):
     def compute(self) -> SpreadScales:
         """The ``level`` quantile of the required scale per bin (1 for a bin no pixel fell in)."""
         scales, pixels = [], []
-        for h in self._sums:
+        bounds = [0.0, *self.edges, 1.0]
+        for i, h in enumerate(self._sums):
             total = float(h.sum())
             pixels.append(int(total))
-            scales.append(_quantile_from_histogram(h, self.level) if total else 1.0)
+            try:
+                scales.append(_quantile_from_histogram(h, self.level) if total else 1.0)
+            except ValueError as exc:
+                raise ValueError(f"{exc} (brightness bin [{bounds[i]:g}, {bounds[i + 1]:g}])") from None
         return SpreadScales(self.edges, tuple(scales), self.level, self.block, tuple(pixels))
 
 
@@ -178,8 +182,8 @@ def _quantile_from_histogram(h: Tensor, q: float) -> float:
         return R_MIN
     if k > R_BINS:
         raise ValueError(
-            f"recalibration: a {q:.0%} interval needs a scale above {R_MAX:g} in some bin (the samples have "
-            "no spread there); the generator cannot be recalibrated"
+            f"recalibration: a {q:.0%} interval needs a scale above {R_MAX:g} (the samples have no spread "
+            "there); the generator cannot be recalibrated"
         )
     below = float(cdf[k - 1])
     frac = (q - below) / max(float(cdf[k]) - below, 1e-300)

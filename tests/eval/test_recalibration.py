@@ -125,3 +125,11 @@ def test_the_fit_is_exact_on_its_own_samples_where_the_clamp_bites() -> None:
     cal = CalibrationAccumulator(edges=(0.002, 0.005), names=("a", "b", "c"))
     cal.update(scaled.clamp(0, 1), hr, raw=scaled)
     assert [b["coverage"] for b in cal.compute()["bins"]] == pytest.approx([0.68] * 3, abs=0.002)
+
+
+def test_a_bin_without_spread_is_a_clear_error() -> None:
+    raw = torch.full((16, 1, 1, 4, 4), 0.3)  # every sample the same: no scale widens the interval
+    fitter = SpreadScaleFitter(edges=(0.1,))
+    fitter.update(raw, torch.full((1, 1, 4, 4), 0.4))
+    with pytest.raises(ValueError, match=r"needs a scale above 1000 .*brightness bin \[0\.1, 1\]"):
+        fitter.compute()
