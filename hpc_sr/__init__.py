@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 def pretrained_names() -> list[str]:
     """Names of the generators shipped inside the package (``load_generator(name)``)."""
-    from hpc_sr.train.checkpoint import pretrained_names as names
+    from hpc_sr.models.artifacts import pretrained_names as names
 
     return names()
 
@@ -38,7 +38,7 @@ def load_generator(source: str | Path, ema: bool = True, device: str | None = No
 
     ``ema``: the EMA weights when the checkpoint has them. The module has ``.scale`` and ``.arch``.
     """
-    from hpc_sr.train.checkpoint import load_generator as _load
+    from hpc_sr.models.artifacts import load_generator as _load
 
     model, _ = _load(source, ema=ema)
     return model.to(device) if device else model

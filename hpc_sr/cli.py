@@ -131,7 +131,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="PSNR/SSIM/MSE/flux of a generator and of bicubic on a split")
     p.add_argument(
         "--checkpoint", required=True, nargs="+",
-        help="checkpoint step dir, run dir (latest) or exported G.pt; several: their mean (an ensemble)",
+        help="a shipped generator (deeplense-small), checkpoint step dir, run dir (latest) or exported G.pt; "
+        "several: their mean (an ensemble)",
     )
     p.add_argument("--data", required=True, help="shard directory")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
@@ -212,6 +213,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--workdir", default="demo", help="where data and runs go")
     p.add_argument("--num", type=int, default=1200, help="simulated pairs (80/10/10 split)")
+    p.add_argument("--hr-size", type=int, default=150, help="HR side of the simulated pairs")
     p.add_argument("--steps", type=int, default=0, help="training steps (0: the quickstart config's)")
     p.add_argument("overrides", nargs="*", help="dotted config overrides for the training run")
     p.set_defaults(func=_run_demo)
@@ -220,7 +222,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 def _run_demo(a: argparse.Namespace) -> int:
     from hpc_sr.apps.demo import run_demo
 
-    return run_demo(a.workdir, num=a.num, steps=a.steps, overrides=a.overrides)
+    return run_demo(a.workdir, num=a.num, steps=a.steps, overrides=a.overrides, hr_size=a.hr_size)
 
 
 # ----------------------------------------------------------------------------------------------- config
@@ -274,8 +276,10 @@ _COMMANDS: dict[str, tuple[str, Callable[[argparse._SubParsersAction], None] | N
     "config": ("print the resolved config; list registered archs, losses and data sources", _add_config),
     "ckpt": ("checkpoints: list | export | average | prune | verify (hpc-sr ckpt --help)", None),
     "runs": ("compare runs: metrics table, --by KEY groups, --plot curves (hpc-sr runs --help)", None),
+    "study": ("research studies: ceiling, downstream, perception, robustness, zoo (hpc-sr study -h)", None),
 }
-_PASS_THROUGH = {"ckpt": "hpc_sr.apps.ckpt", "runs": "hpc_sr.apps.runs"}  # own parsers: argv passed on
+# own parsers: argv passed on
+_PASS_THROUGH = {"ckpt": "hpc_sr.apps.ckpt", "runs": "hpc_sr.apps.runs", "study": "hpc_sr.studies"}
 
 
 def _version() -> str:
@@ -298,6 +302,15 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, and "(required)" instead of "(default: None)" for a required option."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.required and action.option_strings:
+            return f"{action.help or ''} (required)".strip()
+        return super()._get_help_string(action)
+
+
 class _DefaultsSubparsers:
     """Wraps the sub-parser action so that every sub-command's help shows its defaults."""
 
@@ -305,7 +318,7 @@ class _DefaultsSubparsers:
         self._sub = sub
 
     def add_parser(self, name: str, **kw: object) -> argparse.ArgumentParser:
-        kw.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        kw.setdefault("formatter_class", _HelpFormatter)
         return self._sub.add_parser(name, **kw)  # type: ignore[arg-type]
 
 

@@ -15,6 +15,7 @@ import os
 import types
 import typing
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -29,28 +30,37 @@ class ConfigError(HpcSrError, ValueError):
     """A config file or override that does not fit the schema."""
 
 
+def closest(name: str, choices: Iterable[str], cutoff: float = 0.6) -> str | None:
+    """The choice most like ``name`` (difflib), or None when none is close enough."""
+    hint = difflib.get_close_matches(name, list(choices), n=1, cutoff=cutoff)
+    return hint[0] if hint else None
+
+
+def did_you_mean(name: str, choices: Iterable[str], cutoff: float = 0.6) -> str:
+    """`` (did you mean 'x'?)`` for the choice most like ``name``, or ``""``."""
+    hint = closest(name, choices, cutoff)
+    return f" (did you mean {hint!r}?)" if hint else ""
+
+
 @dataclass
 class DataConfig:
-    """Where training pairs come from and how they are batched."""
+    """Where training pairs come from and how they are batched: the keys every source shares.
+
+    ``source`` picks a registered training source (``hpc-sr config archs`` lists them with their options)
+    and ``options`` holds that source's own settings, validated by its options dataclass (like
+    ``model.g.options``): ``shards``: loader, block_size, memory_copies, chunk_samples, num_workers;
+    ``simulate``: preset, hr_size, sim_device.
+    """
 
     source: str = "shards"  # a registered training source: shards | simulate | ... (hpc_sr.data.streams)
-    path: str = "data/demo"  # shard directory (manifest.json inside) for source=shards
-    preset: str = "deeplense_sr"  # simulator preset for source=simulate
-    hr_size: int = 150  # HR image side for source=simulate
+    options: dict[str, Any] = field(default_factory=dict)  # validated by the source's options dataclass
+    path: str = "data/demo"  # packed data set (manifest.json inside): trained on by shards; its val split
     scale: int = 2
     batch_size: int = 16  # global batch per optimiser step (all ranks, all accumulation steps)
     patch_size: int = 0  # LR patch side for random aligned crops; 0 = whole images
     augment: bool = True  # random flips and rot90 (lensing images have no preferred orientation)
-    num_workers: int = 2
-    loader: Literal["item", "block", "memory", "device"] = "item"  # device: the split on the training device
-    block_size: int = 64  # items per contiguous read for loader=block
-    memory_copies: int = 0  # loader=memory: 4 = the split in 4 orientations (fast, 4x RAM), 1, 0 = auto
-    chunk_samples: int = 512  # loader=memory|device: samples cropped and augmented per gather
     val_images: int = 0  # cap on validation images (0 = the whole val split)
     target: Literal["hr", "clean"] = "hr"  # clean: noise-free HR of simulated data (memory|device, simulate)
-    sim_device: str = (
-        "cpu"  # where source=simulate generates batches ("cpu", "cuda", "auto" = training device)
-    )
 
 
 @dataclass
@@ -151,6 +161,23 @@ class SlurmConfig:
 
 
 @dataclass
+class WandbConfig:
+    """Weights & Biases beside TensorBoard (rank 0; needs ``pip install -e ".[wandb]"``).
+
+    Offline by default (compute nodes rarely reach the internet): the run is written under
+    ``runs/<name>/wandb/`` for ``wandb sync`` from a login node. ``WANDB_MODE`` in the environment overrides
+    ``mode``.
+    """
+
+    enabled: bool = False
+    project: str = "hpc_sr"
+    entity: str = ""  # W&B user or team; "" = the account's default entity
+    name: str = ""  # display name; "" = log.name
+    tags: list[str] = field(default_factory=list)
+    mode: Literal["offline", "online", "disabled"] = "offline"
+
+
+@dataclass
 class LogConfig:
     """Where a run writes and how often."""
 
@@ -159,6 +186,7 @@ class LogConfig:
     log_every: int = 20
     image_every: int = 500
     tensorboard: bool = True
+    wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
 @dataclass
@@ -188,8 +216,7 @@ def coerce_value(key: str, value: Any, tp: Any) -> Any:
     if origin is Literal:
         choices = typing.get_args(tp)
         if value not in choices:
-            hint = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
-            extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+            extra = did_you_mean(str(value), [str(c) for c in choices])
             raise ConfigError(f"{key}: {value!r} is not one of {list(choices)}{extra}")
         return value
     if origin in (typing.Union, types.UnionType):
@@ -255,9 +282,9 @@ def _hints(cls: type) -> dict[str, Any]:
 
 
 def _unknown(key: str, name: str, valid: list[str]) -> ConfigError:
-    hint = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
+    hint = closest(name, valid, cutoff=0.5)
     parent = key.rsplit(".", 1)[0] + "." if "." in key else ""
-    extra = f"; did you mean {parent + hint[0]!r}?" if hint else f"; valid keys: {', '.join(sorted(valid))}"
+    extra = f"; did you mean {parent + hint!r}?" if hint else f"; valid keys: {', '.join(sorted(valid))}"
     return ConfigError(f"unknown config key {key!r}{extra}")
 
 
@@ -279,7 +306,7 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:
-    """Build and validate a Config from nested plain data (v1 flat keys are migrated, with a warning)."""
+    """Build and validate a Config from nested plain data (old flat keys are migrated, with a warning)."""
     cfg = _build(Config, migrate_legacy(data or {}))
     for i, term in enumerate(cfg.train.losses):  # weights as numbers (YAML 1.1 reads "1e-2" as a string)
         if isinstance(term, dict) and "weight" in term:
@@ -334,7 +361,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
     Inside a mapping-typed key (``model.g.options``) any key is accepted here and checked later by the arch's
     options; ``train.losses.<term>.<key>=value`` sets one key of one loss term (adding the term if missing).
-    Old flat keys (``model.channels``, ``train.adv_weight``, ...) are translated with a deprecation warning.
+    Old flat keys (``model.channels``, ``train.adv_weight``, ``data.loader``, ...) are translated with a
+    deprecation warning.
     """
     data = copy.deepcopy(migrate_legacy(data or {}))
     for text in overrides:
@@ -379,7 +407,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 # ----------------------------------------------------------------------------------------------- legacy keys
-# v1 configs (and the configs stored in v1 checkpoints) used flat keys; they load with a warning.
+# v1 configs (and the configs stored in v1 checkpoints) used flat model/loss keys, v2 flat data keys that are
+# now one source's own options; they load with a FutureWarning naming the old and the new key.
 LEGACY_MODEL_KEYS: dict[str, tuple[str, ...]] = {
     "channels": ("g", "options", "channels"),
     "blocks": ("g", "options", "blocks"),
@@ -399,25 +428,43 @@ LEGACY_LOSS_KEYS: dict[str, tuple[str, str]] = {
     "flux_weight": ("flux", "weight"),
     "ssim_weight": ("ssim", "weight"),
 }
+# data.<key> -> the source whose data.options.<key> it is now
+LEGACY_DATA_KEYS: dict[str, str] = {
+    "loader": "shards",
+    "block_size": "shards",
+    "memory_copies": "shards",
+    "chunk_samples": "shards",
+    "num_workers": "shards",
+    "preset": "simulate",
+    "hr_size": "simulate",
+    "sim_device": "simulate",
+}
+# flat data keys every resolved v1 and v2 config holds (written by save_config, stored in checkpoints)
+RESOLVED_DATA_KEYS = ("preset", "hr_size", "sim_device", "loader", "block_size", "num_workers")
 
 
-def _warn_legacy(old: str, new: str) -> None:
-    warnings.warn(f"deprecated v1 config keys {old}: read as {new}", FutureWarning, stacklevel=4)
+def _warn_legacy(old: str, new: str, era: str = "v1") -> None:
+    warnings.warn(f"deprecated {era} config keys {old}: read as {new}", FutureWarning, stacklevel=4)
 
 
 def _legacy_override_path(path: list[str]) -> list[str]:
+    era = "v1"
     if len(path) == 2 and path[0] == "model" and path[1] in LEGACY_MODEL_KEYS:
         new = ["model", *LEGACY_MODEL_KEYS[path[1]]]
     elif len(path) == 2 and path[0] == "train" and path[1] in LEGACY_LOSS_KEYS:
         new = ["train", "losses", *LEGACY_LOSS_KEYS[path[1]]]
+    elif len(path) == 2 and path[0] == "data" and path[1] in LEGACY_DATA_KEYS:
+        new, era = ["data", "options", path[1]], "v1/v2"  # checked by the source's options, as the new form
     else:
         return path
-    _warn_legacy(".".join(path), ".".join(new))
+    _warn_legacy(".".join(path), ".".join(new), era)
     return new
 
 
 def migrate_legacy(data: dict[str, Any]) -> dict[str, Any]:
-    """Translate v1 flat model/loss keys into ``model.g``/``model.d`` and ``train.losses`` (warns)."""
+    """Translate flat keys: v1 model/loss keys into ``model.g``/``model.d`` and ``train.losses``, v2 data
+    keys into ``data.options`` (warns)."""
+    data = _migrate_data(data)
     model, train = data.get("model"), data.get("train")
     old_model = [k for k in LEGACY_MODEL_KEYS if isinstance(model, dict) and k in model]
     old_train = [k for k in LEGACY_LOSS_KEYS if isinstance(train, dict) and k in train]
@@ -454,6 +501,41 @@ def migrate_legacy(data: dict[str, Any]) -> dict[str, Any]:
             if float(old.get(k, 0.0) or 0.0) > 0:
                 terms.append({"term": name, "weight": old[k]})
         train["losses"] = terms
+    return data
+
+
+def _migrate_data(data: dict[str, Any]) -> dict[str, Any]:
+    """Flat ``data.<key>`` of the chosen source -> ``data.options.<key>``. A key of another source is a
+    ConfigError naming it, except in a resolved config (every key stored), where it is dropped."""
+    section = data.get("data")
+    old = [k for k in LEGACY_DATA_KEYS if isinstance(section, dict) and k in section]
+    if not old:
+        return data
+    data = copy.deepcopy(data)
+    section = data["data"]
+    source = str(section.get("source", "shards"))
+    resolved = all(k in section for k in RESOLVED_DATA_KEYS)
+    options = section.get("options") or {}
+    if not isinstance(options, dict):
+        raise ConfigError(f"data.options: expected a mapping of names to values, got {options!r}")
+    moved, dropped = [], []
+    for k in old:
+        owner, value = LEGACY_DATA_KEYS[k], section.pop(k)
+        if owner == source:
+            options[k] = value
+            moved.append(k)
+        elif resolved:
+            dropped.append(k)
+        else:
+            raise ConfigError(
+                f"data.{k}={value!r} is a setting of data.source={owner} (now data.options.{k} there), "
+                f"not of data.source={source}"
+            )
+    section["options"] = options
+    new = ", ".join(f"data.options.{k}" for k in moved) or "nothing"
+    if dropped:
+        new += f" (ignored: {', '.join(dropped)}, not settings of source {source!r})"
+    _warn_legacy(", ".join(f"data.{k}" for k in old), new, "v1/v2")
     return data
 
 

@@ -43,10 +43,9 @@ def tiny_overrides(
     base = {
         "data.source": "shards" if data_dir else "simulate",
         "data.path": str(data_dir or ""),
-        "data.hr_size": 32,
+        **({"data.options.num_workers": 0} if data_dir else {"data.options.hr_size": 32}),
         "data.batch_size": 4,
         "data.patch_size": 8,
-        "data.num_workers": 0,
         "data.val_images": 8,
         "model.g.options.channels": 8,
         "model.g.options.blocks": 2,
@@ -76,6 +75,17 @@ def tiny_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("tiny_shards") / "data"
     simulate_to_shards(out, num=48, preset="deeplense_sr", seed=1, shard_size=16, hr_size=32)
     return out
+
+
+@pytest.fixture(scope="module")
+def sim_batch() -> tuple[Any, ...]:
+    """(hr, lr, params) of 8 simulated "wide" pairs at 32x32 / 16x16 (seed 6), once per test module."""
+    import torch
+
+    from hpc_sr.data.lensing import LensingSimulator
+
+    b = LensingSimulator("wide", hr_size=32).sample(8, torch.Generator().manual_seed(6))
+    return b.hr, b.lr, b.params
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:
@@ -291,3 +301,12 @@ def random_seed(what: str) -> int:
         raise pytest.UsageError(f"environment variable {TEST_SEED}={raw!r}: expected an integer") from None
     print(f"{what}: {TEST_SEED}={seed}")
     return seed
+
+
+# ----------------------------------------------------------------------------------------------- markers
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """SLURM-cluster tests are slow tests too: ``pytest -m "not slow"`` leaves them out with the other tests
+    that start processes."""
+    for item in items:
+        if item.get_closest_marker("slurm") is not None and item.get_closest_marker("slow") is None:
+            item.add_marker(pytest.mark.slow)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
-from hpc_sr.config import Config, ConfigError, flatten, load_config, save_config
+from hpc_sr.config import Config, ConfigError, DataConfig, config_from_dict, flatten, load_config, save_config
 from hpc_sr.train.components import check_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -135,3 +136,100 @@ def test_v1_flat_model_keys_migrate_in_files_and_overrides(tmp_path: Path) -> No
         cfg = load_config(old, ["model.blocks=4"])
     assert cfg.model.g.options == {"channels": 32, "blocks": 4}
     assert cfg.model.d.options == {"blocks": 3}
+
+
+# ----------------------------------------------------------------------------------------------- data.options
+NEW_FORM = {"loader": "memory", "num_workers": 0, "chunk_samples": 64}
+
+
+def test_flat_data_keys_in_a_file_migrate_into_the_source_options(tmp_path: Path) -> None:
+    old, new = tmp_path / "old.yaml", tmp_path / "new.yaml"
+    old.write_text("data:\n  source: shards\n  loader: memory\n  num_workers: 0\n  chunk_samples: 64\n")
+    new.write_text(
+        "data:\n  source: shards\n  options: {loader: memory, num_workers: 0, chunk_samples: 64}\n"
+    )
+    with pytest.warns(
+        FutureWarning,
+        match=r"data\.loader, data\.chunk_samples, data\.num_workers: read as "
+        r"data\.options\.loader, data\.options\.chunk_samples, data\.options\.num_workers",
+    ):
+        migrated = load_config(old)
+    assert migrated == load_config(new) and migrated.data.options == NEW_FORM
+    check_config(migrated)
+
+
+def test_flat_data_keys_on_the_command_line_migrate_into_the_source_options() -> None:
+    with pytest.warns(FutureWarning, match=r"data\.loader: read as data\.options\.loader"):
+        migrated = load_config(
+            None, ["data.loader=memory", "data.num_workers=0", "data.options.chunk_samples=64"]
+        )
+    assert migrated == load_config(None, [f"data.options.{k}={v}" for k, v in NEW_FORM.items()])
+    with pytest.warns(FutureWarning, match=r"data\.hr_size: read as data\.options\.hr_size"):
+        sim = load_config(None, ["data.source=simulate", "data.hr_size=32", "data.sim_device=auto"])
+    assert sim.data.options == {"hr_size": 32, "sim_device": "auto"}
+    check_config(sim)
+
+
+def _stored_v2_data(source: str) -> dict:
+    """The data section a v2 checkpoint stored: every flat key, resolved."""
+    return {
+        "source": source, "path": "data/x", "preset": "deeplense_sr", "hr_size": 150, "scale": 2,
+        "batch_size": 8, "patch_size": 0, "augment": True, "num_workers": 2, "loader": "block",
+        "block_size": 16, "memory_copies": 0, "chunk_samples": 512, "val_images": 0, "target": "hr",
+        "sim_device": "cpu",
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("source", "options"),
+    [
+        (
+            "shards",
+            {"loader": "block", "block_size": 16, "memory_copies": 0, "chunk_samples": 512, "num_workers": 2},
+        ),
+        ("simulate", {"preset": "deeplense_sr", "hr_size": 150, "sim_device": "cpu"}),
+    ],
+)
+def test_a_stored_v2_config_loads_as_its_new_form(source: str, options: dict) -> None:
+    """Every key was stored, those of the other source too (whatever their value): they are dropped."""
+    with pytest.warns(FutureWarning, match=r"read as data\.options\..*\(ignored: .*not settings of source"):
+        cfg = config_from_dict({"data": _stored_v2_data(source)})
+    new = {k: v for k, v in _stored_v2_data(source).items() if k in dataclasses.asdict(DataConfig())}
+    assert cfg == config_from_dict({"data": {**new, "options": options}})
+    check_config(cfg)
+
+
+def test_a_key_of_another_source_is_an_error_naming_it(tmp_path: Path) -> None:
+    old = tmp_path / "old.yaml"
+    old.write_text("data:\n  source: shards\n  hr_size: 150\n")
+    with pytest.raises(
+        ConfigError, match=r"data\.hr_size=150 is a setting of data\.source=simulate .*not of "
+    ):
+        load_config(old)
+    with pytest.warns(FutureWarning):
+        cfg = load_config(None, ["data.hr_size=64"])
+    for bad, name in ((cfg, "hr_size"), (load_config(None, ["data.options.preset=wide"]), "preset")):
+        message = (
+            rf"unknown option data\.options\.{name}: an option of source 'simulate', not of 'shards' \(valid"
+        )
+        with pytest.raises(ConfigError, match=message):
+            check_config(bad)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "data.options.loader=memroy",
+            r"data\.options\.loader: 'memroy' is not one of .*did you mean 'memory'",
+        ),
+        (
+            "data.options.num_wokers=0",
+            r"unknown option data\.options\.num_wokers; did you mean 'num_workers'",
+        ),
+        ("data.options=3", r"data\.options: expected a mapping"),
+    ],
+)
+def test_bad_data_options_name_the_key(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        check_config(load_config(None, [override]))

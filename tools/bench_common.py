@@ -301,6 +301,21 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
+def require_device(device: str) -> None:
+    """Exit naming ``--device`` when it is cuda and no CUDA device is available."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is available")
+
+
+def report(
+    result: dict[str, Any], print_report: Callable[[dict[str, Any]], None], out: str | None = None
+) -> dict[str, Any]:
+    """A bench's ending: ``print_report(result)``, then :func:`emit`; returns ``result``."""
+    print_report(result)
+    emit(result, out)
+    return result
+
+
 def rounded(value: float, digits: int = 3) -> float | None:
     """``round`` for JSON: NaN and inf become None."""
     if value != value or value in (float("inf"), float("-inf")):

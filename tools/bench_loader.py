@@ -8,15 +8,15 @@ Writes ``--num`` random pairs (HR ``--hr-size``, LR = its 2x2 mean, float32) to 
 ``pack_to_shards`` (split 1,0,0: every pair is in train). Then, for every micro-batch size of ``--batches``,
 times ``next(stream)`` of the REAL training stream (``hpc_sr.data.streams.make_train_stream``, the object the
 trainer draws from: aligned random crops of ``--patch`` LR pixels and the 8 flips/rotations) for each
-``data.loader``: ``item`` and ``block`` (DataLoader, ``--workers`` workers, per-item crops), ``memory`` (the
-batched :class:`~hpc_sr.data.streams.MemoryStream` as the trainer builds it: chunks of ``CHUNK_SAMPLES``
-samples, on CPU the 4-orientation split and one row gather per chunk) and ``device`` (the split on the
-training device; on CPU the same as memory). ``--one-copy-rows`` adds ``memory 1-copy`` (the same chunked
-stream with one copy of the split and the per-pixel gather: what chunking alone gives); ``--page-ablation``
-adds ``memory 4K-pages`` (the 4-orientation split on ordinary pages instead of transparent huge pages).
-Baselines: ``v1 whole`` is the v1-style in-memory read (a DataLoader over ``InMemoryShardDataset``, whole
-images, per-item ``__getitem__`` + collate, no augmentation) and ``v1 per-item crop`` the same with
-per-item crop + augment.
+``data.options.loader``: ``item`` and ``block`` (DataLoader, ``--workers`` workers, per-item crops),
+``memory`` (the batched :class:`~hpc_sr.data.memory_stream.MemoryStream` as the trainer builds it: chunks of
+``CHUNK_SAMPLES`` samples, on CPU the 4-orientation split and one row gather per chunk) and ``device`` (the
+split on the training device; on CPU the same as memory). ``--one-copy-rows`` adds ``memory 1-copy`` (the
+same chunked stream with one copy of the split and the per-pixel gather: what chunking alone gives);
+``--page-ablation`` adds ``memory 4K-pages`` (the 4-orientation split on ordinary pages instead of
+transparent huge pages). Baselines: ``v1 whole`` is the v1-style in-memory read (a DataLoader over
+``InMemoryShardDataset``, whole images, per-item ``__getitem__`` + collate, no augmentation) and ``v1 per-item
+crop`` the same with per-item crop + augment.
 
 Gather alternatives (``alt:*``, measured here so that hpc_sr/data/augment.py can adopt the fastest): every one
 does what the v2.0 ``MemoryStream.__next__`` did per micro-batch (seed a generator, draw crops and transforms,
@@ -63,14 +63,16 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 from hpc_sr.config import load_config  # noqa: E402
 from hpc_sr.data.augment import N_DIHEDRAL, crop_and_augment, draw  # noqa: E402
 from hpc_sr.data.dataset import InMemoryShardDataset  # noqa: E402
+from hpc_sr.data.memory_stream import CHUNK_SAMPLES, MemoryStream  # noqa: E402
 from hpc_sr.data.shards import pack_to_shards  # noqa: E402
-from hpc_sr.data.streams import CHUNK_SAMPLES, MemoryStream, batch_seed, make_train_stream  # noqa: E402
+from hpc_sr.data.streams import batch_seed, make_train_stream  # noqa: E402
 from hpc_sr.dist.env import DistEnv  # noqa: E402
 from tools.bench_common import (  # noqa: E402
-    emit,
     machine_info,
     median,
     print_table,
+    report,
+    require_device,
     round_robin,
     rounded,
     spread,
@@ -97,9 +99,9 @@ def write_shards(work: Path, num: int, hr_size: int, shard_size: int, seed: int)
 
 
 def data_overrides(path: Path, loader: str, batch: int, patch: int, workers: int, block: int) -> list[str]:
-    return [f"data.path={path}", f"data.loader={loader}", f"data.batch_size={batch}",
-            f"data.patch_size={patch}", "data.augment=true", f"data.num_workers={workers}",
-            f"data.block_size={block}"]  # fmt: skip
+    return [f"data.path={path}", f"data.options.loader={loader}", f"data.batch_size={batch}",
+            f"data.patch_size={patch}", "data.augment=true", f"data.options.num_workers={workers}",
+            f"data.options.block_size={block}"]  # fmt: skip
 
 
 def stream_task(stream: Any, micro: int, device: torch.device) -> Callable[[], int]:
@@ -497,12 +499,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--tmp", default=None, help="work folder (default: a new temp folder, removed after)")
     ap.add_argument("--out", default=None, help="also write the JSON result to this file")
     a = ap.parse_args(argv)
-    if a.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device is available")
-    res = bench(a)
-    print_report(res)
-    emit(res, a.out)
-    return res
+    require_device(a.device)
+    return report(bench(a), print_report, a.out)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import hashlib
 import json
 import math
@@ -64,7 +65,7 @@ from tqdm import tqdm  # noqa: E402
 
 from hpc_sr.models.complexity import count_parameters, flops_per_image  # noqa: E402
 from hpc_sr.models.registry import build_discriminator, build_generator  # noqa: E402
-from tools.bench_common import emit, machine_info, median, print_table, rounded, spread, sync  # noqa: E402
+from tools.bench_common import machine_info, median, print_table, report, rounded, spread, sync  # noqa: E402
 
 PHASES = {"g": "pretrain", "gan": "gan"}
 DDP_VARIANTS: dict[str, dict[str, Any]] = {
@@ -113,7 +114,7 @@ class StepRig:
         self.backend = DDPBackend(cfg, device, world, ddp_overrides=overrides)
         self.backend.add("g", build_g(cfg.model, cfg.data.scale), t.lr_g)
         self.backend.add("d", build_d(cfg.model), t.lr_d)
-        self.terms, kind = build_loss_terms(cfg)
+        self.terms, kind = build_loss_terms(cfg.train.losses)
         self.opts = StepOptions(adversarial_kind=kind, channels_last=t.channels_last)
         self.ema = ModelEMA(self.backend.module("g"), t.ema_decay)
         self.stream = ReplayStream(batches)
@@ -121,8 +122,8 @@ class StepRig:
     def train_step(self, phase: str) -> Any:
         from hpc_sr.train.step import optimizer_step
 
-        self.opts.gan = phase == "gan"
-        res = optimizer_step(self.backend, self.terms, lambda: next(self.stream), self.opts)
+        opts = dataclasses.replace(self.opts, gan=phase == "gan")  # StepOptions are frozen
+        res = optimizer_step(self.backend, self.terms, lambda: next(self.stream), opts)
         if res.skipped:
             raise RuntimeError(f"{phase} step skipped (non-finite loss)")
         self.ema.update(self.backend.module("g"))
@@ -605,9 +606,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     }
     res.update(measure(a))
     res["projection"] = projection(a)
-    print_report(res)
-    emit(res, a.out)
-    return res
+    return report(res, print_report, a.out)
 
 
 if __name__ == "__main__":

@@ -72,12 +72,13 @@ from hpc_sr.models.registry import (  # noqa: E402
 from tools.bench_common import (  # noqa: E402
     PeakMemory,
     current_memory_bytes,
-    emit,
     fix_malloc_thresholds,
     machine_info,
     median,
     peak_tflops,
     print_table,
+    report,
+    require_device,
     round_robin,
     rounded,
     spread,
@@ -206,8 +207,8 @@ def trainer_config(
     """The config of a throw-away trainer for configuration ``c``."""
     values: dict[str, object] = {
         "data.source": "simulate",
-        "data.sim_device": str(device),
-        "data.hr_size": a.hr_size,
+        "data.options.sim_device": str(device),
+        "data.options.hr_size": a.hr_size,
         "data.batch_size": a.batch,
         "data.patch_size": a.patch,
         "data.val_images": 1,
@@ -575,14 +576,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     a = ap.parse_args(argv)
     if a.full:
         a.patch, a.hr_size = 0, 150
-    if a.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device is available")
+    require_device(a.device)
     if a.cold_compile:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="bench_inductor_")
-    res = bench(a)
-    print_report(res)
-    emit(res, a.out)
-    return res
+    return report(bench(a), print_report, a.out)
 
 
 if __name__ == "__main__":

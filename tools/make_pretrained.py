@@ -4,7 +4,7 @@
 
 Exports the run's EMA generator (state_dict format), evaluates it on the data set's test split beside bicubic
 and
-the split's noise ceiling (tools/noise_ceiling.py), and records in the file: the training command, the data
+the split's noise ceiling (hpc_sr.studies.ceiling), and records in the file: the training command, the data
 set (path, preset, seed, counts), the metrics and the gain as a fraction of the ceiling. Refuses files over 1
 MB.
 """
@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 from hpc_sr.apps.evaluate import evaluate
 from hpc_sr.atomic import atomic_write_text
 from hpc_sr.data.shards import load_manifest
-from hpc_sr.train.checkpoint import PRETRAINED_DIR, atomic_torch_save, load_generator_payload
+from hpc_sr.models.artifacts import PRETRAINED_DIR, load_generator_payload
+from hpc_sr.models.checkpoint_layout import atomic_torch_save
+from hpc_sr.studies.ceiling import ceiling as noise_ceiling
 
-REPO = Path(__file__).resolve().parents[1]
 MAX_BYTES = 1_000_000
 
 
@@ -42,21 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     payload = load_generator_payload(a.run, ema=True)
     result = evaluate(a.run, a.data, split="test", limit=a.limit, quiet=True)
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "tools" / "noise_ceiling.py"),
-            str(a.data),
-            "--split",
-            "test",
-            "--limit",
-            str(a.limit),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    ceiling = json.loads(proc.stdout.strip().splitlines()[-1])
+    ceiling = noise_ceiling(str(a.data), "test", a.limit)
     m, b = result["model"], result["bicubic"]
     gain, ceiling_gain = m["psnr"] - b["psnr"], ceiling["ceiling"]["psnr"] - ceiling["bicubic"]["psnr"]
     manifest = load_manifest(a.data)
@@ -71,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         "test": {"n": result["n"], "model": m, "bicubic": b, "ceiling": ceiling["ceiling"], "gain_db": gain,
                  "ceiling_gain_db": ceiling_gain, "ceiling_fraction": gain / ceiling_gain},
         "values": "LR in [0, 1] as in the DeepLense set (peak-normalised); hpc-sr upscale handles units",
+        "data_values": payload.get("data_values"),  # the training LR range hpc-sr upscale follows
     }  # fmt: skip
     payload = {**payload, "pretrained": record, "source": f"pretrained {a.name}"}
     out = PRETRAINED_DIR / f"{a.name}.pt"

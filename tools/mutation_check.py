@@ -82,13 +82,13 @@ _ENSEMBLE_LOOP = """            x = torch.rot90(lr, k, dims=(-2, -1))
             y = model(x)
             y = torch.flip(y, dims=(-1,)) if flip else y
             outs.append(torch.rot90(y, -k, dims=(-2, -1)))"""
-_LATEST_WRITE = """                atomic_write_text(self.dir / LATEST, final.name + "\\n")
+_LATEST_WRITE = """        atomic_write_text(self.dir / LATEST, final.name + "\\n")
 """
 _BICUBIC_FALSE, _BICUBIC_TRUE = 'mode="bicubic", align_corners=False', 'mode="bicubic", align_corners=True'
 _AGREEMENT_TEST = ("tests/mutations/test_step_agreement.py::"
                    "test_one_ranks_stop_signal_and_nan_loss_decide_the_step_on_both_ranks")
-_BEFORE_RENAME = """                replaced = None
-                if final.exists():  # re-saving a step after a resume"""
+_BEFORE_RENAME = """        replaced = None
+        if final.exists():  # re-saving a step after a resume"""
 
 MUTATIONS: tuple[Mutation, ...] = (
     _m("ensemble_no_transforms", "self-ensemble averages 8 copies of model(lr), no flips/rotations",
@@ -100,7 +100,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     _m("ema_never_updates", "EMA.update moves nothing (lerp weight 0)",
        [("hpc_sr/train/ema.py", "ema_value.lerp_(value.to(ema_value.dtype), 1.0 - decay)",
          "ema_value.lerp_(value.to(ema_value.dtype), 0.0)")],
-       ["tests/train/test_distributed_env.py::test_ema_tracks_parameters_and_buffers_in_float32"]),
+       ["tests/train/test_ema.py::test_ema_tracks_parameters_and_buffers_in_float32"]),
     _m("crop_hr_off_by_one_lr_pixel", "HR crop starts one LR pixel (scale HR pixels) lower than the LR crop",
        [("hpc_sr/data/augment.py", "_gather(hr, idx, y * scale, x * scale,",
          "_gather(hr, idx, (y + 1) * scale, x * scale,")],
@@ -113,10 +113,10 @@ MUTATIONS: tuple[Mutation, ...] = (
        [("hpc_sr/models/layers.py", "out = lr_consistency_projection(out, lr, self.scale)", "out = out")],
        ["tests/models/test_srresnet.py::test_lr_consistent_output_pools_to_the_input"]),
     _m("resume_rng_not_restored", "resume does not restore the per-rank RNG states",
-       [("hpc_sr/train/trainer.py", 'rng.set_rng_state(rank_state["rng"])', "pass")],
+       [("hpc_sr/train/checkpointer.py", 'rng.set_rng_state(rank_state["rng"])', "pass")],
        ["tests/mutations/test_resume_rng.py::test_resume_continues_the_global_rng_streams_of_the_saved_run"]),
     _m("resume_stream_not_restored", "resume does not restore the sampler/stream position",
-       [("hpc_sr/train/trainer.py", 'self.stream.load_state_dict(rank_state["stream"])', "pass")],
+       [("hpc_sr/train/checkpointer.py", 'stream.load_state_dict(rank_state["stream"])', "pass")],
        ["tests/train/test_trainer.py::test_exact_resume_equals_uninterrupted_run[memory]"]),
     _m("latest_before_rename", "checkpoint `latest` is written before step_N is renamed into place",
        [("hpc_sr/train/checkpoint.py", _LATEST_WRITE, ""),
@@ -132,7 +132,7 @@ MUTATIONS: tuple[Mutation, ...] = (
          "res.stop_signal = int(stop_signal)\n    if agreed[1]")],
        [_AGREEMENT_TEST]),
     _m("gan_fake_label_one", "BCE discriminator loss labels fakes 1.0",
-       [("hpc_sr/models/losses.py", "_bce(real_logits, 1.0) + _bce(fake_logits, 0.0)",
+       [("hpc_sr/models/losses/adversarial.py", "_bce(real_logits, 1.0) + _bce(fake_logits, 0.0)",
          "_bce(real_logits, 1.0) + _bce(fake_logits, 1.0)")],
        ["tests/models/test_losses.py::test_bce_values_and_with_logits"]),
     _m("model_bicubic_align_corners", "the generators' bicubic skip uses align_corners=True",
@@ -146,8 +146,8 @@ MUTATIONS: tuple[Mutation, ...] = (
          "return full.flatten(1).mean(1)")],
        ["tests/eval/test_metrics.py::test_per_image_metrics_match_skimage"]),
     _m("wcs_crpix_not_rescaled", "rescale_wcs_header keeps CRPIX (the sky shifts under the new pixels)",
-       [("hpc_sr/apps/fits_io.py", 'out[key] = s * (float(out.get(key, 0.0)) - 0.5) + 0.5',
-         'out[key] = float(out.get(key, 0.0))')],
+       [("hpc_sr/apps/fits_wcs.py", "out[key] = output_pixel(float(out.get(key, 0.0)), s)",
+         "out[key] = float(out.get(key, 0.0))")],
        ["tests/apps/test_upscale_fits_io.py::test_rescaled_wcs_keeps_the_sky_position_of_every_pixel"]),
     _m("psnr_pooled_as_mean", "reported psnr is the PSNR of the pooled MSE, not the mean of per-image PSNRs",
        [("hpc_sr/eval/metrics.py", '"psnr": means["psnr"],', '"psnr": float(psnr_from_mse(means["mse"])),')],
@@ -159,14 +159,14 @@ MUTATIONS: tuple[Mutation, ...] = (
        [("hpc_sr/models/layers.py", "                nn.init.zeros_(p)", "                pass")],
        ["tests/models/test_srresnet.py::test_untrained_generator_equals_bicubic_exactly"]),
     _m("runlock_ignores_live_pid", "a same-host holder whose process is alive is judged stale",
-       [("hpc_sr/train/runlock.py", "            if alive:\n                raise self._held_error",
+       [("hpc_sr/dist/runlock.py", "            if alive:\n                raise self._held_error",
          "            if False:\n                raise self._held_error")],
-       ["tests/train/test_runlock.py::test_live_same_host_pid_without_flock_is_held_and_a_reused_pid_is_not"]),
+       ["tests/dist/test_runlock.py::test_live_same_host_pid_without_flock_is_held_and_a_reused_pid_is_not"]),
     _m("runlock_ignores_fresh_heartbeat", "another host's lock with a fresh heartbeat is taken over",
-       [("hpc_sr/train/runlock.py", "if age <= limit:", "if age < 0:")],
-       ["tests/train/test_runlock.py::test_other_host_lock_stale_by_heartbeat_is_taken_over_a_fresh_one_is_not"]),
+       [("hpc_sr/dist/runlock.py", "if age <= limit:", "if age < 0:")],
+       ["tests/dist/test_runlock.py::test_other_host_lock_stale_by_heartbeat_is_taken_over_a_fresh_one_is_not"]),
     _m("memory_stream_ranks_overlap", "every rank of the resident stream takes the same share of the epoch",
-       [("hpc_sr/data/streams.py", "perm[self.rank :: self.world]", "perm[0 :: self.world]")],
+       [("hpc_sr/data/memory_stream.py", "perm[self.rank :: self.world]", "perm[0 :: self.world]")],
        ["tests/data/test_streams.py::test_memory_stream_ranks_are_disjoint_within_an_epoch"]),
     _m("per_pixel_flux_not_divided", "per-pixel units (counts) are not divided by scale**2 on upscale",
        [("hpc_sr/apps/upscale.py", "out = out / st.scale**2", "out = out")],

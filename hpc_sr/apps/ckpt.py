@@ -23,24 +23,26 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from hpc_sr.apps.cli_common import run_cli
 from hpc_sr.config import flatten
 from hpc_sr.errors import CheckpointError, HpcSrError
-from hpc_sr.train.checkpoint import (
-    META_FILE,
-    TRAINER_FILE,
-    CheckpointManager,
-    atomic_torch_save,
-    best_checkpoint,
+from hpc_sr.models.artifacts import (
     build_generator_from_payload,
     export_generator,
     generator_payload,
-    is_complete,
     load_generator,
     load_generator_payload,
     payload_generator_spec,
+)
+from hpc_sr.models.checkpoint_layout import (
+    META_FILE,
+    TRAINER_FILE,
+    atomic_torch_save,
+    is_complete,
     read_meta,
     safe_load,
 )
+from hpc_sr.train.checkpoint import CheckpointManager, best_checkpoint
 
 TORCH_SUFFIXES = {".pt", ".pth", ".bin", ".ckpt"}
 
@@ -141,6 +143,8 @@ def export_any(source: str | Path, out: str | Path, fmt: str = "state_dict", ema
         return export_generator(source, out, ema=ema)
     model, payload = load_generator(source, ema=ema)
     meta = {"ema": bool(payload.get("ema")), "source": str(source), "step": payload.get("step")}
+    if payload.get("data_values") is not None:
+        meta["data_values"] = payload["data_values"]
     return export_model(model, Path(out), fmt, meta=meta)
 
 
@@ -189,6 +193,7 @@ def average_payloads(payloads: list[dict[str, Any]], sources: list[str]) -> dict
         averaged,
         source="average of " + ", ".join(sources),
         step=max(int(p["step"]) for p in payloads),
+        data_values=first.get("data_values"),  # weight averages of one run: the same training data
     )
     out["averaged_from"] = list(sources)
     return out
@@ -360,31 +365,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        if args.command == "list":
-            rows = list_checkpoints(args.run_dir)
-            print(json.dumps(rows, indent=2) if args.json else format_list(rows))
-        elif args.command == "export":
-            out = export_any(args.checkpoint, args.out, args.format, ema=args.ema)
-            kind = "EMA weights where the checkpoint has them" if args.ema else "raw generator weights"
-            print(f"wrote {out} ({args.format}, {human(out.stat().st_size)}, {kind}, from {args.checkpoint})")
-        elif args.command == "average":
-            out = average_checkpoints(args.checkpoints, args.out, ema=args.ema)
-            print(f"wrote {out}: average of {len(args.checkpoints)} generators")
-        elif args.command == "prune":
-            removed = prune(args.run_dir, args.keep, args.dry_run)
-            print(f"{'would remove' if args.dry_run else 'removed'} {len(removed)} checkpoint(s)")
-        else:
-            report = verify(args.checkpoint)
-            for name, problems in report.items():
-                print(f"OK    {name}" if not problems else f"FAIL  {name}")
-                for problem in problems:
-                    print(f"      {problem}")
-            return 1 if any(report.values()) else 0
-    except HpcSrError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_cli(build_parser(), _command, argv)
+
+
+def _command(args: argparse.Namespace) -> int:
+    if args.command == "list":
+        rows = list_checkpoints(args.run_dir)
+        print(json.dumps(rows, indent=2) if args.json else format_list(rows))
+    elif args.command == "export":
+        out = export_any(args.checkpoint, args.out, args.format, ema=args.ema)
+        kind = "EMA weights where the checkpoint has them" if args.ema else "raw generator weights"
+        print(f"wrote {out} ({args.format}, {human(out.stat().st_size)}, {kind}, from {args.checkpoint})")
+    elif args.command == "average":
+        out = average_checkpoints(args.checkpoints, args.out, ema=args.ema)
+        print(f"wrote {out}: average of {len(args.checkpoints)} generators")
+    elif args.command == "prune":
+        removed = prune(args.run_dir, args.keep, args.dry_run)
+        print(f"{'would remove' if args.dry_run else 'removed'} {len(removed)} checkpoint(s)")
+    else:
+        report = verify(args.checkpoint)
+        for name, problems in report.items():
+            print(f"OK    {name}" if not problems else f"FAIL  {name}")
+            for problem in problems:
+                print(f"      {problem}")
+        return 1 if any(report.values()) else 0
     return 0
 
 

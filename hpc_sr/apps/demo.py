@@ -14,11 +14,11 @@ from hpc_sr.config import apply_overrides, config_from_dict
 QUICKSTART: dict = {
     "data": {
         "source": "shards",
+        "options": {"num_workers": 1},
         "path": "demo/data",
         "batch_size": 16,
         "patch_size": 24,
         "augment": True,
-        "num_workers": 1,
         "val_images": 64,
     },
     "model": {
@@ -58,6 +58,7 @@ def run_demo(
     steps: int = 0,
     overrides: list[str] | None = None,
     seed: int = 0,
+    hr_size: int = 150,
 ) -> int:
     """The quick start, end to end; prints the table against bicubic and where to look."""
     from hpc_sr.apps.evaluate import evaluate
@@ -72,7 +73,7 @@ def run_demo(
         extra += [f"train.steps={steps}", f"train.pretrain_steps={steps}"]
     cfg = config_from_dict(apply_overrides(quickstart_dict(), extra + list(overrides or [])))
     if not (data_dir / "manifest.json").is_file():
-        print(f"[demo] simulating {num} deeplense_sr pairs ({cfg.data.hr_size} px HR) into {data_dir}")
+        print(f"[demo] simulating {num} deeplense_sr pairs ({hr_size} px HR) into {data_dir}")
         simulate_to_shards(
             data_dir,
             num=num,
@@ -80,7 +81,7 @@ def run_demo(
             seed=seed,
             shard_size=1024,
             device="cpu",
-            hr_size=cfg.data.hr_size,
+            hr_size=hr_size,
             compression="none",
             split=(0.8, 0.1, 0.1),
         )

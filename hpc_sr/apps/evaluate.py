@@ -33,8 +33,8 @@ from hpc_sr.atomic import atomic_write_text
 from hpc_sr.dist import env as dist_env
 from hpc_sr.errors import DataError, HpcSrError
 from hpc_sr.eval.loop import evaluate_batches
+from hpc_sr.models.artifacts import load_generator
 from hpc_sr.models.ensemble import ModelEnsemble, self_ensemble
-from hpc_sr.train.checkpoint import load_generator
 
 PHYSICS_ROWS = (
     ("arc PSNR", "arc_psnr", "{:.3f}"),
@@ -149,8 +149,9 @@ class ScienceMetrics:
         self.ceiling = MetricAccumulator() if self.params is not None else None
 
     def update(self, lr: torch.Tensor, sr: torch.Tensor, hr: torch.Tensor) -> None:
+        from hpc_sr.data.truth import simulation_truth
         from hpc_sr.eval.metrics import bicubic_upscale
-        from hpc_sr.eval.physics import lr_consistent_projection, simulation_truth
+        from hpc_sr.eval.morphology import lr_consistent_projection
 
         truth: dict[str, torch.Tensor] = {}
         if self.params is not None:

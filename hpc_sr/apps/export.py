@@ -169,6 +169,14 @@ def _compare(what: str, arch: str, ref: Tensor, got: Tensor, x: Tensor, atol: fl
         )
 
 
+def _run_error(arch: str, what: str, check: Tensor, example: Tensor, exc: BaseException) -> ExportError:
+    """The error for an exported model that fails (``what``) to run on ``check``, made from ``example``."""
+    return ExportError(
+        f"arch {arch!r}: {what} on input {tuple(check.shape)} (made from {tuple(example.shape)}): "
+        f"{_first_lines(exc)}"
+    )
+
+
 def _write(out: Path, data: bytes) -> Path:
     with atomic_open(out, "wb") as fh:
         fh.write(data)
@@ -218,10 +226,7 @@ def export_torchscript(
             with torch.no_grad():
                 got = ts(check)
         except Exception as exc:
-            raise ExportError(
-                f"arch {arch!r}: the TorchScript ({method}) module fails on input {tuple(check.shape)} "
-                f"(made from {tuple(example.shape)}): {_first_lines(exc)}"
-            ) from None
+            raise _run_error(arch, f"the TorchScript ({method}) module fails", check, example, exc) from None
         _compare(f"TorchScript ({method})", arch, ref, got, check, atol)
         info.update(format="torchscript", exporter=method)
         buf = io.BytesIO()
@@ -352,10 +357,8 @@ def export_onnx(
         except ExportError:
             raise
         except Exception as exc:
-            raise ExportError(
-                f"arch {arch!r}: the ONNX ({name}) model fails in onnxruntime on input {tuple(check.shape)} "
-                f"(made from {tuple(example.shape)}): {_first_lines(exc)}"
-            ) from None
+            what = f"the ONNX ({name}) model fails in onnxruntime"
+            raise _run_error(arch, what, check, example, exc) from None
         _compare(f"ONNX ({name}) in onnxruntime", arch, ref, got, check, atol)
     log.info("arch %r: ONNX via the %s exporter -> %s", arch, name, out)
     return _write(out, data)
@@ -418,7 +421,7 @@ def export_model(
         if save_state_dict is None:
             raise NotImplementedError(
                 "export_model(fmt='state_dict') needs save_state_dict=callable(out) (the plain generator "
-                "file is written from a checkpoint by hpc_sr.train.checkpoint.export_generator)"
+                "file is written from a checkpoint by hpc_sr.models.artifacts.export_generator)"
             )
         written = save_state_dict(out)
         return Path(written) if written is not None else out

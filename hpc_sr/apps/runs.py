@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import difflib
 import io
 import json
 import math
@@ -29,8 +28,9 @@ from typing import Any
 import yaml
 from tqdm import tqdm
 
+from hpc_sr.apps.cli_common import run_cli
 from hpc_sr.atomic import atomic_open
-from hpc_sr.config import flatten
+from hpc_sr.config import closest, flatten
 from hpc_sr.errors import HpcSrError
 
 IGNORED_KEYS = {"log.name"}  # always differs between runs; the run column names it already
@@ -107,9 +107,9 @@ def read_jsonl(path: Path) -> tuple[list[dict[str, Any]], int]:
 
 
 def _world_size_from_checkpoints(run_dir: Path) -> int:
-    from hpc_sr.train.checkpoint import CheckpointManager, read_meta
+    from hpc_sr.models.checkpoint_layout import latest_step, read_meta
 
-    latest = CheckpointManager(run_dir).latest()
+    latest = latest_step(run_dir / "checkpoints")
     return int(read_meta(latest).get("world_size", 1)) if latest is not None else 1
 
 
@@ -280,8 +280,8 @@ def group_by(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
     """Mean and sample std of best (and final) PSNR per value of a config key."""
     if not any(key in r["_all_config"] for r in rows):
         known = sorted(set().union(*(r["_all_config"] for r in rows)))
-        hint = difflib.get_close_matches(key, known, n=1)
-        suggestion = f" (did you mean {hint[0]}?)" if hint else ""
+        hint = closest(key, known)
+        suggestion = f" (did you mean {hint}?)" if hint else ""
         raise HpcSrError(f"--by {key}: no run has this config key{suggestion}")
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
@@ -392,28 +392,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        rows, keys = aggregate(args.paths, args.stale_after)
-        if args.by:
-            groups = group_by(rows, args.by)
-            header = list(groups[0])
-            cells = [[g[h] for h in header] for g in groups]
-            data: list[dict[str, Any]] = groups
-        else:
-            header, cells = table(rows, keys)
-            data = [{k: v for k, v in r.items() if k != "_all_config"} for r in rows]
-        if args.format == "json":
-            print(json.dumps(data, indent=2))
-        elif args.format == "csv":
-            print(to_csv(header, cells))
-        else:
-            print(to_markdown(header, cells))
-        if args.plot:
-            print(f"wrote {plot_curves(args.paths, args.plot)}", file=sys.stderr)
-    except HpcSrError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_cli(build_parser(), _command, argv)
+
+
+def _command(args: argparse.Namespace) -> int:
+    rows, keys = aggregate(args.paths, args.stale_after)
+    if args.by:
+        groups = group_by(rows, args.by)
+        header = list(groups[0])
+        cells = [[g[h] for h in header] for g in groups]
+        data: list[dict[str, Any]] = groups
+    else:
+        header, cells = table(rows, keys)
+        data = [{k: v for k, v in r.items() if k != "_all_config"} for r in rows]
+    if args.format == "json":
+        print(json.dumps(data, indent=2))
+    elif args.format == "csv":
+        print(to_csv(header, cells))
+    else:
+        print(to_markdown(header, cells))
+    if args.plot:
+        print(f"wrote {plot_curves(args.paths, args.plot)}", file=sys.stderr)
     return 0
 
 

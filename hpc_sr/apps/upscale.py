@@ -8,12 +8,16 @@
   input), before anything is read; then files go one by one, each written atomically. A bad file stops the
   run with a DataError naming it; outputs already written stay.
 - .npy: (H, W), (1, H, W), a stack (N, H, W) or (N, 1, H, W); .npz: every array the same way, keys kept;
-  FITS (.fits/.fit/.fts, optionally .gz): the image HDU of :func:`hpc_sr.apps.fits_io.read_fits_image`.
-- Values: normalised into [0, 1] (:func:`~hpc_sr.apps.fits_io.choose_normalization`), upscaled, restored to
-  the input's units, never clipped; per-pixel units divided by scale**2 (total flux kept). Blank pixels
+  FITS (.fits/.fit/.fts, optionally .gz, or tile-compressed .fits.fz/.fz): the image HDU of
+  :func:`hpc_sr.apps.fits_io.read_fits_image`.
+- Values: given to the model as it was trained (``normalize="auto"`` with a model that records its training
+  data's convention, ``data_values``: the raw values), or normalised into [0, 1] by a per-file guess for a
+  model without a record (:func:`~hpc_sr.apps.fits_io.choose_normalization`); upscaled, restored to the
+  input's units, never clipped; per-pixel units divided by scale**2 (total flux kept). Blank pixels
   (NaN/inf) are filled with the median for the model and come back blank (each as a scale x scale block).
-- FITS output: WCS rescaled, BUNIT and every other card kept, HPCSR* cards and HISTORY (hpc_sr version,
-  arch, checkpoint, choices).
+- FITS output: WCS rescaled (with the distortion / -TAB tables it reads), BUNIT and every other card kept
+  (non-standard ones byte for byte), a compressed image compressed the same way, HPCSR* cards and HISTORY
+  (hpc_sr version, arch, checkpoint, choices).
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from hpc_sr.data.sources import as_image
 from hpc_sr.errors import DataError, HpcSrError
 from hpc_sr.version import __version__
 
-FITS_EXTS = (".fits", ".fit", ".fts")
+FITS_EXTS = (".fits", ".fit", ".fts", ".fits.fz", ".fz")  # .fz: tile-compressed (fpack)
 EXTS = (".npy", ".npz", *FITS_EXTS, *(e + ".gz" for e in FITS_EXTS))
 
 
@@ -148,6 +152,7 @@ class _Settings:
     tile: int
     overlap: int
     ensemble: bool
+    trained: dict[str, Any] | None = None  # the model's data_values record (normalize=auto follows it)
 
 
 def _stack(arr: object, label: str) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
@@ -177,7 +182,7 @@ def _upscale_stack(stack: np.ndarray, label: str, flux: str, st: _Settings) -> t
     """SR of a (N, H, W) stack in the input's units; returns it and the normalisation used."""
     blank = ~np.isfinite(stack)
     good = stack[~blank]
-    norm = fits_io.choose_normalization(good, st.normalize, label)
+    norm = fits_io.choose_normalization(good, st.normalize, label, st.trained)
     if blank.any():
         fits_io.warn(
             f"{label}: {int(blank.sum())} blank (NaN/inf) pixel(s) filled with the median for the "
@@ -284,11 +289,14 @@ def upscale_paths(
     model_label: str = "",
     overwrite: bool = False,
     progress: bool = False,
+    model_values: dict[str, Any] | None = None,
 ) -> list[Path]:
     """Upscale every file of ``inputs`` (files, folders, globs) into ``out_dir``; returns the paths written.
 
     ``model_label`` (the checkpoint path, for ``run_upscale``) goes into the FITS HISTORY with the arch;
-    ``progress`` shows a tqdm bar on stderr. See the module docstring for the rest.
+    ``progress`` shows a tqdm bar on stderr; ``model_values`` is the generator's ``data_values`` record (the
+    payload of :func:`hpc_sr.models.artifacts.load_generator`), which ``normalize="auto"`` follows. See the
+    module docstring for the rest.
     """
     if normalize not in fits_io.NORMALIZE_MODES:
         raise DataError(f"normalize={normalize!r}: choose one of {', '.join(fits_io.NORMALIZE_MODES)}")
@@ -302,12 +310,13 @@ def upscale_paths(
     if isinstance(inputs, str | Path):
         inputs = [str(inputs)]
     jobs = plan_outputs([str(i) for i in inputs], out_dir, suffix, overwrite)
-    st = _Settings(model, int(scale), normalize, device, batch_size, tile, overlap, ensemble)
+    st = _Settings(model, int(scale), normalize, device, batch_size, tile, overlap, ensemble, model_values)
     arch = getattr(model, "arch", None) or type(model).__name__
     history = [f"hpc_sr {__version__} upscale x{scale}: model {arch}"]
     if model_label:
         history.append(f"hpc_sr checkpoint: {model_label}")
     history.append(f"hpc_sr tile={tile} overlap={overlap} self_ensemble={ensemble}")
+    history.append(f"hpc_sr normalize={normalize}: {normalization_note(normalize, model_values)}")
     written = []
     for job in tqdm(jobs, desc="upscale", unit="file", disable=not progress, file=sys.stderr):
         if file_ext(job.src) in (".npy", ".npz"):
@@ -325,7 +334,8 @@ def add_upscale_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--checkpoint",
         required=True,
-        help="checkpoint step dir, run dir (its latest checkpoint) or exported G.pt",
+        help="a shipped generator (deeplense-small) or a checkpoint step dir, run dir (its latest "
+        "checkpoint) or exported G.pt",
     )
     parser.add_argument("--out", required=True, help="output folder (input sub-folders mirrored)")
     parser.add_argument("--suffix", default="_sr", help="added to each output file's stem" + d)
@@ -338,16 +348,18 @@ def add_upscale_arguments(parser: argparse.ArgumentParser) -> None:
         "--normalize",
         choices=fits_io.NORMALIZE_MODES,
         default="auto",
-        help="map values into [0, 1] for the model (restored on output): auto = none if the "
-        "values lie in [0, 1], else max if none is negative, else percentile "
-        f"({fits_io.PERCENTILES[0]}-{fits_io.PERCENTILES[1]} %%)" + d,
+        help="what the model sees (restored on output): auto = the values as the model was trained on "
+        "them (raw, for models that record it: every model hpc_sr trains), else a guess per file: none if "
+        "the values lie in [0, 1] (sky-subtracted noise below 0 allowed), max if only the peak is off, "
+        f"else percentile ({fits_io.PERCENTILES[0]}-{fits_io.PERCENTILES[1]} %%)" + d,
     )
     parser.add_argument(
         "--flux",
         choices=fits_io.FLUX_MODES,
         default="auto",
-        help="per-pixel: keep the total flux (output / scale^2); surface-brightness: keep "
-        "the level; auto: from the FITS BUNIT (unknown or .npy/.npz: level kept)" + d,
+        help="per-pixel: keep the total flux (output / scale^2); surface-brightness: keep the level; auto: "
+        "from the FITS BUNIT parsed by astropy.units (per solid angle or beam, or K: level; counts, e-, ADU, "
+        "Jy, erg/s/cm2/A: total; unparsable, undecided or .npy/.npz: level kept, a warning for FITS)" + d,
     )
     parser.add_argument(
         "--device", default="auto", help="torch device; auto: cuda if there is one, else cpu" + d
@@ -363,7 +375,9 @@ def add_upscale_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="ignored (kept for old scripts): values are never clipped now" + d,
     )
-    parser.add_argument("inputs", nargs="+", help="input files (.npy, .npz, .fits[.gz]), folders or globs")
+    parser.add_argument(
+        "inputs", nargs="+", help="input files (.npy, .npz, .fits[.gz], .fits.fz), folders or globs"
+    )
 
 
 def _device(name: str) -> str:
@@ -376,11 +390,25 @@ def _device(name: str) -> str:
     return name
 
 
+def normalization_note(normalize: str, model_values: dict[str, Any] | None) -> str:
+    """What ``normalize`` means for this model, in one line (printed, and kept in FITS HISTORY)."""
+    if normalize != "auto":
+        return f"{normalize} for every file"
+    if model_values is None:
+        return "the model records no training value range; chosen per file (HPCSRNRM card of each output)"
+    lr = model_values.get("lr") or {}
+    span = f", training LR in [{lr['min']:.4g}, {lr['max']:.4g}]" if "min" in lr and "max" in lr else ""
+    return f"{model_values.get('normalize', 'none')} (the model's training convention: raw values{span})"
+
+
 def run_upscale(args: argparse.Namespace) -> int:
     """``hpc-sr upscale``: load the generator, upscale the inputs; warnings go to stderr as one line each."""
-    from hpc_sr.train.checkpoint import load_generator
+    from hpc_sr.models.artifacts import load_generator
 
-    module, _payload = load_generator(args.checkpoint, ema=not args.no_ema)
+    module, payload = load_generator(args.checkpoint, ema=not args.no_ema)
+    values = payload.get("data_values")
+    note = normalization_note(args.normalize, values)
+    print(f"hpc-sr upscale: normalize={args.normalize}: {note}", file=sys.stderr)
     device = _device(args.device)
 
     def show(message: Warning | str, category: type[Warning], *_: object, **__: object) -> None:
@@ -406,6 +434,7 @@ def run_upscale(args: argparse.Namespace) -> int:
             model_label=str(args.checkpoint),
             overwrite=args.overwrite,
             progress=True,
+            model_values=values,
         )
     print(f"wrote {len(written)} file(s) to {args.out}", file=sys.stderr)
     return 0

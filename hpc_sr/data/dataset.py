@@ -71,6 +71,10 @@ class _ShardBase:
             check_shard_file(m, int(i), hash_it=verify)
         self._handles: dict[int, Any] = {}
         self._pid = os.getpid()
+        self._load()
+
+    def _load(self) -> None:
+        """End of the constructor, for subclasses that read at once (InMemoryShardDataset); none here."""
 
     def set_epoch(self, epoch: int) -> None:
         """Choose the epoch whose crops/augmentations (and block order) are drawn."""
@@ -169,17 +173,8 @@ class InMemoryShardDataset(_ShardBase, Dataset):
 
     stage_rows = 256
 
-    def __init__(
-        self,
-        root: str | Path,
-        split: str = "train",
-        patch_size: int = 0,
-        scale: int | None = None,
-        augment: bool = False,
-        verify: bool = True,
-        seed: int = 0,
-    ) -> None:
-        super().__init__(root, split, patch_size, scale, augment, verify, seed)
+    def _load(self) -> None:
+        """Read the whole split into RAM, ``stage_rows`` rows per read, then close the files."""
         m = self.manifest
         self._hr = np.empty((len(self.indices), *m.hr_shape), np.float32)
         self._lr = np.empty((len(self.indices), *m.lr_shape), np.float32)
@@ -332,7 +327,7 @@ def build_dataset(
     block_size: int = 64,
     scale: int | None = None,
 ) -> ShardDataset | InMemoryShardDataset | BlockShardDataset:
-    """The shard dataset for ``loader`` = item | block | memory (DataConfig.loader)."""
+    """The shard dataset for ``loader`` = item | block | memory (``data.options.loader`` of source shards)."""
     kw: dict[str, Any] = dict(patch_size=patch_size, scale=scale, augment=augment, verify=verify, seed=seed)
     if loader == "item":
         return ShardDataset(root, split, **kw)
@@ -350,7 +345,8 @@ def noise_free_split(root: str | Path, split: str = "train", batch: int = 64) ->
     Raises DataError naming the directory if the set records no simulator parameters (packed from files)
     or was made by another simulator version.
     """
-    from hpc_sr.data.lensing import PARAM_NAMES, PRESETS, noise_free_hr
+    from hpc_sr.data.lensing import PARAM_NAMES, noise_free_hr
+    from hpc_sr.data.presets import PRESETS
     from hpc_sr.data.shards import read_split_params
 
     m = load_manifest(root)

@@ -66,31 +66,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from hpc_sr.data.presets import SAMPLED_NAMES, LensPreset, resolve_preset
 from hpc_sr.errors import DataError
+from hpc_sr.imaging import blur_valid, blur_with_kernels, gaussian_kernels
 
 __all__ = [
     "PARAM_NAMES",
-    "PRESETS",
-    "LensPreset",
     "LensingSimulator",
-    "Prior",
     "SimBatch",
     "WindowBatch",
-    "gaussian_blur",
     "simulate",
 ]
 
-# Sampled parameters, in column order; the last column (hr_peak_flux) is derived, not sampled.
-SAMPLED_NAMES: tuple[str, ...] = (
-    "theta_E", "lens_e1", "lens_e2", "gamma1", "gamma2", "lens_x", "lens_y",
-    "src_amp", "src_R", "src_n", "src_e1", "src_e2", "src_x", "src_y",
-    "ll_amp", "ll_R", "ll_n", "ll_e1", "ll_e2",
-    "psf_fwhm", "exposure_time", "background_rms",
-)  # fmt: skip
+# Recorded parameters, in column order: the sampled ones (hpc_sr.data.presets), then the derived hr_peak_flux.
 PARAM_NAMES: tuple[str, ...] = (*SAMPLED_NAMES, "hr_peak_flux")
 _IDX = {name: i for i, name in enumerate(PARAM_NAMES)}
 
-_PSF_TRUNCATE = 5.0  # lenstronomy's PSF default truncation, in sigmas
 _FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
 _CHUNK_ELEMENTS = 1 << 17  # supersampled pixels rendered at once: keeps the working set in cache
 # Peak locator of the window path (LensingSimulator._peak_corners); figures in the module docstring.
@@ -98,128 +89,6 @@ _PEAK_STRIDE = 3  # HR pixels between the points of the coarse (unblurred, point
 _PEAK_SMOOTH = 3.0  # sigma (HR pixels) of the Gaussian that smooths the coarse image before its maxima
 _PEAK_CANDIDATES = 3  # brightest local maxima of the smoothed coarse image, each given a patch
 _PEAK_PATCH = 12  # side (HR pixels) of the patch rendered around each candidate (and the lens-light centre)
-
-
-@dataclass(frozen=True)
-class Prior:
-    """A 1-D prior: ``uniform`` on [lo, hi] (lo == hi: fixed) or ``log10uniform`` (10**U(lo, hi))."""
-
-    lo: float
-    hi: float
-    kind: str = "uniform"
-
-    def __post_init__(self) -> None:
-        if self.kind not in ("uniform", "log10uniform"):
-            raise DataError(f"prior kind {self.kind!r} is not one of 'uniform', 'log10uniform'")
-        if self.hi < self.lo:
-            raise DataError(f"prior upper bound {self.hi} is below its lower bound {self.lo}")
-
-    def transform(self, u: Tensor) -> Tensor:
-        """Map uniform draws u in [0, 1) to this prior."""
-        v = self.lo + (self.hi - self.lo) * u
-        return torch.pow(10.0, v) if self.kind == "log10uniform" else v
-
-    @property
-    def support(self) -> tuple[float, float]:
-        """The closed interval every draw lies in."""
-        if self.kind == "log10uniform":
-            return 10.0**self.lo, 10.0**self.hi
-        return self.lo, self.hi
-
-
-def _fixed(v: float) -> Prior:
-    return Prior(v, v)
-
-
-@dataclass(frozen=True)
-class LensPreset:
-    """Priors of every sampled parameter (a field per name in SAMPLED_NAMES), pixel scale and noise model."""
-
-    name: str
-    pixel_scale: float  # arcsec per HR pixel
-    theta_E: Prior
-    lens_e1: Prior
-    lens_e2: Prior
-    gamma1: Prior
-    gamma2: Prior
-    lens_x: Prior
-    lens_y: Prior
-    src_amp: Prior
-    src_R: Prior
-    src_n: Prior
-    src_e1: Prior
-    src_e2: Prior
-    src_x: Prior
-    src_y: Prior
-    ll_amp: Prior
-    ll_R: Prior
-    ll_n: Prior
-    ll_e1: Prior
-    ll_e2: Prior
-    psf_fwhm: Prior
-    exposure_time: Prior
-    background_rms: Prior
-    poisson: str = "gaussian"  # "gaussian" (lenstronomy's approximation) or "exact" (torch.poisson counts)
-
-    def __post_init__(self) -> None:
-        if self.poisson not in ("gaussian", "exact"):
-            raise DataError(f"preset {self.name!r}: poisson={self.poisson!r} is not 'gaussian' or 'exact'")
-        if self.pixel_scale <= 0:
-            raise DataError(f"preset {self.name!r}: pixel_scale={self.pixel_scale} must be > 0")
-
-    def priors(self) -> tuple[Prior, ...]:
-        """Priors in SAMPLED_NAMES order."""
-        return tuple(getattr(self, n) for n in SAMPLED_NAMES)
-
-
-_NO_LENS_LIGHT = {
-    "ll_amp": _fixed(0.0), "ll_R": _fixed(1.0), "ll_n": _fixed(2.0),
-    "ll_e1": _fixed(0.0), "ll_e2": _fixed(0.0),
-}  # fmt: skip
-
-_MODEL_I = LensPreset(
-    name="model_i",
-    pixel_scale=0.05,
-    theta_E=_fixed(1.28), lens_e1=_fixed(0.1), lens_e2=_fixed(0.0),
-    gamma1=_fixed(0.05), gamma2=_fixed(0.0), lens_x=_fixed(0.0), lens_y=_fixed(0.0),
-    src_amp=_fixed(20.0), src_R=_fixed(0.25), src_n=_fixed(1.0),
-    src_e1=Prior(-0.1, 0.1), src_e2=Prior(-0.1, 0.1), src_x=Prior(-0.35, 0.35), src_y=Prior(-0.35, 0.35),
-    **_NO_LENS_LIGHT,
-    psf_fwhm=_fixed(0.087),
-    exposure_time=Prior(3.0, 3.5, "log10uniform"),
-    background_rms=_fixed(1e-2),
-    poisson="exact",
-)  # fmt: skip
-
-# Model I widened into priors; noise calibrated so that bicubic x2 of LR scores ~41.5 dB / SSIM ~0.975 vs HR.
-_DEEPLENSE_SR = LensPreset(
-    name="deeplense_sr",
-    pixel_scale=0.05,
-    theta_E=Prior(1.1, 1.5), lens_e1=Prior(-0.2, 0.2), lens_e2=Prior(-0.2, 0.2),
-    gamma1=Prior(-0.08, 0.08), gamma2=Prior(-0.08, 0.08), lens_x=Prior(-0.1, 0.1), lens_y=Prior(-0.1, 0.1),
-    src_amp=Prior(15.0, 25.0), src_R=Prior(0.18, 0.35), src_n=Prior(0.7, 1.5),
-    src_e1=Prior(-0.2, 0.2), src_e2=Prior(-0.2, 0.2), src_x=Prior(-0.35, 0.35), src_y=Prior(-0.35, 0.35),
-    **_NO_LENS_LIGHT,
-    psf_fwhm=Prior(0.08, 0.095),
-    exposure_time=Prior(3.0, 3.5, "log10uniform"),
-    background_rms=Prior(1.125e-3, 1.875e-3),
-)  # fmt: skip
-
-_WIDE = LensPreset(
-    name="wide",
-    pixel_scale=0.05,
-    theta_E=Prior(0.6, 2.0), lens_e1=Prior(-0.35, 0.35), lens_e2=Prior(-0.35, 0.35),
-    gamma1=Prior(-0.12, 0.12), gamma2=Prior(-0.12, 0.12), lens_x=Prior(-0.3, 0.3), lens_y=Prior(-0.3, 0.3),
-    src_amp=Prior(5.0, 50.0), src_R=Prior(0.1, 0.8), src_n=Prior(0.5, 3.0),
-    src_e1=Prior(-0.35, 0.35), src_e2=Prior(-0.35, 0.35), src_x=Prior(-0.6, 0.6), src_y=Prior(-0.6, 0.6),
-    ll_amp=Prior(1.0, 8.0), ll_R=Prior(0.3, 1.2), ll_n=Prior(1.0, 3.0), ll_e1=Prior(-0.3, 0.3),
-    ll_e2=Prior(-0.3, 0.3),
-    psf_fwhm=Prior(0.06, 0.15),
-    exposure_time=Prior(3.0, 4.5, "log10uniform"),
-    background_rms=Prior(1e-3, 2e-2),
-)  # fmt: skip
-
-PRESETS: dict[str, LensPreset] = {p.name: p for p in (_MODEL_I, _DEEPLENSE_SR, _WIDE)}
 
 
 @dataclass(frozen=True)
@@ -245,14 +114,6 @@ class WindowBatch:
     params: Tensor
     offsets: Tensor
     clean: Tensor | None = None  # (N,1,w,w): the noise-free HR window, same peak and clamp (keep_clean=True)
-
-
-def _resolve_preset(preset: str | LensPreset) -> LensPreset:
-    if isinstance(preset, LensPreset):
-        return preset
-    if preset not in PRESETS:
-        raise DataError(f"unknown lensing preset {preset!r}; valid presets: {', '.join(sorted(PRESETS))}")
-    return PRESETS[preset]
 
 
 def _bc(t: Tensor) -> Tensor:
@@ -295,39 +156,6 @@ def _sersic(u: Tensor, v: Tensor, c: dict[str, Tensor]) -> Tensor:
     return w.mul_(c["neg_bn"]).add_(c["c0"]).exp_()
 
 
-def _gauss_kernels(sigma_px: Tensor) -> Tensor:
-    """(C, K) normalised 1-D Gaussian kernels, each cut at its own radius int(5 sigma + 0.5) as scipy."""
-    radius = (_PSF_TRUNCATE * sigma_px + 0.5).floor()
-    r_max = int(radius.max().item())
-    t = torch.arange(-r_max, r_max + 1, dtype=sigma_px.dtype, device=sigma_px.device)
-    w = torch.exp(-0.5 * (t / sigma_px[:, None]) ** 2)
-    w = torch.where(t.abs() <= radius[:, None], w, torch.zeros_like(w))
-    return w / w.sum(dim=1, keepdim=True)
-
-
-def _blur_kernels(img: Tensor, k: Tensor) -> Tensor:
-    """Separable blur of (C,1,H,W) images by per-image 1-D kernels k (C, K), replicate ('nearest') padding."""
-    r = (k.shape[1] - 1) // 2
-    return _blur_valid(F.pad(img, (r, r, r, r), mode="replicate") if r else img, k)
-
-
-def _blur_valid(x: Tensor, k: Tensor) -> Tensor:
-    """Separable blur of (C,1,H+2r,W+2r) images by kernels k (C, 2r+1), no padding: (C,1,H,W) out."""
-    c = x.shape[0]
-    r = (k.shape[1] - 1) // 2
-    if r == 0:
-        return x * k[:, :1].reshape(c, 1, 1, 1)
-    h, w = x.shape[2] - 2 * r, x.shape[3] - 2 * r
-    kk = k.reshape(c, 1, 1, 1, -1)
-    rows = x[:, :, 0:h, :] * kk[..., 0]
-    for j in range(1, 2 * r + 1):
-        rows.addcmul_(x[:, :, j : j + h, :], kk[..., j])
-    out = rows[..., 0:w] * kk[..., 0]
-    for j in range(1, 2 * r + 1):
-        out.addcmul_(rows[..., j : j + w], kk[..., j])
-    return out
-
-
 def _blur_mm(x: Tensor, k: Tensor) -> Tensor:
     """_blur_valid as two matrix products by banded matrices (fewer, faster kernels; equal to rounding).
 
@@ -335,7 +163,7 @@ def _blur_mm(x: Tensor, k: Tensor) -> Tensor:
     float32 matmuls may run as TF32 (CUDA, float32 matmul precision below "highest"), _blur_valid instead.
     """
     if x.is_cuda and x.dtype == torch.float32 and _tf32_matmuls():
-        return _blur_valid(x, k)  # TF32 would cost ~1e-3 of the flux
+        return blur_valid(x, k)  # TF32 would cost ~1e-3 of the flux
     c, taps = k.shape
     h, w = x.shape[-2] - taps + 1, x.shape[-1] - taps + 1
     rows = _band(k, h, x.shape[-2]).unsqueeze(1)  # (C,1,h,H+2r)
@@ -364,11 +192,6 @@ def _max3x3(img: Tensor) -> Tensor:
     return torch.maximum(torch.maximum(rows[..., :-2], rows[..., 1:-1]), rows[..., 2:])
 
 
-def gaussian_blur(img: Tensor, sigma_px: Tensor) -> Tensor:
-    """Blur (C,1,H,W) images, each by its own sigma_px: scipy gaussian_filter(mode='nearest', truncate=5)."""
-    return _blur_kernels(img, _gauss_kernels(sigma_px.clamp_min(1e-6)))
-
-
 class LensingSimulator:
     """Renders lensed images from a preset's priors; see the module docstring for the physics and LR modes."""
 
@@ -382,7 +205,7 @@ class LensingSimulator:
         dtype: torch.dtype = torch.float32,
         lr_mode: str = "mean",
     ) -> None:
-        self.preset = _resolve_preset(preset)
+        self.preset = resolve_preset(preset)
         if scale < 1 or hr_size < scale or hr_size % scale:
             raise DataError(f"hr_size={hr_size} must be a positive multiple of scale={scale}")
         if supersample < 1:
@@ -439,7 +262,7 @@ class LensingSimulator:
             e = min(n, s + self._chunk)
             c = {k: v[s:e] for k, v in coeffs.items()}
             clean = self._render_clean(c)
-            noisy = self._add_noise(_blur_kernels(clean, c["psf"]), c, generator)
+            noisy = self._add_noise(blur_with_kernels(clean, c["psf"]), c, generator)
             peak = noisy.amax(dim=(1, 2, 3))
             params[s:e, _IDX["hr_peak_flux"]] = peak
             hr_c = torch.div(noisy, peak.reshape(-1, 1, 1, 1), out=hr[s:e]).clamp_(0.0, 1.0)
@@ -447,7 +270,7 @@ class LensingSimulator:
                 lr[s:e] = F.avg_pool2d(hr_c, self.scale)
             else:
                 binned = F.avg_pool2d(clean, self.scale).mul_(self.scale**2)  # flux per coarse pixel
-                lr_flux = self._add_noise(_blur_kernels(binned, c["psf_lr"]), c, generator)
+                lr_flux = self._add_noise(blur_with_kernels(binned, c["psf_lr"]), c, generator)
                 torch.div(lr_flux, peak.reshape(-1, 1, 1, 1) * self.scale**2, out=lr[s:e]).clamp_(0.0, 1.0)
         return SimBatch(hr=hr, lr=lr, params=params)
 
@@ -465,7 +288,7 @@ class LensingSimulator:
         out = torch.empty(size, dtype=self.dtype, device=self.device)
         for s in range(0, params.shape[0], self._chunk):
             c = {k: v[s : s + self._chunk] for k, v in coeffs.items()}
-            img = _blur_kernels(self._render_clean(c), c["psf"])
+            img = blur_with_kernels(self._render_clean(c), c["psf"])
             out[s : s + self._chunk] = self._add_noise(img, c, generator) if noise else img
         return out
 
@@ -747,9 +570,9 @@ class LensingSimulator:
         out = {k: _bc(v) for k, v in out.items()}
         out.update({f"src_{k}": _bc(v) for k, v in src.items()})
         out.update({f"ll_{k}": _bc(v) for k, v in ll.items()})
-        out["psf"] = _gauss_kernels(sigma_px)
+        out["psf"] = gaussian_kernels(sigma_px)
         if self.lr_mode == "independent":
-            out["psf_lr"] = _gauss_kernels(sigma_px / self.scale)
+            out["psf_lr"] = gaussian_kernels(sigma_px / self.scale)
         return out
 
     def _render_clean(self, c: dict[str, Tensor], x: Tensor | None = None, y: Tensor | None = None) -> Tensor:

@@ -1,1 +1,2 @@
-"""Neutral distributed plumbing: where this process runs (env), collectives, stop signals."""
+"""Neutral distributed plumbing: where this process runs (env, envvars, slurm), collectives, stop signals, the
+run-directory lock (runlock) and leaving a process group in order (teardown)."""

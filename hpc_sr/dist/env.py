@@ -8,11 +8,8 @@ that a dead rank fails the job instead of hanging it.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import os
-import re
-import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -20,48 +17,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from hpc_sr.dist.collectives import barrier
+from hpc_sr.dist.envvars import env_float as env_float  # re-exported: the launcher-variable readers
+from hpc_sr.dist.envvars import env_int
+from hpc_sr.dist.slurm import SlurmTask
+from hpc_sr.dist.teardown import shutdown_distributed as shutdown_distributed  # re-exported: init's other end
 from hpc_sr.errors import EnvironmentVariableError
-
-
-def env_int(
-    name: str, default: int | None = None, *, minimum: int = 0, environ: Mapping[str, str] | None = None
-) -> int | None:
-    """Integer value of environment variable ``name`` (``default`` when unset); bad values name the variable.
-
-    A variable that is set but empty counts as bad (some cluster modules leave ``OMP_NUM_THREADS=``).
-    """
-    env = os.environ if environ is None else environ
-    if name not in env:
-        return default
-    raw = env[name]
-    try:
-        value = int(raw.strip())
-    except ValueError:
-        raise EnvironmentVariableError(
-            f"environment variable {name}={raw!r} is not an integer; set it to a number >= {minimum} or "
-            "unset it"
-        ) from None
-    if value < minimum:
-        raise EnvironmentVariableError(f"environment variable {name}={raw!r} must be >= {minimum}")
-    return value
-
-
-def env_float(
-    name: str, default: float, *, positive: bool = True, environ: Mapping[str, str] | None = None
-) -> float:
-    """Float value of environment variable ``name`` (``default`` when unset); bad values name the variable."""
-    env = os.environ if environ is None else environ
-    if name not in env:
-        return default
-    raw = env[name]
-    try:
-        value = float(raw.strip())
-    except ValueError:
-        raise EnvironmentVariableError(f"environment variable {name}={raw!r} is not a number") from None
-    if positive and not value > 0:
-        raise EnvironmentVariableError(f"environment variable {name}={raw!r} must be a positive number")
-    return value
 
 
 @dataclass(frozen=True)
@@ -110,22 +70,18 @@ class DistEnv:
                 master_port=get_int("MASTER_PORT", 29500, minimum=1),
                 launcher="torchrun",
             )
-        if "SLURM_PROCID" in env and "SLURM_NTASKS" in env and get_int("SLURM_NTASKS", 1, minimum=1) > 1:
-            job_id = get_int("SLURM_JOB_ID", 0)
-            nodelist = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST") or "127.0.0.1"
-            port = (
-                get_int("MASTER_PORT", port_from_job_id(job_id), minimum=1)
-                if env.get("MASTER_PORT")
-                else None
-            )
-            return cls(
-                rank=get_int("SLURM_PROCID", 0),
-                world_size=get_int("SLURM_NTASKS", 1, minimum=1),
-                local_rank=get_int("SLURM_LOCALID", 0),
-                master_addr=env.get("MASTER_ADDR") or first_host(nodelist),
-                master_port=port if port is not None else port_from_job_id(job_id),
-                launcher="slurm",
-            )
+        if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
+            task = SlurmTask.from_environ(env)
+            if task.ntasks > 1:
+                port = get_int("MASTER_PORT", 0, minimum=1) if env.get("MASTER_PORT") else task.master_port
+                return cls(
+                    rank=task.rank,
+                    world_size=task.ntasks,
+                    local_rank=task.local_rank,
+                    master_addr=env.get("MASTER_ADDR") or task.master_host("127.0.0.1"),
+                    master_port=port,
+                    launcher="slurm",
+                )
         return cls()
 
     def export(self) -> None:
@@ -137,34 +93,6 @@ class DistEnv:
             MASTER_ADDR=self.master_addr,
             MASTER_PORT=str(self.master_port),
         )
-
-
-def port_from_job_id(job_id: int) -> int:
-    """A port in 20000-39999 derived from the SLURM job id, so concurrent jobs on a node do not collide."""
-    return 20000 + job_id % 20000
-
-
-def first_host(nodelist: str) -> str:
-    """First host of a SLURM node list (``node[01-04],gpu7`` -> ``node01``); asks scontrol when it can."""
-    try:
-        out = subprocess.run(
-            ["scontrol", "show", "hostnames", nodelist],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.split()
-        if out:
-            return out[0]
-    except (OSError, subprocess.SubprocessError):
-        pass
-    head = re.split(r",(?![^\[]*\])", nodelist)[0]
-    match = re.fullmatch(r"(.*?)\[([^\]]+)\](.*)", head)
-    if not match:
-        return head
-    prefix, ranges, suffix = match.groups()
-    first = ranges.split(",")[0].split("-")[0]
-    return f"{prefix}{first}{suffix}"
 
 
 def configure_threads(env: DistEnv) -> None:
@@ -190,6 +118,9 @@ def init_distributed(env: DistEnv, device: torch.device, timeout_s: int = 600) -
     if not env.distributed or dist.is_initialized():
         return
     env.export()
+    # Before the group exists: torch.distributed.nn.functional (imported lazily by DDP) binds the default
+    # group as a default argument, which would keep it alive past destroy_process_group (see dist.teardown).
+    import torch.distributed.nn  # noqa: F401
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(
         backend=backend,
@@ -208,21 +139,6 @@ def process_group_options(backend: str, device: torch.device, env: DistEnv) -> d
     if backend != "nccl":
         return {}
     return {"device_id": device if device.index is not None else torch.device("cuda", env.local_rank)}
-
-
-def shutdown_distributed(wait_for_peers: bool = False) -> None:
-    """Destroy the process group; with ``wait_for_peers`` (after a clean finish) all ranks leave together.
-
-    A rank that tears down its connections while a peer is still in its last collective can make that peer
-    abort (seen with gloo under torchrun: "terminate called without an active exception"). After an error no
-    barrier is tried: a hung peer would make it wait for the whole collective timeout a second time.
-    """
-    if not dist.is_initialized():
-        return
-    if wait_for_peers:
-        with contextlib.suppress(RuntimeError):
-            barrier()
-    dist.destroy_process_group()
 
 
 def rank_world() -> tuple[int, int]:

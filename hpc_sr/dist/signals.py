@@ -24,7 +24,8 @@ import time
 import types
 from dataclasses import dataclass
 
-from hpc_sr.dist.env import env_int
+from hpc_sr.dist.envvars import env_int
+from hpc_sr.dist.slurm import scontrol_job_id, slurm_procid, slurm_restart_count
 
 REQUEUE_EXIT_CODE = 3
 STOP_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGUSR2, signal.SIGTERM)
@@ -136,7 +137,7 @@ def parse_slurm_time(text: str) -> float | None:
 
 def slurm_time_limit_s(job_id: str | None = None) -> float | None:
     """The time limit of a SLURM job (this one by default) from ``scontrol show job``; None if unknown."""
-    job_id = job_id or os.environ.get("SLURM_JOB_ID")
+    job_id = job_id or scontrol_job_id()
     if not job_id:
         return None
     try:
@@ -151,7 +152,7 @@ def slurm_time_limit_s(job_id: str | None = None) -> float | None:
 def _global_rank() -> int:
     if "RANK" in os.environ:
         return env_int("RANK", 0) or 0
-    return env_int("SLURM_PROCID", 0) or 0
+    return slurm_procid()
 
 
 _requeue_decision: bool | None = None  # one decision per process: the trainer and the launcher may both ask
@@ -169,13 +170,13 @@ def requeue_self(max_requeues: int, flag: StopFlag | None = None, timed_out: boo
     global _requeue_decision
     if _requeue_decision is not None:
         return _requeue_decision
-    job_id = os.environ.get("SLURM_JOB_ID")
+    job_id = scontrol_job_id()
     if not job_id or _global_rank() != 0:
         return False
     flag = flag if flag is not None else _process_flag
     if timed_out is None:
         timed_out = flag.timed_out() if flag is not None else False
-    restarts = env_int("SLURM_RESTART_COUNT", 0) or 0
+    restarts = slurm_restart_count()
     case = "timed-out" if timed_out else "preempted"
     if timed_out and restarts >= max_requeues:
         print(f"[hpc_sr] job {job_id} {case}; not requeued: {restarts} restarts >= max_requeues "

@@ -14,8 +14,9 @@ import os
 import socket
 from collections.abc import Callable
 
-from hpc_sr.dist.env import env_int, first_host, port_from_job_id
+from hpc_sr.dist.envvars import env_int
 from hpc_sr.dist.signals import REQUEUE_EXIT_CODE, install_stop_flag, requeue_self
+from hpc_sr.dist.slurm import SlurmTask, port_from_job_id, scontrol_job_id
 from hpc_sr.errors import HpcSrError, TrainingError
 
 DEFAULT_ENTRY = "hpc_sr.train.entry:train_main"
@@ -23,27 +24,18 @@ EntryFn = Callable[..., int]
 
 
 def master_port(job_id: str | int) -> int:
-    """The port every task of a job derives alike (:func:`hpc_sr.dist.env.port_from_job_id`)."""
+    """The port every task of a job derives alike (:func:`hpc_sr.dist.slurm.port_from_job_id`)."""
     return port_from_job_id(int(job_id))
 
 
 def slurm_dist_env(environ: dict[str, str] | None = None) -> dict[str, str]:
     """torch.distributed env:// variables for this SLURM task (one process per task)."""
-    env = os.environ if environ is None else environ
-    if "SLURM_JOB_ID" not in env:
+    if scontrol_job_id(environ) is None:
         raise HpcSrError("not inside a SLURM task: SLURM_JOB_ID is not set")
-    job_id = env["SLURM_JOB_ID"]
-    env_int("SLURM_JOB_ID", 0, environ=env)  # validated: the master port derives from it
-    world = env_int("SLURM_NTASKS", 1, minimum=1, environ=env) or 1
-    nodes_var = "SLURM_JOB_NUM_NODES" if "SLURM_JOB_NUM_NODES" in env else "SLURM_NNODES"
-    nodes = env_int(nodes_var, 1, minimum=1, environ=env) or 1
-    rank = env_int("SLURM_PROCID", 0, environ=env) or 0
-    local = env_int("SLURM_LOCALID", 0, environ=env) or 0
-    nodelist = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST", "")
-    master = first_host(nodelist) if nodelist else socket.gethostname()
-    return {"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(local),
-            "LOCAL_WORLD_SIZE": str(max(1, world // max(1, nodes))), "MASTER_ADDR": master,
-            "MASTER_PORT": str(master_port(job_id))}
+    task = SlurmTask.from_environ(environ)
+    return {"RANK": str(task.rank), "WORLD_SIZE": str(task.ntasks), "LOCAL_RANK": str(task.local_rank),
+            "LOCAL_WORLD_SIZE": str(max(1, task.ntasks // max(1, task.nodes))),
+            "MASTER_ADDR": task.master_host(socket.gethostname()), "MASTER_PORT": str(task.master_port)}
 
 
 def export_slurm_dist_env() -> dict[str, str]:
@@ -77,7 +69,7 @@ class SlurmTrainJob:
 
     def __call__(self) -> int:
         flag = install_stop_flag()  # after submitit installed its own USR2 handler: ours wins
-        if "SLURM_JOB_ID" in os.environ:
+        if scontrol_job_id() is not None:
             export_slurm_dist_env()
         rc = int(resolve_entry(self.entry)(self.config_path, self.overrides, resume="auto"))
         if rc == REQUEUE_EXIT_CODE:

@@ -1,4 +1,4 @@
-"""Layers every generator shares: the bicubic skip, the exact LR-consistency projection, the base class.
+"""Layers every generator shares: the bicubic skip, the exact LR-consistency projection, the base classes.
 
     class MyNet(SRGenerator):
         def __init__(self, opts, scale, common):
@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hpc_sr.imaging import lr_projection
 from hpc_sr.models.registry import GeneratorCommon
 
 SUPPORTED_SCALES = (2, 4)
@@ -43,8 +44,7 @@ def lr_consistency_projection(sr: Tensor, lr: Tensor, scale: int) -> Tensor:
 
     Subtracts each block's mean error from its pixels, so the total flux equals ``scale**2 * sum(lr)``.
     """
-    residual = F.avg_pool2d(sr, scale) - lr
-    return sr - residual.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1)
+    return lr_projection(sr, lr, scale)
 
 
 class SRGenerator(nn.Module):
@@ -145,3 +145,28 @@ def pixel_shuffle_upsampler(
         if act is not None:
             layers.append(act())
     return nn.Sequential(*layers)
+
+
+class ResidualBodySR(SRGenerator):
+    """head conv3x3 -> body (``blocks()``, then a conv3x3) with a long skip from the head -> PixelShuffle x2
+    stages (no activation) -> tail conv3x3, zeroed when ``bicubic_skip`` is on (EDSR, RCAN).
+
+    ``blocks`` is called after the head is created (then the closing conv, the upsampler and the tail), so the
+    parameters are created in that order: the state_dict keys are ``head``, ``body``, ``upsample``, ``tail``.
+    """
+
+    def __init__(
+        self, scale: int, common: GeneratorCommon, channels: int, blocks: Callable[[], list[nn.Module]]
+    ) -> None:
+        super().__init__(scale, common)
+        c = channels
+        self.head = nn.Conv2d(self.net_in_channels, c, 3, padding=1)
+        self.body = nn.Sequential(*blocks(), nn.Conv2d(c, c, 3, padding=1))
+        self.upsample = pixel_shuffle_upsampler(c, scale, act=None)
+        self.tail = nn.Conv2d(c, common.in_channels, 3, padding=1)
+        self.zero_init_if_skip(self.tail)
+
+    def predict(self, lr: Tensor) -> Tensor:
+        feat = self.head(lr)
+        feat = feat + self.body(feat)  # long skip from the head
+        return self.tail(self.upsample(feat))

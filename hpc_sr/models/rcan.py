@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from hpc_sr.models.layers import SRGenerator, pixel_shuffle_upsampler
+from hpc_sr.models.layers import ResidualBodySR
 from hpc_sr.models.registry import GeneratorCommon, register_generator
 
 
@@ -101,22 +101,14 @@ class ResidualGroup(nn.Module):
 
 
 @register_generator("rcan", RCANOptions)
-class RCAN(SRGenerator):
+class RCAN(ResidualBodySR):
     """RCAN; x2 (one PixelShuffle stage) or x4 (two)."""
 
     def __init__(self, opts: RCANOptions, scale: int, common: GeneratorCommon) -> None:
-        super().__init__(scale, common)
         c = opts.channels
-        self.head = nn.Conv2d(self.net_in_channels, c, 3, padding=1)
-        self.body = nn.Sequential(
-            *[ResidualGroup(c, opts.blocks, opts.squeeze, opts.res_scale) for _ in range(opts.groups)],
-            nn.Conv2d(c, c, 3, padding=1),
+        super().__init__(
+            scale,
+            common,
+            c,
+            lambda: [ResidualGroup(c, opts.blocks, opts.squeeze, opts.res_scale) for _ in range(opts.groups)],
         )
-        self.upsample = pixel_shuffle_upsampler(c, scale, act=None)
-        self.tail = nn.Conv2d(c, common.in_channels, 3, padding=1)
-        self.zero_init_if_skip(self.tail)
-
-    def predict(self, lr: Tensor) -> Tensor:
-        feat = self.head(lr)
-        feat = feat + self.body(feat)  # long skip from the head
-        return self.tail(self.upsample(feat))

@@ -1,22 +1,19 @@
-"""Registries of generators and discriminators, filled where each class is defined.
+"""Registries of generators and discriminators (:class:`hpc_sr.registry.Registry`), filled where each class
+is defined.
 
     @register_generator("rcan", RCANOptions)
     class RCAN(SRGenerator): ...
 
     g = build_generator("rcan", {"groups": 5}, scale=2, common=GeneratorCommon())
 
-Every module of ``hpc_sr.models`` is imported the first time a registry is read, so adding an architecture is
-one new file (no list to edit). Options are the arch's own dataclass: an unknown arch or option is a
-:class:`~hpc_sr.config.ConfigError` naming the key and the valid choices.
+Every module of ``hpc_sr.models`` (subpackages too) is imported the first time a registry is read, so adding
+an architecture is one new file (no list to edit). Options are the arch's own dataclass: an unknown arch or
+option is a :class:`~hpc_sr.config.ConfigError` naming the key and the valid choices.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import importlib
-import pkgutil
-import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -24,6 +21,8 @@ from typing import Any, TypeVar
 from torch import nn
 
 from hpc_sr.config import ConfigError, coerce_value
+from hpc_sr.registry import Registry
+from hpc_sr.registry import make_options as make_options  # re-exported: options of any registered thing
 
 T = TypeVar("T", bound=type)
 
@@ -39,118 +38,50 @@ class GeneratorCommon:
     noise_centred: bool = False  # sample = centre + odd part in the noise (layers.SRGenerator.forward)
 
 
-@dataclass(frozen=True)
-class ArchEntry:
-    """One registered architecture: its name, class and options dataclass."""
-
-    name: str
-    cls: type
-    options: type
-
-
-GENERATORS: dict[str, ArchEntry] = {}
-DISCRIMINATORS: dict[str, ArchEntry] = {}
-_loaded = False
-
-
-def _register(table: dict[str, ArchEntry], kind: str, name: str, options: type) -> Callable[[T], T]:
-    if not dataclasses.is_dataclass(options):
-        raise TypeError(f"{kind} {name!r}: options must be a dataclass, got {options!r}")
-
-    def wrap(cls: T) -> T:
-        if name in table and table[name].cls is not cls:
-            raise ValueError(f"{kind} {name!r} is registered twice ({table[name].cls} and {cls})")
-        table[name] = ArchEntry(name, cls, options)
-        cls.arch = name  # type: ignore[attr-defined]
-        return cls
-
-    return wrap
+GENERATORS: Registry[type] = Registry("generator", package="hpc_sr.models", noun="arch", attr="arch")
+DISCRIMINATORS: Registry[type] = Registry("discriminator", package="hpc_sr.models", noun="arch", attr="arch")
 
 
 def register_generator(name: str, options: type) -> Callable[[T], T]:
     """Class decorator: register a generator ``cls(opts, scale, common)`` under ``name``."""
-    return _register(GENERATORS, "generator", name, options)
+    return GENERATORS.register(name, options)
 
 
 def register_discriminator(name: str, options: type) -> Callable[[T], T]:
     """Class decorator: register a discriminator ``cls(opts, in_channels)`` under ``name``."""
-    return _register(DISCRIMINATORS, "discriminator", name, options)
-
-
-def load_all() -> None:
-    """Import every module of hpc_sr.models once, so that each registers what it defines."""
-    global _loaded
-    if _loaded:
-        return
-    import hpc_sr.models as pkg
-
-    for info in pkgutil.iter_modules(pkg.__path__):
-        importlib.import_module(f"{pkg.__name__}.{info.name}")
-    _loaded = True
-
-
-def _entry(table: dict[str, ArchEntry], arch: str, key: str) -> ArchEntry:
-    load_all()
-    if arch not in table:
-        hint = difflib.get_close_matches(arch, list(table), n=1)
-        extra = f" (did you mean {hint[0]!r}?)" if hint else ""
-        raise ConfigError(f"{key}: unknown arch {arch!r}{extra}; valid: {', '.join(sorted(table))}")
-    return table[arch]
+    return DISCRIMINATORS.register(name, options)
 
 
 def generator_names() -> list[str]:
-    load_all()
-    return sorted(GENERATORS)
+    return GENERATORS.names()
 
 
 def discriminator_names() -> list[str]:
-    load_all()
-    return sorted(DISCRIMINATORS)
-
-
-def make_options(options_cls: type, values: dict[str, Any] | None, key: str) -> Any:
-    """The options dataclass filled from ``values``; unknown names and wrong types name ``key.<name>``."""
-    values = dict(values or {})
-    hints = typing.get_type_hints(options_cls)
-    kwargs = {}
-    for name, value in values.items():
-        if name not in hints:
-            hint = difflib.get_close_matches(str(name), list(hints), n=1, cutoff=0.5)
-            extra = f"; did you mean {hint[0]!r}?" if hint else ""
-            raise ConfigError(
-                f"unknown option {key}.{name}{extra} (valid: {', '.join(sorted(hints)) or 'none'})"
-            )
-        kwargs[name] = coerce_value(f"{key}.{name}", value, hints[name])
-    try:
-        return options_cls(**kwargs)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{key}: {exc}") from None
+    return DISCRIMINATORS.names()
 
 
 def generator_options(arch: str, values: dict[str, Any] | None, key: str = "model.g") -> Any:
     """Validated options of generator ``arch``."""
-    return make_options(_entry(GENERATORS, arch, f"{key}.arch").options, values, f"{key}.options")
+    return GENERATORS.options(arch, values, f"{key}.arch", f"{key}.options")
 
 
 def discriminator_options(arch: str, values: dict[str, Any] | None, key: str = "model.d") -> Any:
     """Validated options of discriminator ``arch``."""
-    return make_options(_entry(DISCRIMINATORS, arch, f"{key}.arch").options, values, f"{key}.options")
+    return DISCRIMINATORS.options(arch, values, f"{key}.arch", f"{key}.options")
 
 
 def build_generator(
     arch: str, options: dict[str, Any] | None, scale: int, common: GeneratorCommon | None = None
 ) -> nn.Module:
     """Generator ``arch`` for x``scale`` built from plain options (as in the config)."""
-    entry = _entry(GENERATORS, arch, "model.g.arch")
-    opts = make_options(entry.options, options, "model.g.options")
-    return entry.cls(opts, scale, common or GeneratorCommon())
+    opts = generator_options(arch, options)
+    return GENERATORS[arch].cls(opts, scale, common or GeneratorCommon())
 
 
 def build_discriminator(arch: str, options: dict[str, Any] | None, in_channels: int = 1) -> nn.Module:
     """Discriminator ``arch`` built from plain options (as in the config)."""
-    entry = _entry(DISCRIMINATORS, arch, "model.d.arch")
-    opts = make_options(entry.options, options, "model.d.options")
-    return entry.cls(opts, in_channels)
+    opts = discriminator_options(arch, options)
+    return DISCRIMINATORS[arch].cls(opts, in_channels)
 
 
 def options_dict(opts: Any) -> dict[str, Any]:
@@ -162,8 +93,7 @@ def generator_spec(g: Any) -> dict[str, Any]:
     """Resolved, plain description of a generator config section (``model.g``): arch, full options, flags.
 
     Accepts a :class:`~hpc_sr.config.GeneratorConfig` or its dict; the options are validated and completed
-    with
-    the arch's defaults, so two specs compare equal exactly when they build the same model.
+    with the arch's defaults, so two specs compare equal exactly when they build the same model.
     """
     g = g if isinstance(g, dict) else dataclasses.asdict(g)
     arch = str(g.get("arch", "srresnet"))

@@ -5,8 +5,8 @@ from __future__ import annotations
 from hpc_sr.config import Config, load_config
 from hpc_sr.dist import collectives
 from hpc_sr.dist import env as dist_env
+from hpc_sr.dist.runlock import RunLock
 from hpc_sr.errors import TrainingError
-from hpc_sr.train.runlock import RunLock
 
 
 def run_training(cfg: Config, resume: str = "auto") -> int:
@@ -14,7 +14,7 @@ def run_training(cfg: Config, resume: str = "auto") -> int:
     from hpc_sr.train.components import check_config
     from hpc_sr.train.trainer import Trainer
 
-    check_config(cfg)  # before any process group or file: a typo fails at once
+    plan = check_config(cfg)  # once, before any process group or file: a typo fails at once
     env = dist_env.DistEnv.from_environment()
     dist_env.configure_threads(env)
     device = dist_env.select_device(env)
@@ -22,7 +22,8 @@ def run_training(cfg: Config, resume: str = "auto") -> int:
     lock = _lock_run_dir(cfg, env, device)
     clean = False
     try:
-        code = Trainer(cfg, env, device, resume=resume).run()
+        guard = lock.check if lock is not None else None  # rank 0: stop once another run took the directory
+        code = Trainer(cfg, env, device, resume=resume, plan=plan, guard=guard).run()
         clean = True
         return code
     except RuntimeError as exc:
@@ -37,8 +38,8 @@ def run_training(cfg: Config, resume: str = "auto") -> int:
         try:
             dist_env.shutdown_distributed(wait_for_peers=clean)
         finally:
-            if lock is not None:
-                lock.release()  # on success, requeue (exit 3), errors; a crash leaves it to the stale rules
+            if lock is not None:  # on success, requeue (exit 3), errors; a crash leaves it to the stale rules
+                lock.release()  # removes the lock file only while it is ours (never a new holder's)
 
 
 def _lock_run_dir(cfg: Config, env: dist_env.DistEnv, device: object) -> RunLock | None:

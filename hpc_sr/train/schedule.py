@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+from hpc_sr.config import TrainConfig
+
 
 def lr_at(
     step: int, base_lr: float, total: int, warmup: int = 0, kind: str = "cosine", min_ratio: float = 0.01
@@ -23,3 +25,16 @@ def lr_at(
     if kind == "step":
         return base_lr * (0.5 ** (int(progress >= 0.5) + int(progress >= 0.75)))
     raise ValueError(f"train.schedule: unknown schedule {kind!r} (constant, cosine, step)")
+
+
+def phase_lrs(train: TrainConfig, step: int, gan: bool) -> dict[str, float]:
+    """Learning rates of G (and D when the run has a GAN phase) at optimiser step ``step``: each phase
+    (pretraining, GAN) runs its own schedule over its own length."""
+    if step < train.pretrain_steps:
+        at, total = step, train.pretrain_steps
+    else:
+        at, total = step - train.pretrain_steps, train.steps - train.pretrain_steps
+    lrs = {"g": lr_at(at, train.lr_g, total, train.warmup_steps, train.schedule, train.min_lr_ratio)}
+    if gan:
+        lrs["d"] = lr_at(at, train.lr_d, total, train.warmup_steps, train.schedule, train.min_lr_ratio)
+    return lrs

@@ -41,9 +41,12 @@ from hpc_sr.train.backends.base import Backend
 Batch = tuple[Tensor, Tensor]
 
 
-@dataclass
+@dataclass(frozen=True)
 class StepOptions:
-    """What one step needs to know beyond the models: accumulation, phase, D updates, AMP/layout flags."""
+    """What one step needs to know beyond the models: accumulation, phase, D updates, AMP/layout flags.
+
+    Immutable: the trainer holds one per phase and derives a fault-injection copy with ``replace``.
+    """
 
     grad_accum: int = 1
     gan: bool = False

@@ -16,7 +16,9 @@ import torch
 from hpc_sr.apps import ckpt as ck
 from hpc_sr.apps.evaluate import evaluate
 from hpc_sr.config import config_to_dict, load_config
-from hpc_sr.train.checkpoint import CheckpointManager, atomic_torch_save, generator_payload, load_generator
+from hpc_sr.models.artifacts import generator_payload, load_generator
+from hpc_sr.models.checkpoint_layout import atomic_torch_save
+from hpc_sr.train.checkpoint import CheckpointManager
 from hpc_sr.train.components import build_generator
 from tests.apps.test_runs import build_sweep, train
 from tests.conftest import in_process_group, mean_psnr, read_shards, tiny_overrides

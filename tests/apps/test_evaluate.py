@@ -13,7 +13,7 @@ from hpc_sr.apps.evaluate import evaluate
 from hpc_sr.cli import main
 from hpc_sr.config import load_config
 from hpc_sr.dist.env import DistEnv
-from hpc_sr.train.checkpoint import export_generator
+from hpc_sr.models.artifacts import export_generator
 from hpc_sr.train.trainer import Trainer
 from tests.conftest import REPO, subprocess_env, tiny_overrides, torchrun_cmd
 
@@ -60,6 +60,7 @@ def test_evaluate_checkpoint_and_exported_generator_agree(
     assert again["bicubic"] == result["bicubic"]
 
 
+@pytest.mark.slow  # a real 2-rank torchrun job
 def test_evaluate_under_torchrun_reduces_exactly(
     trained_run: Path, tiny_shards: Path, tmp_path: Path
 ) -> None:
@@ -109,8 +110,8 @@ def test_several_checkpoints_are_evaluated_as_their_mean(
     assert twice["model"]["psnr"] == pytest.approx(plain["model"]["psnr"], abs=1e-6)
     assert main(["evaluate", "--checkpoint", str(trained_run), str(g), "--data", str(tiny_shards),
                  "--limit", "2"]) == 0  # fmt: skip
+    from hpc_sr.models.artifacts import generator_payload
     from hpc_sr.models.registry import generator_from_spec, generator_spec
-    from hpc_sr.train.checkpoint import generator_payload
 
     g_cfg = {"arch": "srresnet", "options": {"channels": 4, "blocks": 1}}
     x4 = generator_from_spec(generator_spec(g_cfg), 4)
@@ -126,10 +127,10 @@ def test_simulated_split_reports_physics_and_the_noise_ceiling(
     table = capsys.readouterr().out
     assert "noise ceiling" in table and "arc PSNR" in table and "power high/HR" in table
     assert result["ceiling"]["psnr"] > result["bicubic"]["psnr"]  # knowing the noise-free sky beats bicubic
-    from tools.noise_ceiling import ceiling
+    from hpc_sr.studies.ceiling import ceiling
 
     reference = ceiling(str(tiny_shards), split="test")["ceiling"]
-    assert result["ceiling"]["psnr"] == pytest.approx(reference["psnr"], abs=1e-6)  # the tool's method
+    assert result["ceiling"]["psnr"] == pytest.approx(reference["psnr"], abs=1e-6)  # the study's method
     gain = result["model"]["psnr"] - result["bicubic"]["psnr"]
     assert result["ceiling_fraction"] == pytest.approx(gain / result["ceiling_gain_db"])
     phys = result["physics"]

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from hpc_sr.apps.evaluate import EvaluateError, evaluate, format_table
+from hpc_sr.models.artifacts import generator_payload
 from hpc_sr.models.registry import generator_from_spec, generator_spec
-from hpc_sr.train.checkpoint import generator_payload
 
 
 def generator_file(tmp_path: Path, noise: int) -> Path:

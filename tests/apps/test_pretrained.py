@@ -10,7 +10,7 @@ import torch
 
 import hpc_sr
 from hpc_sr.data.lensing import LensingSimulator
-from hpc_sr.train.checkpoint import PRETRAINED_DIR, load_generator_payload
+from hpc_sr.models.artifacts import PRETRAINED_DIR, load_generator_payload
 
 
 def test_shipped_generator_is_small_and_documented() -> None:

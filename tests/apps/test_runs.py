@@ -177,7 +177,7 @@ def test_markdown_shows_only_differing_config_keys_and_stale_runs_are_stopped(
     lines = out.splitlines()
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     assert header[0] == "run" and {"train.lr_g", "train.steps", "best_psnr", "device_hours"} <= set(header)
-    assert "data.hr_size" not in header and "log.name" not in header
+    assert "data.options.num_workers" not in header and "log.name" not in header
     assert set(lines[1].replace("|", "")) == {"-"}
     body = {cells[0]: dict(zip(header, cells)) for cells in
             ([c.strip() for c in line.strip("|").split("|")] for line in lines[2:])}
@@ -234,7 +234,7 @@ def test_runs_through_the_command(sweep: dict[str, Any]) -> None:
 
 
 def test_noise_ceiling_is_above_bicubic_and_noise_free_render_matches_hr_closely(tiny_shards: Path) -> None:
-    from tools.noise_ceiling import ceiling
+    from hpc_sr.studies.ceiling import ceiling
 
     result = ceiling(str(tiny_shards), split="train", limit=16)
     assert result["ceiling"]["n"] == 16

@@ -274,7 +274,7 @@ def test_bad_file_stops_the_run_naming_it(model: torch.nn.Module, tmp_path: Path
 def test_cli_options_and_run(
     model: torch.nn.Module, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from hpc_sr.train.checkpoint import generator_payload
+    from hpc_sr.models.artifacts import generator_payload
 
     parser = argparse.ArgumentParser(
         prog="hpc-sr upscale", formatter_class=argparse.ArgumentDefaultsHelpFormatter
@@ -333,8 +333,8 @@ def test_cli_self_ensemble_averages_the_eight_transforms(tmp_path: Path) -> None
     flips/rotations of a model that is not itself equivariant (random last layer), and differs from a plain
     run."""
     from hpc_sr.cli import main as cli_main
+    from hpc_sr.models.artifacts import generator_payload
     from hpc_sr.models.ensemble import self_ensemble
-    from hpc_sr.train.checkpoint import generator_payload
 
     g = build_generator("srresnet", {"channels": 4, "blocks": 1}, 2)
     torch.manual_seed(3)

@@ -15,9 +15,9 @@ from hpc_sr.data.dataset import InMemoryShardDataset, noise_free_split
 from hpc_sr.data.lensing import LensingSimulator
 from hpc_sr.data.shards import pack_to_shards, read_split_params, simulate_to_shards
 from hpc_sr.data.streams import make_train_stream
+from hpc_sr.data.truth import clean_images
 from hpc_sr.dist.env import DistEnv
 from hpc_sr.errors import DataError
-from hpc_sr.eval.physics import clean_images
 
 CPU = torch.device("cpu")
 
@@ -41,7 +41,7 @@ def test_noise_free_split_is_the_re_rendered_clean_hr_of_each_image(shards: Path
 
 
 def test_resident_stream_keeps_lr_and_draws_and_swaps_the_target(shards: Path) -> None:
-    base = dict(source="shards", path=str(shards), loader="memory", patch_size=4, num_workers=0)
+    base = dict(source="shards", path=str(shards), options={"loader": "memory"}, patch_size=4)
     noisy = make_train_stream(DataConfig(**base), 0, DistEnv(), CPU, 4)  # type: ignore[arg-type]
     clean = make_train_stream(DataConfig(**base, target="clean"), 0, DistEnv(), CPU, 4)  # type: ignore[arg-type]
     for _ in range(3):
@@ -54,7 +54,7 @@ def test_resident_stream_keeps_lr_and_draws_and_swaps_the_target(shards: Path) -
 
 
 def test_simulated_stream_target_is_the_window_before_its_noise() -> None:
-    data = DataConfig(source="simulate", hr_size=32, patch_size=6, augment=False, target="clean")
+    data = DataConfig(source="simulate", options={"hr_size": 32}, patch_size=6, augment=False, target="clean")
     lr, hr = next(make_train_stream(data, 7, DistEnv(), CPU, 5))
     sim = LensingSimulator("deeplense_sr", hr_size=32, scale=2)
     g = torch.Generator().manual_seed(7 * 1_000_003)
@@ -66,20 +66,22 @@ def test_simulated_stream_target_is_the_window_before_its_noise() -> None:
     where = enumerate(batch.offsets.tolist())
     crops = torch.stack([full[i, :, y : y + 12, x : x + 12] for i, (y, x) in where])
     torch.testing.assert_close(hr, (crops / peak).clamp(0, 1), atol=1e-5, rtol=0)
-    whole = DataConfig(source="simulate", hr_size=32, patch_size=0, augment=True, target="clean")
+    whole = DataConfig(source="simulate", options={"hr_size": 32}, patch_size=0, augment=True, target="clean")
     lr_w, hr_w = next(make_train_stream(whole, 7, DistEnv(), CPU, 2))
     assert lr_w.shape == (2, 1, 16, 16) and hr_w.shape == (2, 1, 32, 32)
 
 
 def test_clean_target_names_what_is_missing(shards: Path, tmp_path: Path) -> None:
-    item = DataConfig(source="shards", path=str(shards), loader="item", patch_size=4, target="clean")
-    with pytest.raises(ConfigError, match="data.target='clean' needs data.loader=memory"):
+    item = DataConfig(source="shards", path=str(shards), options={"loader": "item"}, patch_size=4)
+    item.target = "clean"
+    with pytest.raises(ConfigError, match="data.target='clean' needs data.options.loader=memory"):
         make_train_stream(item, 0, DistEnv(), CPU, 4)
     rng = np.random.default_rng(0)
     hr = rng.random((10, 1, 8, 8), dtype=np.float32)
     np.savez(tmp_path / "pairs.npz", hr=hr, lr=hr.reshape(10, 1, 4, 2, 4, 2).mean((3, 5)))
     packed = tmp_path / "packed"
     pack_to_shards("npz", tmp_path / "pairs.npz", packed, shard_size=10, split=(1.0, 0.0, 0.0))
-    files = DataConfig(source="shards", path=str(packed), loader="memory", patch_size=2, target="clean")
+    files = DataConfig(source="shards", path=str(packed), options={"loader": "memory"}, patch_size=2)
+    files.target = "clean"
     with pytest.raises(DataError, match=f"{packed}.*needs a simulated set"):
         make_train_stream(files, 0, DistEnv(), CPU, 2)

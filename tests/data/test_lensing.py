@@ -12,18 +12,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hpc_sr.data.lensing import (
-    PARAM_NAMES,
-    PRESETS,
-    LensingSimulator,
-    LensPreset,
-    Prior,
-    SimBatch,
-    WindowBatch,
-    gaussian_blur,
-    simulate,
-)
+from hpc_sr.data.lensing import PARAM_NAMES, LensingSimulator, SimBatch, WindowBatch, simulate
+from hpc_sr.data.presets import PRESETS, LensPreset, Prior
 from hpc_sr.errors import DataError
+from hpc_sr.imaging import gaussian_blur
 
 REFS = Path(__file__).parent / "refs" / "lenstronomy_refs.npz"
 TOOLS = Path(__file__).resolve().parents[2] / "tools"

@@ -10,8 +10,10 @@ import torch
 
 from hpc_sr.config import DataConfig
 from hpc_sr.data.augment import Draws, ResidentPairs, crop_and_augment, draw
+from hpc_sr.data.memory_stream import MemoryStream, Staging
 from hpc_sr.data.shards import simulate_to_shards
-from hpc_sr.data.streams import MemoryStream, Staging, batch_seed
+from hpc_sr.data.source_shards import ShardsOptions, shard_source
+from hpc_sr.data.streams import batch_seed
 from hpc_sr.dist.env import DistEnv
 
 CPU = torch.device("cpu")
@@ -25,7 +27,7 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _data(path: Path, **kw: object) -> DataConfig:
-    base = dict(source="shards", path=str(path), loader="memory", patch_size=5, augment=True, num_workers=0)
+    base = dict(source="shards", path=str(path), patch_size=5, augment=True)
     base.update(kw)
     return DataConfig(**base)  # type: ignore[arg-type]
 
@@ -117,8 +119,8 @@ def test_ranks_see_disjoint_images_with_chunks_and_transforms(shards: Path) -> N
 def test_epoch_draws_follow_the_documented_seeds(shards: Path, loader: str) -> None:
     """Micro-batch p of epoch 0 = samples order[p*m:(p+1)*m] with the draws p*m.. of the generator seeded
     by (seed, 0, rank) on the split's device (loader=device: the training device, here the CPU)."""
-    data = _data(shards, loader=loader)
-    s = MemoryStream(data, 7, DistEnv(rank=1, world_size=2), CPU, 4, chunk_samples=8)
+    data, on_device = _data(shards), loader == "device"
+    s = MemoryStream(data, 7, DistEnv(rank=1, world_size=2), CPU, 4, chunk_samples=8, on_device=on_device)
     got = _take(s, 3)
     perm = torch.randperm(s.n, generator=torch.Generator().manual_seed(batch_seed(7, 0)))
     order = perm[1::2][: s.batches_per_epoch * 4]
@@ -128,9 +130,9 @@ def test_epoch_draws_follow_the_documented_seeds(shards: Path, loader: str) -> N
         sl = slice(4 * p, 4 * p + 4)
         want = crop_and_augment(s.lr, s.hr, Draws(d.y[sl], d.x[sl], d.e[sl]), 5, 2, index=order[sl])
         assert torch.equal(lr, want[0]) and torch.equal(hr, want[1])
-    again = _take(MemoryStream(data, 7, DistEnv(rank=1, world_size=2), CPU, 4), 3)
+    again = _take(MemoryStream(data, 7, DistEnv(rank=1, world_size=2), CPU, 4, on_device=on_device), 3)
     assert _same(again, got)
-    other = _take(MemoryStream(data, 8, DistEnv(rank=1, world_size=2), CPU, 4), 1)
+    other = _take(MemoryStream(data, 8, DistEnv(rank=1, world_size=2), CPU, 4, on_device=on_device), 1)
     assert not torch.equal(other[0][1], got[0][1])
 
 
@@ -170,19 +172,18 @@ def test_staged_stream_gives_the_same_batches_and_kept_batches_stay_valid(shards
 
 
 def test_config_keys_choose_layout_and_chunk_and_name_bad_values(shards: Path) -> None:
-    from hpc_sr.data.streams import shard_source
     from hpc_sr.errors import DataError
 
-    env = DistEnv()
-    one = shard_source(_data(shards, memory_copies=1, chunk_samples=8), 0, env, CPU, 4)
-    four = shard_source(_data(shards, memory_copies=4, chunk_samples=64), 0, env, CPU, 4)
+    env, data = DistEnv(), _data(shards)
+    one = shard_source(data, ShardsOptions("memory", memory_copies=1, chunk_samples=8), 0, env, CPU, 4)
+    four = shard_source(data, ShardsOptions("memory", memory_copies=4, chunk_samples=64), 0, env, CPU, 4)
     assert isinstance(one, MemoryStream) and isinstance(four, MemoryStream)
     assert (one.chunk, four.chunk) == (2, 16) and (one.pairs.copies, four.pairs.copies) == (False, True)
     assert _same(_take(one, 5), _take(four, 5))  # same samples whatever the layout and chunk
-    with pytest.raises(DataError, match=r"data\.memory_copies=3"):
-        shard_source(_data(shards, memory_copies=3), 0, env, CPU, 4)
-    with pytest.raises(DataError, match=r"data\.chunk_samples=0"):
-        shard_source(_data(shards, chunk_samples=0), 0, env, CPU, 4)
+    with pytest.raises(DataError, match=r"data\.options\.memory_copies=3"):
+        shard_source(data, ShardsOptions("memory", memory_copies=3), 0, env, CPU, 4)
+    with pytest.raises(DataError, match=r"data\.options\.chunk_samples=0"):
+        shard_source(data, ShardsOptions("memory", chunk_samples=0), 0, env, CPU, 4)
 
 
 def _vm_flags(address: int) -> list[str]:

@@ -11,6 +11,7 @@ from hpc_sr.config import load_config
 from hpc_sr.models.complexity import count_parameters, flops_per_image
 from hpc_sr.models.srgan_discriminator import SRGANDiscriminator, SRGANDiscriminatorOptions
 from hpc_sr.train.components import build_discriminator
+from tests.models.models_util import assert_unit_spectral_norm
 
 
 def Discriminator(channels: int = 64, blocks: int = 4, spectral_norm: bool = False) -> SRGANDiscriminator:  # noqa: N802
@@ -49,13 +50,8 @@ def test_spectral_norm_option() -> None:
     layers = [m for m in d.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
     assert layers and all(parametrize.is_parametrized(m, "weight") for m in layers)
     assert not any(parametrize.is_parametrized(m) for m in Discriminator(channels=8, blocks=2).modules())
-    d.train()
     x = torch.rand(2, 1, 16, 16)
-    for _ in range(30):  # power iterations converge
-        d(x)
-    for m in layers:
-        sigma = torch.linalg.matrix_norm(m.weight.detach().flatten(1), ord=2)
-        assert sigma == pytest.approx(1.0, abs=0.05)
+    assert_unit_spectral_norm(d, layers, x, iterations=30)
     real, fake = d(x), d(torch.rand(2, 1, 20, 20))  # two passes (real, fake), one backward
     (fake.mean() - real.mean()).backward()
     assert all(p.grad is not None for p in d.parameters())

@@ -12,10 +12,11 @@ import torch.nn.functional as F
 
 import hpc_sr
 from hpc_sr.apps.export import ExportError, export_onnx, export_torchscript
-from hpc_sr.config import ConfigError, load_config
+from hpc_sr.config import Config, ConfigError, GeneratorConfig, TrainConfig, load_config
 from hpc_sr.dist.env import DistEnv
 from hpc_sr.errors import CheckpointError
 from hpc_sr.eval.uncertainty import draw_samples
+from hpc_sr.models.artifacts import load_generator
 from hpc_sr.models.layers import bicubic, lr_consistency_projection
 from hpc_sr.models.losses import LossInputs, build_losses, crps_ensemble
 from hpc_sr.models.registry import (
@@ -25,10 +26,9 @@ from hpc_sr.models.registry import (
     generator_names,
     generator_spec,
 )
-from hpc_sr.train.checkpoint import load_generator
-from hpc_sr.train.components import check_config, samples_per_input
-from hpc_sr.train.trainer import Trainer, init_generator
-from hpc_sr.train.trainer import build_generator as build_generator_from_config
+from hpc_sr.train.components import build_generator as build_generator_from_config
+from hpc_sr.train.components import check_config, init_generator, samples_per_input
+from hpc_sr.train.trainer import Trainer
 from tests.conftest import tiny_overrides
 
 
@@ -146,11 +146,16 @@ def test_config_errors_name_the_key(overrides: list[str], match: str) -> None:
         check_config(load_config(None, overrides))
 
 
+def _sections(cfg: Config) -> tuple[TrainConfig, GeneratorConfig]:
+    """The two config sections samples_per_input reads."""
+    return cfg.train, cfg.model.g
+
+
 def test_samples_per_input_defaults() -> None:
-    assert samples_per_input(load_config(None, [])) == 1
-    assert samples_per_input(load_config(None, ["model.g.noise_channels=2"])) == 2
+    assert samples_per_input(*_sections(load_config(None, []))) == 1
+    assert samples_per_input(*_sections(load_config(None, ["model.g.noise_channels=2"]))) == 2
     four = load_config(None, ["model.g.noise_channels=1", "train.samples_per_input=4"])
-    assert samples_per_input(four) == 4
+    assert samples_per_input(four.train, four.model.g) == 4
 
 
 # ----------------------------------------------------------------------------------------------- training
@@ -248,7 +253,7 @@ def test_a_stochastic_generator_starts_from_a_deterministic_one(tmp_path: Path) 
             "model.g.noise_centred=true"]  # fmt: skip
     cfg = load_config(None, over)
     g = build_generator_from_config(cfg.model, 2)
-    init_generator(g, "deeplense-small", cfg)
+    init_generator(g, "deeplense-small", cfg.model.g, cfg.data.scale)
     source = hpc_sr.load_generator("deeplense-small")
     assert first_conv(g).weight[:, 1:].abs().max() == 0  # the noise inputs start at zero
     lr = torch.rand(2, 1, 10, 10)
@@ -257,7 +262,7 @@ def test_a_stochastic_generator_starts_from_a_deterministic_one(tmp_path: Path) 
     other = load_config(None, [*over[:1], 'model.g.options={"channels": 16, "blocks": 1, "growth": 16}',
                                *over[2:]])  # fmt: skip
     with pytest.raises(CheckpointError, match="deeplense-small.*(another model config|noise input)"):
-        init_generator(build_generator_from_config(other.model, 2), "deeplense-small", other)
+        init_generator(build_generator_from_config(other.model, 2), "deeplense-small", other.model.g, 2)
 
 
 def test_antithetic_training_samples_pair_up_around_the_centre_and_the_mean_pixel_term_sees_it() -> None:
@@ -290,8 +295,8 @@ def test_antithetic_training_samples_pair_up_around_the_centre_and_the_mean_pixe
     centred = ["model.g.noise_channels=1", "model.g.noise_centred=true"]
     for bad in (3, 2):
         with pytest.raises(ConfigError, match=rf"train.samples_per_input={bad}: a centred generator"):
-            samples_per_input(load_config(None, [*centred, f"train.samples_per_input={bad}"]))
-    assert samples_per_input(load_config(None, centred)) == 4
+            samples_per_input(*_sections(load_config(None, [*centred, f"train.samples_per_input={bad}"])))
+    assert samples_per_input(*_sections(load_config(None, centred))) == 4
 
 
 def test_antithetic_crps_counts_only_independent_pairs_and_is_lowest_at_the_true_spread() -> None:

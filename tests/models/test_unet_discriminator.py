@@ -11,6 +11,7 @@ from hpc_sr.config import ConfigError
 from hpc_sr.models.complexity import count_parameters, flops_per_image
 from hpc_sr.models.registry import build_discriminator, discriminator_names
 from hpc_sr.models.unet_discriminator import UNetDiscriminator, UNetDiscriminatorOptions
+from tests.models.models_util import assert_unit_spectral_norm
 
 
 @pytest.fixture(autouse=True)
@@ -58,13 +59,7 @@ def test_spectral_norm_on_inner_convs_only_when_enabled() -> None:
     inner = [m for m in convs if m is not d.conv_in and m is not d.conv_out]
     assert all(parametrize.is_parametrized(m, "weight") and m.bias is None for m in inner)
     assert not parametrize.is_parametrized(d.conv_in) and not parametrize.is_parametrized(d.conv_out)
-    d.train()
-    x = torch.rand(2, 1, 16, 16)
-    for _ in range(20):  # power iterations converge
-        d(x)
-    for m in inner:
-        sigma = torch.linalg.matrix_norm(m.weight.detach().flatten(1), ord=2)
-        assert sigma == pytest.approx(1.0, abs=0.05)
+    assert_unit_spectral_norm(d, inner, torch.rand(2, 1, 16, 16), iterations=20)
     plain = UNetDiscriminator(UNetDiscriminatorOptions(channels=2, spectral_norm=False))
     assert not any(parametrize.is_parametrized(m) for m in plain.modules())
     assert count_parameters(plain) == count_parameters(d) == _unet_params(2)

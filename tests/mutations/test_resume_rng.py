@@ -26,8 +26,8 @@ def _next_draws() -> tuple[float, list[float], list[float]]:
 
 def test_resume_continues_the_global_rng_streams_of_the_saved_run(tiny_shards: Path, tmp_path: Path) -> None:
     over = tiny_overrides(tiny_shards, tmp_path, steps=2, pretrain=2, **{
-        "data.loader": "memory", "train.ckpt_every": 2, "train.val_every": 100, "log.tensorboard": "false",
-        "log.image_every": 0,
+        "data.options.loader": "memory", "train.ckpt_every": 2, "train.val_every": 100,
+        "log.tensorboard": "false", "log.image_every": 0,
     })
     first = Trainer(load_config(None, over), DistEnv(), torch.device("cpu"), resume="never")
     _next_draws()  # the process draws from every global generator before its checkpoint

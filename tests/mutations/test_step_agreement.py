@@ -13,9 +13,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from tests.conftest import PYTHON, REPO, subprocess_env
+
+pytestmark = pytest.mark.slow  # two real gloo ranks
 
 STOP = 10  # the signal number rank 1 reports (SIGUSR1 on Linux; any non-zero value will do)
 

@@ -7,16 +7,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from hpc_sr.config import load_config
 from hpc_sr.dist.env import DistEnv
-from hpc_sr.train.checkpoint import CheckpointManager, is_complete
+from hpc_sr.models.checkpoint_layout import is_complete
+from hpc_sr.train.checkpoint import CheckpointManager
 from hpc_sr.train.faults import SAVE_PAUSE as FAULT_PAUSE
 from hpc_sr.train.faults import SAVE_STAGES as FAULT_STAGES
 from hpc_sr.train.trainer import Trainer
 from tests.conftest import PYTHON, tiny_overrides, wait_for
 from tests.reliability.reli_util import kill_group, rows, start, tail
+
+pytestmark = pytest.mark.slow  # real training processes SIGKILLed while saving
 
 
 def test_sigkill_at_each_save_stage_keeps_the_previous_checkpoint(tiny_shards: Path, tmp_path: Path) -> None:

@@ -25,6 +25,8 @@ from tests.reliability.reli_util import (
     torchrun_cmd,
 )
 
+pytestmark = pytest.mark.slow  # real torchrun jobs signalled mid-run
+
 STEPS, PRETRAIN = 12, 6  # both phases (pixel pretrain, then GAN with D) are crossed
 TIMEOUT_S = 60  # dist.timeout_s: after a signal the ranks save and exit; a rank stuck in a collective would
 # be released by this timeout, so a stop must end within it plus time to save and tear down

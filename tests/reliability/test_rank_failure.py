@@ -26,6 +26,8 @@ from tests.reliability.reli_util import (
     torchrun_cmd,
 )
 
+pytestmark = pytest.mark.slow  # real 2-rank jobs with a rank killed or hung
+
 TIMEOUT_S = 12  # dist.timeout_s of the test config
 # After the failure is detected the surviving rank raises, writes its marker and tears down. Deadlines below
 # are TIMEOUT_S-based: the killed case must end before one collective timeout (gloo sees the closed socket),

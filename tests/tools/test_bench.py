@@ -19,6 +19,8 @@ from tools.bench_loader import check_alternatives, gather_int32, gather_strided
 from tools.bench_scaling import FileBarrier, allreduce_seconds
 from tools.bench_train import BenchConfig, parse_variant, plan_configs, resolve_options
 
+pytestmark = pytest.mark.slow  # the benchmark scripts as processes (DDP ranks among them)
+
 G4 = '{"channels": 4, "blocks": 1}'
 TINY = ["--g-options", G4, "--d-options", '{"channels": 4, "blocks": 2}', "--batch", "4", "--patch", "8",
         "--hr-size", "32"]  # fmt: skip

@@ -17,8 +17,8 @@ import torch
 
 from hpc_sr.config import load_config
 from hpc_sr.dist.env import DistEnv
+from hpc_sr.models.artifacts import load_generator
 from hpc_sr.models.srresnet import SRResNet
-from hpc_sr.train.checkpoint import load_generator
 from hpc_sr.train.trainer import Trainer
 
 V1 = Path(__file__).resolve().parents[1] / "fixtures" / "v1"

@@ -6,12 +6,15 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
 import torch
 
 from hpc_sr.config import load_config
 from hpc_sr.dist.env import DistEnv
 from hpc_sr.train.trainer import Trainer
 from tests.conftest import REPO, subprocess_env, tiny_overrides, torchrun_cmd
+
+pytestmark = pytest.mark.slow  # real 2-rank torchrun/gloo jobs
 
 WORKER = REPO / "tests" / "train" / "ddp_worker.py"
 

@@ -21,8 +21,11 @@ import torch
 
 from hpc_sr.config import load_config
 from hpc_sr.errors import TrainingError
-from hpc_sr.train.backends.deepspeed import build_ds_config, consolidated_module_state, precision_supported
+from hpc_sr.models.checkpoint_layout import consolidated_module_state
+from hpc_sr.train.backends.deepspeed import build_ds_config, precision_supported
 from tests.conftest import REPO, in_process_group, subprocess_env, tiny_overrides, torchrun_cmd
+
+pytestmark = pytest.mark.slow  # real DeepSpeed engines (JIT-built ops, 2-rank runs)
 
 WORKER = REPO / "tests" / "train" / "ds_worker.py"
 DS_CONFIGS = REPO / "configs" / "deepspeed"
@@ -303,7 +306,8 @@ def test_generator_exported_from_zero2_checkpoint_evaluates_like_the_engine(
     runs: Path, tiny_shards: Path, tmp_path: Path
 ) -> None:
     from hpc_sr.apps.evaluate import evaluate
-    from hpc_sr.train.checkpoint import atomic_torch_save, export_generator, generator_payload
+    from hpc_sr.models.artifacts import export_generator, generator_payload
+    from hpc_sr.models.checkpoint_layout import atomic_torch_save
 
     ckpt = runs / "z2_fp32_straight" / "checkpoints" / f"step_{STEPS:08d}"
     assert (ckpt / "engine_g" / "latest").read_text().strip() == "state"  # relative: survives the rename

@@ -97,6 +97,7 @@ def _compile_unavailable() -> str | None:
     return None
 
 
+@pytest.mark.slow  # torch.compile builds C++ kernels (~25 s)
 def test_compiled_generator_trains_one_step_like_eager(tiny_shards: Path, tmp_path: Path) -> None:
     """train.compile=true: G runs compiled (inductor) and its first step equals the eager one. Costs ~35 s CPU
     on a cold inductor cache, ~10 s warm; the smallest G (2 channels, 1 block) keeps the kernels few."""

@@ -1,6 +1,6 @@
 """Two real `hpc-sr train` runs on one run directory: the second stops at once naming the first; the first's
-files
-are exactly those of a lone run. A run killed with SIGKILL leaves a stale lock; the next run takes it over."""
+files are exactly those of a lone run. A run killed with SIGKILL leaves a stale lock; the next run takes it
+over."""
 
 from __future__ import annotations
 
@@ -10,8 +10,12 @@ import signal
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from hpc_sr.train.checkpoint import CheckpointManager
 from tests.conftest import PYTHON, REPO, subprocess_env, tiny_overrides, wait_for
+
+pytestmark = pytest.mark.slow  # real `hpc-sr train` processes
 
 
 def _train(overrides: list[str], **env: str) -> subprocess.Popen:

@@ -9,12 +9,15 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
 import torch
 
 from hpc_sr.config import load_config
 from hpc_sr.dist.env import DistEnv
 from hpc_sr.train.trainer import Trainer
 from tests.conftest import PYTHON, subprocess_env, tiny_overrides, wait_for
+
+pytestmark = pytest.mark.slow  # a real TensorBoard server process
 
 SERVING = re.compile(r"TensorBoard \S+ at http://[^:/]+:(\d+)/")
 

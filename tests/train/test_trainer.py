@@ -75,9 +75,9 @@ def test_exact_resume_equals_uninterrupted_run(
         pretrain=4,
         **{
             "train.deterministic": "true",
-            "data.loader": loader,
-            "data.block_size": 8,
-            "data.num_workers": workers,
+            "data.options.loader": loader,
+            "data.options.block_size": 8,
+            "data.options.num_workers": workers,
             "train.ckpt_every": SPLIT,
             "train.val_every": 100,
         },

@@ -17,8 +17,8 @@ from hpc_sr.apps.evaluate import evaluate
 from hpc_sr.apps.upscale import upscale_paths
 from hpc_sr.config import load_config
 from hpc_sr.dist.env import DistEnv
+from hpc_sr.models.artifacts import export_generator, load_generator
 from hpc_sr.models.registry import GENERATORS, generator_names
-from hpc_sr.train.checkpoint import export_generator, load_generator
 from hpc_sr.train.trainer import Trainer
 from tests.conftest import REPO, mean_psnr, read_shards, subprocess_env, tiny_overrides, torchrun_cmd
 
@@ -102,6 +102,7 @@ def test_gan_with_unet_discriminator_trains(tiny_shards: Path, tmp_path: Path) -
     assert gan and all(r["loss_d"] > 0 and np.isfinite(r["loss_g_adversarial"]) for r in gan)
 
 
+@pytest.mark.slow  # a real 2-rank torchrun job
 def test_two_rank_ddp_trains_a_zoo_arch_identically_on_both_ranks(tiny_shards: Path, tmp_path: Path) -> None:
     over = tiny_overrides(
         tiny_shards,

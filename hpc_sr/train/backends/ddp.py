@@ -21,7 +21,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from hpc_sr.config import Config
+from hpc_sr.config import Config, DistConfig
 from hpc_sr.train.backends.base import Backend, make_optimizer
 
 
@@ -47,10 +47,10 @@ def broadcast_buffers_once(module: nn.Module, src: int = 0) -> None:
             buf.copy_(dense)
 
 
-def ddp_options(cfg: Config, module: nn.Module) -> dict[str, Any]:
+def ddp_options(dist_cfg: DistConfig, module: nn.Module) -> dict[str, Any]:
     """Keyword arguments of DistributedDataParallel for ``module`` (see the module docstring)."""
     return {
-        "find_unused_parameters": cfg.dist.find_unused_parameters,
+        "find_unused_parameters": dist_cfg.find_unused_parameters,
         "broadcast_buffers": has_running_stats(module),
     }
 
@@ -84,7 +84,7 @@ class DDPBackend(Backend):
         wrapped: nn.Module = module
         if self.world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            opts = {**ddp_options(self.cfg, module), **self.ddp_overrides}
+            opts = {**ddp_options(self.cfg.dist, module), **self.ddp_overrides}
             if not opts.get("broadcast_buffers", True):
                 broadcast_buffers_once(module)
             wrapped = DDP(module, device_ids=ids, **opts)

@@ -28,18 +28,14 @@ from torch import nn
 
 from hpc_sr.config import Config
 from hpc_sr.errors import CheckpointError, TrainingError
+from hpc_sr.models.checkpoint_layout import DEEPSPEED_TAG as TAG
+from hpc_sr.models.checkpoint_layout import engine_dir
 from hpc_sr.train.backends.base import Backend, make_optimizer
 
-TAG = "state"  # the DeepSpeed checkpoint tag inside each engine directory
-MODEL_STATES = "mp_rank_00_model_states.pt"
 DEFAULT_BUCKET = 5 * 10**8  # DeepSpeed's default ZeRO bucket (elements)
 KEEP_SHM_OP = "HPC_SR_DS_SHM_OP"  # set to 1 to let DeepSpeed build its CPU shared-memory comm op
 _FP16_DEFAULTS = {"loss_scale": 0, "initial_scale_power": 16, "loss_scale_window": 1000, "hysteresis": 2,
                   "min_loss_scale": 1}
-
-
-def engine_dir(directory: Path, name: str) -> Path:
-    return Path(directory) / f"engine_{name}"
 
 
 # ----------------------------------------------------------------------------------------------- config
@@ -330,45 +326,6 @@ class DeepSpeedBackend(Backend):
 
 
 # ----------------------------------------------------------------------------------------------- export
-def _strip(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k.removeprefix("module."): v.detach().float().cpu().contiguous() for k, v in sd.items()}
-
-
-def _zero0_master_weights(saved: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """ZeRO 0 with bf16/fp16: the fp32 master copies kept by DeepSpeed's (unfused) optimiser wrapper, named
-    after the module parameters (same order: one param group built from ``module.parameters()``)."""
-    opt = saved.get("optimizer")
-    if not isinstance(opt, dict) or "fp32_groups" not in opt:
-        return {}
-    masters = [t for group in opt["fp32_groups"] for t in group]
-    buffers = set(saved.get("buffer_names") or [])
-    names = [k for k in saved["module"] if k not in buffers]
-    if len(names) != len(masters) or any(saved["module"][n].shape != m.shape for n, m in zip(names, masters)):
-        return {}  # not the layout we know: keep the module weights
-    return _strip(dict(zip(names, masters)))
-
-
-def consolidated_module_state(step_dir: str | Path, name: str) -> dict[str, torch.Tensor]:
-    """Plain fp32 state_dict of engine ``name`` from a checkpoint step directory (any ZeRO stage <= 2), on
-    CPU, without a process group: the fp32 master weights for ZeRO 1/2, the saved module weights for
-    ZeRO 0."""
-    edir = engine_dir(Path(step_dir), name)
-    states = edir / TAG / MODEL_STATES
-    if not states.is_file():
-        raise CheckpointError(f"{step_dir}: no DeepSpeed checkpoint of {name!r} ({states} is missing)")
-    try:
-        saved = torch.load(states, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - unpickling errors come in many types
-        raise CheckpointError(f"{states}: cannot be read: {exc}") from None
-    module_sd = _strip(saved["module"])
-    if not list((edir / TAG).glob("*zero_pp_rank_*optim_states.pt")):
-        return {**module_sd, **_zero0_master_weights(saved)}  # ZeRO 0: module weights, fp32 masters if any
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-    master = _strip(get_fp32_state_dict_from_zero_checkpoint(str(edir), tag=TAG))
-    return {k: master.get(k, v) for k, v in module_sd.items()}  # buffers come from the module states
-
-
 # ----------------------------------------------------------------------------------------------- benchmark
 def inner_optimizer(optimizer: Any) -> torch.optim.Optimizer | None:
     """The torch optimiser inside DeepSpeed's wrappers (ZeRO, bf16, fp16), or the optimiser itself."""
