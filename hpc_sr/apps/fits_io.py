@@ -1,15 +1,16 @@
-"""FITS and physical-unit helpers of ``hpc-sr upscale``: HDU choice, WCS rescaling, flux units, normalisation.
+"""FITS helpers of ``hpc-sr upscale``: HDU choice, reading, flux mode, normalisation, writing.
 
 - :func:`read_fits_image` picks the image HDU: the first one holding a 2-D (or 1 x H x W) numeric image, or
-  the one named by ``hdu`` (index or EXTNAME); none fits -> DataError naming the file and its HDUs.
-- :func:`rescale_wcs_header` maps the WCS of an image to the WCS of its ``scale`` x upsampled version, so that
-  input pixel (i, j) (0-based centre) and output position (s*i + (s-1)/2, s*j + (s-1)/2) have the same world
-  coordinate.
-- :func:`classify_bunit` / :func:`resolve_flux`: a per-pixel unit (counts, ADU, electrons, e-/s, ...) keeps
-  the total flux (the output is divided by s**2), a surface brightness (.../arcsec2, MJy/sr, Jy/beam, ...)
-  keeps the level; an unknown or missing BUNIT keeps the level, with a warning.
+  the one named by ``hdu`` (index or EXTNAME); none fits -> DataError naming the file and its HDUs. It keeps
+  what the output needs: the tables the WCS reads (distortion lookup tables, -TAB tables), the compression of
+  a compressed image, and the stored images of non-standard cards.
+- WCS: :mod:`hpc_sr.apps.fits_wcs` (:func:`rescale_wcs_header` is re-exported here); units:
+  :mod:`hpc_sr.apps.fits_units`; :func:`resolve_flux` turns BUNIT into a flux mode (per-pixel: the total flux
+  is kept, the output divided by s**2; surface-brightness: the level is kept), warning when it cannot tell.
 - :class:`Normalization`: the reversible affine map ``(x - offset) / scale`` into the [0, 1] range the model
   was trained on; :func:`choose_normalization` picks it (``auto``: none / max / percentile).
+- :func:`fits_output_bytes` writes the SR image where the input had it (a compressed image compressed the same
+  way), its rescaled WCS and tables, non-standard cards byte for byte, and reads the WCS back to check it.
 
 Every choice is written to the output header: HPCSRUPS (factor), HPCSRNRM, HPCSROFF, HPCSRSCL (normalisation),
 HPCSRFLX (flux mode), plus HISTORY cards.
@@ -19,41 +20,24 @@ from __future__ import annotations
 
 import gzip
 import io
-import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from hpc_sr.apps import fits_cards, fits_wcs
+from hpc_sr.apps.fits_units import PER_PIXEL, SURFACE_BRIGHTNESS, describe_bunit
+from hpc_sr.apps.fits_units import classify_bunit as classify_bunit  # re-exported (moved)
+from hpc_sr.apps.fits_wcs import rescale_wcs_header
 from hpc_sr.errors import DataError
 
-FLUX_MODES = ("auto", "per-pixel", "surface-brightness")
+FLUX_MODES = ("auto", PER_PIXEL, SURFACE_BRIGHTNESS)
 NORMALIZE_MODES = ("auto", "none", "max", "percentile")
 PERCENTILES = (0.5, 99.5)  # the range ``percentile`` maps onto [0, 1]
-ALT_WCS = ("", *"ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+NOISE_TOLERANCE = 0.1  # negatives down to -10 % of the range count as sky noise around 0 (auto, no record)
 STALE_CARDS = ("BSCALE", "BZERO", "BLANK", "CHECKSUM", "DATASUM")  # not copied to the (float) output
-_SIP = re.compile(r"^(A|B|AP|BP)_(\d+)_(\d+)$")
-_SURFACE = re.compile(r"arcsec|arcmin|/sr\b|sr\^?-1|sr\*\*-1|steradian|beam|/deg|deg(\*\*|\^)?-?2")
-_PER_PIXEL = {
-    "count",
-    "counts",
-    "ct",
-    "cts",
-    "adu",
-    "adus",
-    "dn",
-    "electron",
-    "electrons",
-    "e-",
-    "e",
-    "photon",
-    "photons",
-    "nanomaggy",
-    "nanomaggies",
-    "nmgy",
-}
 
 
 class UpscaleWarning(UserWarning):
@@ -126,7 +110,7 @@ def select_image_hdu(hdul: Any, path: str | Path, hdu: int | str | None = None) 
 
 @dataclass
 class FitsImage:
-    """The image to upscale and the headers the output keeps."""
+    """The image to upscale and what its output keeps."""
 
     path: Path
     data: np.ndarray  # as stored: (H, W) or (1, H, W), BSCALE/BZERO applied
@@ -134,14 +118,35 @@ class FitsImage:
     index: int  # HDU index; 0 = primary
     primary_header: Any | None  # the primary header when the image is an extension
     others: int  # HDUs of the input not copied to the output
+    tables: list[Any] = field(default_factory=list)  # copies of the HDUs the WCS reads (lookup / -TAB tables)
+    compression: dict[str, Any] | None = None  # CompImageHDU arguments of a compressed image
+    cards: dict[bytes, bytes] = field(default_factory=dict)  # non-standard cards: written image -> stored
 
     @property
     def label(self) -> str:
         return f"{self.path}[{self.index}]"
 
 
+def _compression(h: Any) -> dict[str, Any] | None:
+    """The CompImageHDU arguments that compress an image like ``h``; None when ``h`` is not compressed."""
+    if not isinstance(h, _fits().CompImageHDU):
+        return None
+    return {
+        "compression_type": str(h.compression_type),
+        "tile_shape": tuple(int(t) for t in h.tile_shape),
+        "quantize_level": float(h.quantize_level),
+        "quantize_method": int(h.quantize_method),
+        "dither_seed": int(h.dither_seed),
+        "hcomp_scale": float(h.hcomp_scale),
+        "hcomp_smooth": int(h.hcomp_smooth),
+    }
+
+
 def read_fits_image(path: str | Path, hdu: int | str | None = None) -> FitsImage:
-    """Read the image HDU of ``path`` (.fits/.fit/.fts, optionally gzipped); DataError names the file."""
+    """Read the image HDU of ``path`` (.fits/.fit/.fts/.fz, optionally gzipped); DataError names the file.
+
+    A WCS with a distortion the rescale cannot express is refused here, before any upscaling.
+    """
     fits, path = _fits(), Path(path)
     try:
         with fits.open(path, memmap=False) as hdul:
@@ -150,81 +155,39 @@ def read_fits_image(path: str | Path, hdu: int | str | None = None) -> FitsImage
             data = np.array(chosen.data)
             header = chosen.header.copy()
             primary = hdul[0].header.copy() if index > 0 else None
-            others = len(hdul) - (2 if index > 0 else 1)
+            names = {(h.name, h.ver) for h in hdul}
+            tables = [hdul[ref].copy() for ref in fits_wcs.table_refs(header) if ref in names]
+            others = len(hdul) - (2 if index > 0 else 1) - len(tables)
+            cards = fits_cards.nonstandard_cards(fits_cards.raw_header(path, hdul, index))
+            if index > 0:
+                cards.update(fits_cards.nonstandard_cards(fits_cards.raw_header(path, hdul, 0)))
+            compression = _compression(chosen)
     except DataError:
         raise
     except Exception as exc:  # noqa: BLE001 - astropy raises many kinds for a damaged file
         raise DataError(f"{path}: cannot read FITS: {type(exc).__name__}: {exc}") from None
-    return FitsImage(path, data, header, index, primary, others)
-
-
-# ----------------------------------------------------------------------------------------------- WCS
-def rescale_wcs_header(header: Any, scale: int) -> Any:
-    """A copy of ``header`` whose WCS (primary and alternates A-Z) describes the ``scale`` x upsampled image.
-
-    CRPIXi -> s * (CRPIXi - 0.5) + 0.5 and NAXIS1/2 -> s * NAXIS1/2 for the two image axes; CDi_j / s when
-    a CD matrix is present, else CDELTi / s (PCi_j and CROTA kept; a missing CDELT counts as 1); SIP
-    coefficients A/B/AP/BP_p_q * s**(1-p-q). Every other card (BUNIT, TPV PV cards, ...) is kept.
-    """
-    out = header.copy()
-    s = float(scale)
-    for axis in (1, 2):
-        key = f"NAXIS{axis}"
-        if key in out:
-            out[key] = int(out[key]) * scale
-    keys = list(out.keys())
-    for alt in ALT_WCS:
-        if not any(re.match(rf"^(CTYPE|CRPIX|CRVAL|CD|PC|CDELT)\d(_\d)?{alt}$", k) for k in keys):
-            continue
-        for axis in (1, 2):
-            key = f"CRPIX{axis}{alt}"
-            out[key] = s * (float(out.get(key, 0.0)) - 0.5) + 0.5
-        cd = [k for k in keys if re.match(rf"^CD\d_[12]{alt}$", k)]
-        if cd:
-            for key in cd:
-                out[key] = float(out[key]) / s
-        else:
-            for axis in (1, 2):
-                key = f"CDELT{axis}{alt}"
-                out[key] = float(out.get(key, 1.0)) / s
-    for key in list(out):
-        m = _SIP.match(key)
-        if m:
-            order = int(m.group(2)) + int(m.group(3))
-            out[key] = float(out[key]) * s ** (1 - order)
-    return out
+    image = FitsImage(path, data, header, index, primary, others, tables, compression, cards)
+    fits_wcs.refuse_unsupported(header, image.label)
+    return image
 
 
 # ----------------------------------------------------------------------------------------------- units
-def classify_bunit(bunit: str | None) -> str | None:
-    """``"per-pixel"``, ``"surface-brightness"`` or None (missing or unknown unit)."""
-    if not bunit or not str(bunit).strip():
-        return None
-    s = re.sub(r"\s+", "", str(bunit).lower())
-    if _SURFACE.search(s):
-        return "surface-brightness"
-    if re.search(r"/pix|pix(el)?s?-1|perpix|pix(el)?\*\*-1", s):
-        return "per-pixel"
-    head = re.split(r"[/.*^(]|s-1$", s)[0]
-    return "per-pixel" if head in _PER_PIXEL else None
-
-
 def resolve_flux(flux: str, bunit: str | None, label: str, warn_unknown: bool = True) -> str:
-    """The flux mode of one image: ``flux``, or for ``auto`` the BUNIT's (unknown: surface brightness)."""
+    """The flux mode of one image: ``flux``, or for ``auto`` the BUNIT's (undecided: the level is kept)."""
     if flux not in FLUX_MODES:
         raise DataError(f"flux={flux!r}: choose one of {', '.join(FLUX_MODES)}")
     if flux != "auto":
         return flux
-    kind = classify_bunit(bunit)
-    if kind is None:
+    unit = describe_bunit(bunit)
+    if unit.kind is None:
         if warn_unknown:
-            what = f"BUNIT {bunit!r} is not a known unit" if bunit else "no BUNIT"
+            what = f"BUNIT {bunit!r} is {unit.why}" if unit.why != "no BUNIT" else "no BUNIT"
             warn(
                 f"{label}: {what}; keeping the level (surface brightness); pass --flux per-pixel to "
                 f"conserve the total flux instead"
             )
-        return "surface-brightness"
-    return kind
+        return SURFACE_BRIGHTNESS
+    return unit.kind
 
 
 # ------------------------------------------------------------------------------------------ normalisation
@@ -250,12 +213,17 @@ def _float(x: np.ndarray) -> np.ndarray:
     return a if a.dtype.kind == "f" else a.astype(np.float64)
 
 
-def choose_normalization(values: np.ndarray, method: str, label: str) -> Normalization:
+def choose_normalization(
+    values: np.ndarray, method: str, label: str, trained: dict[str, Any] | None = None
+) -> Normalization:
     """Normalisation for the finite ``values`` of one image.
 
     ``none``; ``max`` (divide by the largest absolute value); ``percentile`` (the 0.5-99.5 % range onto
-    [0, 1], the offset kept); ``auto``: none when the values lie in [0, 1], else max when none is negative,
-    else percentile.
+    [0, 1], the offset kept); ``auto``: the convention the model was trained with when it records one
+    (``trained``, the ``data_values`` of its checkpoint: raw values), else a guess from this image: none when
+    the values lie in [0, 1] give or take the negative noise of a sky-subtracted image (the 0.5 % quantile
+    above -NOISE_TOLERANCE of the range), max when the peak exceeds 1 and the negatives are that noise, else
+    percentile.
     """
     if method not in NORMALIZE_MODES:
         raise DataError(f"normalize={method!r}: choose one of {', '.join(NORMALIZE_MODES)}")
@@ -263,8 +231,11 @@ def choose_normalization(values: np.ndarray, method: str, label: str) -> Normali
     if v.size == 0:
         raise DataError(f"{label}: no finite pixel values")
     lo, hi = float(v.min()), float(v.max())
-    if method == "auto":
-        method = "none" if lo >= 0 and hi <= 1 else "max" if lo >= 0 else "percentile"
+    if method == "auto" and trained is not None:
+        method = str(trained.get("normalize", "none"))
+        warn_outside_training_range(lo, hi, label, trained)
+    elif method == "auto":
+        method = guess_normalization(v, lo, hi)
     if method == "none":
         return Normalization("none")
     if method == "max":
@@ -274,6 +245,33 @@ def choose_normalization(values: np.ndarray, method: str, label: str) -> Normali
     if p_hi <= p_lo:
         p_lo, p_hi = lo, hi
     return Normalization("percentile", p_lo, p_hi - p_lo if p_hi > p_lo else 1.0)
+
+
+def guess_normalization(v: np.ndarray, lo: float, hi: float) -> str:
+    """``auto`` for a model without a record: keep values that already look like [0, 1] data (negative
+    sky noise allowed), divide by the peak when only the scale is off, stretch the percentiles otherwise."""
+    if lo >= 0 and hi <= 1:
+        return "none"
+    floor = float(np.percentile(v, PERCENTILES[0])) if lo < 0 else 0.0
+    if hi <= 1 and floor >= -NOISE_TOLERANCE:
+        return "none"
+    if hi > 0 and floor >= -NOISE_TOLERANCE * hi:
+        return "max"
+    return "percentile"
+
+
+def warn_outside_training_range(lo: float, hi: float, label: str, trained: dict[str, Any]) -> None:
+    """Warn when an image's values lie far outside the LR range the model was trained on."""
+    lr = trained.get("lr") or {}
+    t_lo, t_hi = lr.get("min"), lr.get("max")
+    if t_lo is None or t_hi is None:
+        return
+    span = max(float(t_hi) - float(t_lo), 1e-12)
+    if lo < float(t_lo) - span or hi > float(t_hi) + span:
+        warn(
+            f"{label}: values span [{lo:.4g}, {hi:.4g}], far outside the LR range the model was trained on "
+            f"[{float(t_lo):.4g}, {float(t_hi):.4g}]; pass --normalize max or percentile to rescale them"
+        )
 
 
 def warn_out_of_range(model_values: np.ndarray, label: str, norm: Normalization) -> float:
@@ -300,6 +298,52 @@ def provenance_cards(scale: int, norm: Normalization, flux: str) -> dict[str, tu
     }
 
 
+def _image_hdu(image: FitsImage, data: np.ndarray, header: Any) -> tuple[Any, list[str]]:
+    """The output image HDU (compressed like the input where it was) and HISTORY notes on the compression."""
+    fits = _fits()
+    if image.compression is None:
+        return (fits.PrimaryHDU if image.index == 0 else fits.ImageHDU)(data, header=header), []
+    kw = dict(image.compression)
+    notes = []
+    tile = list(kw["tile_shape"])
+    if tile and tile[-1] == image.data.shape[-1]:
+        tile[-1] = data.shape[-1]  # whole rows stay whole rows
+    kw["tile_shape"] = tuple(min(t, n) for t, n in zip(tile, data.shape, strict=False))
+    if kw["dither_seed"] <= 0:
+        kw["dither_seed"] = -1  # from the data's checksum: the same input gives the same file
+    if kw["compression_type"] == "PLIO_1":  # integer masks only; the SR image is float
+        kw["compression_type"] = "RICE_1"
+        notes.append("hpc_sr: PLIO_1 input compression written as RICE_1 (PLIO holds integers only)")
+    return fits.CompImageHDU(data, header=header, **kw), notes
+
+
+def _output_hdus(
+    image: FitsImage, data: np.ndarray, scale: int, cards: dict[str, tuple[Any, str]], history: list[str]
+) -> Any:
+    """[primary copy,] SR image with the rescaled WCS and the given cards, [rescaled WCS tables]."""
+    fits = _fits()
+    try:
+        header = rescale_wcs_header(image.header, scale)
+    except (TypeError, ValueError) as exc:  # a WCS card that is not a number
+        raise DataError(f"{image.label}: cannot rescale the WCS: {exc}") from None
+    for key in STALE_CARDS:
+        header.remove(key, ignore_missing=True, remove_all=True)
+    for key, (value, comment) in cards.items():
+        header[key] = (value, comment)
+    hdu, notes = _image_hdu(image, data, header)
+    for line in [*history, *notes]:
+        hdu.header.add_history(line)
+    if image.others:
+        hdu.header.add_history(f"hpc_sr: {image.others} other HDU(s) of the input not copied")
+    hdus = [hdu, *(fits_wcs.rescale_wcs_table(t, scale) for t in image.tables)]
+    if image.index > 0:
+        primary = fits.PrimaryHDU(header=image.primary_header.copy())
+        for key in STALE_CARDS:
+            primary.header.remove(key, ignore_missing=True, remove_all=True)
+        hdus.insert(0, primary)
+    return fits.HDUList(hdus)
+
+
 def fits_output_bytes(
     image: FitsImage,
     data: np.ndarray,
@@ -308,29 +352,24 @@ def fits_output_bytes(
     history: list[str],
     compress: bool,
 ) -> bytes:
-    """The output file: the SR image (same HDU position and EXTNAME) with its rescaled WCS header.
+    """The output file: the SR image (same HDU position, EXTNAME, compression) with its rescaled WCS.
 
-    An image read from an extension is written after a copy of the input's primary header; other HDUs of
-    the input are not copied (a HISTORY card says how many).
+    An image read from an extension is written after a copy of the input's primary header; the tables its WCS
+    reads follow it, rescaled; other HDUs of the input are not copied (a HISTORY card says how many).
+    Non-standard cards are written as stored, and the WCS is read back and checked
+    (:func:`hpc_sr.apps.fits_wcs.check_rescaled_wcs`).
     """
     fits = _fits()
-    header = rescale_wcs_header(image.header, scale)
-    for key in STALE_CARDS:
-        header.remove(key, ignore_missing=True, remove_all=True)
-    for key, (value, comment) in cards.items():
-        header[key] = (value, comment)
-    for line in history:
-        header.add_history(line)
-    if image.others:
-        header.add_history(f"hpc_sr: {image.others} other HDU(s) of the input not copied")
-    if image.index == 0:
-        hdul = fits.HDUList([fits.PrimaryHDU(data, header=header)])
-    else:
-        primary = fits.PrimaryHDU(header=image.primary_header.copy())
-        for key in STALE_CARDS:
-            primary.header.remove(key, ignore_missing=True, remove_all=True)
-        hdul = fits.HDUList([primary, fits.ImageHDU(data, header=header)])
     buf = io.BytesIO()
-    hdul.writeto(buf, output_verify="silentfix")
-    raw = buf.getvalue()
+    _output_hdus(image, data, scale, cards, history).writeto(buf, output_verify="silentfix")
+    raw = fits_cards.restore_cards(buf.getvalue(), image.cards)
+    if image.cards:
+        names = ", ".join(fits_cards.card_names(image.cards))
+        warn(f"{image.label}: non-standard card(s) {names} copied byte for byte (astropy would re-format)")
+    with fits.open(io.BytesIO(raw)) as written:
+        before = (image.header, fits.HDUList([fits.PrimaryHDU(), *image.tables]))
+        after = (written[1 if image.index > 0 else 0].header, written)
+        shape = (int(image.data.shape[-2]), int(image.data.shape[-1]))
+        for note in fits_wcs.check_rescaled_wcs(before, after, shape, scale, image.label):
+            warn(f"{image.label}: {note}")
     return gzip.compress(raw, mtime=0) if compress else raw

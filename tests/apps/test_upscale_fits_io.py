@@ -105,23 +105,27 @@ PER_PIXEL = [
     "counts per pixel",
     "Jy/pixel",
     "nanomaggy",
+    "Jy",
+    "mJy",
+    "erg/s/cm2/A",
 ]
-SURFACE = ["MJy/sr", "mag/arcsec2", "Jy/beam", "nanomaggies/arcsec2", "erg/s/cm2/A/arcsec**2"]
+SURFACE = ["MJy/sr", "mag/arcsec2", "Jy/beam", "nanomaggies/arcsec2", "erg/s/cm2/A/arcsec**2", "K"]
 
 
 @pytest.mark.parametrize(
     "bunit,kind",
     [(u, "per-pixel") for u in PER_PIXEL]
     + [(u, "surface-brightness") for u in SURFACE]
-    + [("Jy", None), ("K", None), ("", None), (None, None)],
+    + [("bananas", None), ("mag", None), ("km/s", None), ("", None), (None, None)],
 )
 def test_bunit_classes(bunit: str | None, kind: str | None) -> None:
     assert fits_io.classify_bunit(bunit) == kind
 
 
 def test_unknown_bunit_keeps_the_level_with_a_warning() -> None:
-    with pytest.warns(fits_io.UpscaleWarning, match=r"img.fits.*BUNIT 'Jy'.*keeping the level"):
-        assert fits_io.resolve_flux("auto", "Jy", "img.fits") == "surface-brightness"
+    unparsable = r"img.fits: BUNIT 'bananas' is not a unit astropy.units can parse; keeping the level"
+    with pytest.warns(fits_io.UpscaleWarning, match=unparsable):
+        assert fits_io.resolve_flux("auto", "bananas", "img.fits") == "surface-brightness"
     with pytest.warns(fits_io.UpscaleWarning, match="no BUNIT"):
         assert fits_io.resolve_flux("auto", None, "img.fits") == "surface-brightness"
     assert fits_io.resolve_flux("per-pixel", "MJy/sr", "img.fits") == "per-pixel"  # override

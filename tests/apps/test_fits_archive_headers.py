@@ -1,0 +1,325 @@
+"""The FITS output of `hpc-sr upscale` on every image and WCS header astropy ships in its test data.
+
+Each case goes through read_fits_image + fits_output_bytes with a nearest-neighbour x2 image (the WCS does
+not depend on the pixel values) and is read back with astropy: every input pixel centre must land on the same
+world coordinates in the output (all_pix2world: SIP, lookup tables, DSS plate solutions and -TAB included), or
+the file must be refused with a one-line message. Header-only files (.hdr, FITS without data) get a 16 x 16
+image.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+fits = pytest.importorskip("astropy.io.fits")
+import astropy  # noqa: E402
+from astropy.wcs import WCS  # noqa: E402
+
+from hpc_sr.apps import fits_cards, fits_io, fits_wcs  # noqa: E402
+from hpc_sr.errors import DataError  # noqa: E402
+
+S = 2
+MAS = 1e-3  # largest sky offset accepted, in milliarcseconds (an exact rescale gives ~1e-7)
+ASTROPY = Path(astropy.__file__).parent
+DATA = [ASTROPY / "wcs" / "tests" / "data", ASTROPY / "io" / "fits" / "tests" / "data"]
+DSS = ASTROPY / "wcs" / "tests" / "data" / "dss.14.29.56-62.41.05.fits.gz"
+
+
+def _has_image(path: Path) -> bool:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with fits.open(path) as hdul:
+                fits_io.select_image_hdu(hdul, path)
+        return True
+    except Exception:  # noqa: BLE001 - tables, random groups, LZW files astropy cannot read here
+        return False
+
+
+def _has_header_wcs(path: Path) -> bool:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with fits.open(path) as hdul:
+                return hdul[0].data is None and "CTYPE1" in hdul[0].header
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def read_hdr(path: Path) -> fits.Header:
+    text = path.read_bytes().decode("latin-1")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return fits.Header.fromstring(text, sep="\n" if "\n" in text.strip() else "")
+
+
+def _image_header(path: Path) -> bool:
+    """A .hdr file written for an image (NAXIS >= 2; not a 1-D spectrum or an event list).
+
+    orion-velo/wave-4 are left out: they are orion-freq-4 (nine WCSs, 1 s a case) with another spectral CTYPE.
+    """
+    return int(read_hdr(path).get("NAXIS", 0)) >= 2 and not path.name.startswith(("orion-velo", "orion-wave"))
+
+
+FITS_FILES = sorted(p for d in DATA if d.is_dir() for p in d.rglob("*.fit*"))
+IMAGE_FILES = [p for p in FITS_FILES if _has_image(p)]
+HEADER_FILES = sorted(p for d in DATA[:1] if d.is_dir() for p in d.rglob("*.hdr") if _image_header(p)) + [
+    p for p in FITS_FILES if _has_header_wcs(p)
+]
+pytestmark = pytest.mark.skipif(not IMAGE_FILES, reason="astropy's test data is not installed")
+
+
+def _name(path: Path) -> str:
+    return str(path.relative_to(ASTROPY))
+
+
+def nearest(data: np.ndarray) -> np.ndarray:
+    return np.repeat(np.repeat(np.nan_to_num(np.asarray(data, np.float32)), S, axis=-2), S, axis=-1)
+
+
+def upscaled(path: Path) -> tuple[fits_io.FitsImage, object, list[str]]:
+    """The image read from ``path``, its output file opened, and the UpscaleWarnings given."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        image = fits_io.read_fits_image(path)
+        raw = fits_io.fits_output_bytes(image, nearest(image.data), S, {}, [], compress=False)
+    notes = [str(w.message) for w in caught if issubclass(w.category, fits_io.UpscaleWarning)]
+    return image, fits.open(io.BytesIO(raw)), notes
+
+
+def world(w: WCS, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    pix = np.zeros((x.size, w.pixel_n_dim))
+    pix[:, 0] = x.ravel()
+    if w.pixel_n_dim > 1:
+        pix[:, 1] = y.ravel()
+    return np.asarray(w.all_pix2world(pix, 0))
+
+
+def offsets(before: tuple, after: tuple, shape: tuple[int, ...], key: str = "") -> tuple[float, float]:
+    """(sky offset in mas, largest relative offset of the other world axes) over every input pixel centre."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        w_in, w_out = (WCS(h, fobj=f, key=key or " ") for h, f in (before, after))
+        y, x = np.mgrid[0 : shape[-2], 0 : shape[-1]].astype(float)
+        a, b = world(w_in, x, y), world(w_out, S * x + (S - 1) / 2, S * y + (S - 1) / 2)
+    assert np.array_equal(np.isnan(a), np.isnan(b)), "a pixel is on the sky in one WCS only"
+    a, b = np.nan_to_num(a), np.nan_to_num(b)
+    d = b - a
+    sky = 0.0
+    if w_in.has_celestial:
+        lng, lat = w_in.wcs.lng, w_in.wcs.lat
+        d_lng = ((d[:, lng] + 180) % 360 - 180) * np.cos(np.radians(a[:, lat]))
+        sky = float(np.hypot(d_lng, d[:, lat]).max() * 3.6e6)
+        d[:, [lng, lat]] = 0
+    other = float((np.abs(d) / np.maximum(np.abs(a), 1.0)).max()) if d.size else 0.0
+    return sky, other
+
+
+def assert_same_world(
+    image: fits_io.FitsImage, out: object, notes: list[str], unreadable_ok: bool = False
+) -> None:
+    """Each output WCS puts every input pixel centre where the input WCS does (an unreadable input: said)."""
+    before = (image.header, fits.HDUList([fits.PrimaryHDU(), *image.tables]))
+    after = (out[1 if image.index else 0].header, out)
+    for key in fits_wcs.wcs_keys(image.header):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                WCS(before[0], fobj=before[1], key=key or " ")
+        except Exception:  # noqa: BLE001 - astropy cannot read this input WCS: the output says so
+            assert unreadable_ok and any("astropy cannot read the input WCS" in n for n in notes), notes
+            continue
+        sky, other = offsets(before, after, image.data.shape, key)
+        assert sky < MAS and other < 1e-12, (key, sky, other)
+
+
+@pytest.mark.parametrize("path", IMAGE_FILES, ids=_name)
+def test_every_shipped_image_keeps_the_world_position_of_every_pixel(path: Path) -> None:
+    image, out, notes = upscaled(path)
+    assert_same_world(image, out, notes)
+    sr = out[1 if image.index else 0]
+    assert sr.data.shape[-2:] == tuple(S * n for n in image.data.shape[-2:])
+    assert [t.name for t in out[2 if image.index else 1 :]] == [t.name for t in image.tables]
+    assert isinstance(sr, fits.CompImageHDU) == (image.compression is not None)  # compressed in: out
+    if image.compression:
+        assert sr.compression_type == image.compression["compression_type"]
+
+
+@pytest.mark.parametrize("path", HEADER_FILES, ids=_name)
+def test_every_shipped_wcs_header_on_a_small_image(path: Path, tmp_path: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if path.suffix == ".hdr":
+            header, tables = read_hdr(path), []
+        else:
+            with fits.open(path) as hdul:
+                header, tables = hdul[0].header.copy(), [h.copy() for h in hdul[1:]]
+        src = tmp_path / "img.fits"
+        image = fits.PrimaryHDU(np.ones((16, 16), np.float32), header=header)
+        fits.HDUList([image, *tables]).writeto(src, output_verify="silentfix")
+    assert_same_world(*upscaled(src), unreadable_ok=True)
+
+
+def test_the_shipped_files_cover_every_representation() -> None:
+    names = {p.name for p in IMAGE_FILES + HEADER_FILES}
+    for needed in (DSS.name, "dist_lookup.fits.gz", "tab-time-last-axis.fits", "comp.fits", "sip.fits"):
+        assert needed in names
+    assert sum(n.endswith(".hdr") for n in names) >= 20
+
+
+# ----------------------------------------------------------------------------------------------- DSS
+def out_bytes(image: fits_io.FitsImage) -> bytes:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return fits_io.fits_output_bytes(image, nearest(image.data), S, {}, [], compress=False)
+
+
+def test_dss_plate_solution_is_rescaled_and_skew_copied_byte_for_byte() -> None:
+    image, out, notes = upscaled(DSS)
+    h = out[0].header
+    assert (h["CNPIX1"], h["CNPIX2"]) == (2 * 8860, 2 * 1708)
+    assert h["XPIXELSZ"] == pytest.approx(image.header["XPIXELSZ"] / 2)
+    assert h["AMDX2"] == image.header["AMDX2"] and h["PLTSCALE"] == image.header["PLTSCALE"]
+    assert h["CDELT1"] == pytest.approx(image.header["CDELT1"] / 2)  # PC + CDELT (wcslib) and CD (others)
+    assert h["CD1_2"] == pytest.approx(image.header["CD1_2"] / 2)
+    assert h["PC001002"] == image.header["PC001002"] and h["CROTA2"] == image.header["CROTA2"]
+    with fits.open(DSS) as hdul:
+        stored = fits_cards.raw_header(DSS, hdul, 0)
+    skew = next(stored[i : i + 80] for i in range(0, len(stored), 80) if stored.startswith(b"SKEW ", i))
+    assert b"'" not in skew and skew in out_bytes(image), "the SKEW card is not byte-identical"
+    assert any("card(s) SKEW copied byte for byte" in n for n in notes)
+
+
+PLATE = ("CNPIX", "XPIXELSZ", "YPIXELSZ", "PPO", "AMDX", "AMDY", "PLT")
+PC_CDELT = ("PC0", "CDELT")
+
+
+def drop(header: fits.Header, prefixes: tuple[str, ...]) -> fits.Header:
+    return fits.Header([c for c in header.cards if not c.keyword.startswith(prefixes)])
+
+
+@pytest.mark.parametrize("linear", [("CD", "PC0", "CDELT"), ("CD", "CDELT"), ("PC0", "CDELT")])
+def test_dss_linear_part_without_the_plate_solution(linear: tuple[str, ...]) -> None:
+    """wcslib reads PC + CDELT where CD is there too, a reader without PC support CD: both stay right."""
+    h = fits_io.read_fits_image(DSS).header
+    for key in [k for k in h if k.startswith(PLATE) or k.startswith(("CD", "PC0", "CDELT", "CROTA"))]:
+        if key.startswith(PLATE) or not key.startswith(linear):
+            del h[key]
+    after = fits_wcs.rescale_wcs_header(h, S)
+    assert offsets((h, None), (after, None), (100, 100))[0] < MAS
+    if "CD" in linear:
+        cd_in, cd_out = (drop(x, PC_CDELT) for x in (h, after))
+        assert offsets((cd_in, None), (cd_out, None), (100, 100))[0] < MAS
+
+
+# ----------------------------------------------------------------------------------------------- tables
+def tan_sip_header() -> fits.Header:
+    h = fits.Header()
+    h["CTYPE1"], h["CTYPE2"] = "RA---TAN-SIP", "DEC--TAN-SIP"
+    h["CRVAL1"], h["CRVAL2"], h["CRPIX1"], h["CRPIX2"] = 150.0, 2.0, 20.3, 14.8
+    h["CD1_1"], h["CD1_2"], h["CD2_1"], h["CD2_2"] = -1e-5, 2e-6, 3e-6, 1e-5
+    h["A_ORDER"], h["B_ORDER"], h["A_2_0"], h["B_0_2"], h["A_1_1"] = 2, 2, 2e-4, -3e-4, 1e-4
+    return h
+
+
+def lookup_file(path: Path, scale_tables: float = 1.0) -> Path:
+    """A 24 x 32 image with SIP, two CPDIS lookup tables and a D2IM table of several pixels' amplitude."""
+    h = tan_sip_header()
+    for j in (1, 2):
+        h[f"CPDIS{j}"] = "Lookup"
+        h[f"DP{j}"] = f"EXTVER: {j}"
+        h[f"DP{j}"] = "NAXES: 2"
+        h[f"DP{j}"] = "AXIS.1: 1"
+        h[f"DP{j}"] = "AXIS.2: 2"
+    h["D2IMDIS1"], h["D2IM1"] = "Lookup", "EXTVER: 1"
+    h["D2IM1"] = "NAXES: 2"
+    h["D2IM1"] = "AXIS.1: 1"
+    h["D2IM1"] = "AXIS.2: 2"
+    h["CPERR1"] = 3.0
+    ty, tx = np.mgrid[0:9, 0:11].astype(np.float32)
+    tables = []
+    for ver, values in ((1, 3 * np.sin(tx / 2) * np.cos(ty / 3)), (2, 2 * np.cos(tx / 3) + 0.2 * ty)):
+        t = fits.ImageHDU(values.astype(np.float32), name="WCSDVARR", ver=ver)
+        t.header["CRPIX1"], t.header["CRPIX2"], t.header["CRVAL1"], t.header["CRVAL2"] = 1.0, 1.0, 0.5, -1.0
+        t.header["CDELT1"], t.header["CDELT2"] = 4.0, 4.0
+        tables.append(t)
+    d2im = fits.ImageHDU((1.5 * np.sin(np.arange(40) / 4)).astype(np.float32)[None], name="D2IMARR", ver=1)
+    for axis in (1, 2):
+        d2im.header[f"CRPIX{axis}"], d2im.header[f"CRVAL{axis}"], d2im.header[f"CDELT{axis}"] = 1.0, 1.0, 1.0
+    sci = fits.ImageHDU(np.ones((24, 32), np.float32), h, name="SCI")
+    fits.HDUList([fits.PrimaryHDU(), sci, *tables, d2im]).writeto(path)
+    return path
+
+
+def test_large_lookup_table_distortions_are_copied_and_rescaled(tmp_path: Path) -> None:
+    image, out, notes = upscaled(lookup_file(tmp_path / "lookup.fits"))
+    assert [(t.name, t.ver) for t in out[2:]] == [("WCSDVARR", 1), ("WCSDVARR", 2), ("D2IMARR", 1)]
+    assert out["WCSDVARR", 1].header["CDELT1"] == 8.0 and out["WCSDVARR", 1].header["CRVAL1"] == 0.5
+    assert out[1].header["CPERR1"] == 6.0
+    assert_same_world(image, out, notes)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        w = WCS(out[1].header, out)
+    assert w.cpdis1 is not None and w.det2im1 is not None and w.sip is not None
+
+
+def test_an_unscaled_table_is_caught_on_read_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fits_wcs, "rescale_wcs_table", lambda hdu, scale: hdu.copy())
+    with pytest.raises(DataError, match=r"lookup\.fits\[1\]: the rescaled WCS moves pixel centres") as err:
+        upscaled(lookup_file(tmp_path / "lookup.fits"))
+    assert "\n" not in str(err.value)
+
+
+def test_tab_coordinates_keep_their_table() -> None:
+    image, out, notes = upscaled(ASTROPY / "wcs" / "tests" / "data" / "tab-time-last-axis.fits")
+    assert [h.name for h in out] == ["PRIMARY", "WCS-TABLE"]
+    np.testing.assert_array_equal(out["WCS-TABLE"].data["coordinates"], image.tables[0].data["coordinates"])
+    assert_same_world(image, out, notes)
+
+
+def test_polynomial_distortion_is_refused_naming_the_card(tmp_path: Path) -> None:
+    h = tan_sip_header()
+    h["CPDIS1"], h["DP1"] = "Polynomial", "NAXES: 2"
+    fits.PrimaryHDU(np.ones((8, 8), np.float32), h).writeto(tmp_path / "poly.fits")
+    with pytest.raises(DataError, match=r"poly\.fits\[0\]: CPDIS1 = 'Polynomial': .* the CPDIS1 and DP1\.\*"):
+        fits_io.read_fits_image(tmp_path / "poly.fits")
+
+
+def test_a_representation_the_rescale_misses_is_refused(tmp_path: Path) -> None:
+    """A PC matrix feeding image axis 1 into world axis 3 (a tilted slit cube) is not rescaled by CDELT1/2."""
+    h = fits.Header()
+    h["WCSAXES"], h["CTYPE1"], h["CTYPE2"], h["CTYPE3"] = 3, "RA---TAN", "DEC--TAN", "WAVE"
+    h["CRVAL1"], h["CRVAL2"], h["CRVAL3"], h["CDELT3"], h["CUNIT3"] = 10.0, 20.0, 5e-7, 1e-10, "m"
+    h["CDELT1"], h["CDELT2"], h["PC3_1"] = -1e-4, 1e-4, 0.5
+    fits.PrimaryHDU(np.ones((8, 8), np.float32), h).writeto(tmp_path / "slit.fits")
+    with pytest.raises(DataError, match=r"slit\.fits\[0\]: the rescaled WCS moves pixel centres .* simplify"):
+        upscaled(tmp_path / "slit.fits")
+
+
+# ----------------------------------------------------------------------------------------------- IRAF
+def physical(header: fits.Header, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """IRAF physical coordinates (1-based) of 1-based image pixels: logical = LTM physical + LTV."""
+    ltm = np.array([[header.get(f"LTM{i}_{j}", float(i == j)) for j in (1, 2)] for i in (1, 2)])
+    ltv = np.array([header.get("LTV1", 0.0), header.get("LTV2", 0.0)])
+    return np.linalg.solve(ltm, np.stack([x.ravel(), y.ravel()]) - ltv[:, None])
+
+
+IRAF = [
+    {"LTV1": -100.0, "LTV2": 20.5},  # a section
+    {"LTM1_1": 0.5, "LTM2_2": 0.5, "LTV1": 0.25, "LTV2": -3.75},  # blocked 2 x 2, then a section
+    {"LTM1_1": 2.0},
+]
+
+
+@pytest.mark.parametrize("cards", IRAF)
+def test_iraf_physical_coordinates_are_kept(cards: dict[str, float]) -> None:
+    before = fits.Header(cards)
+    after = fits_wcs.rescale_wcs_header(before, S)
+    y, x = np.mgrid[1:9, 1:7].astype(float)
+    out = physical(after, S * (x - 0.5) + 0.5, S * (y - 0.5) + 0.5)
+    np.testing.assert_allclose(out, physical(before, x, y))
