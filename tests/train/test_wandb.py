@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import struct
 import sys
+import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -95,8 +96,9 @@ class OfflineRun:
         run = cls(path)
         for rec in records(file):
             kind = rec.WhichOneof("record_type")
-            if kind == "run":
-                run.run_id, run.resumed_flag = rec.run.run_id, rec.run.resume
+            if kind == "run":  # the first carries the id; later run updates may leave it empty
+                run.run_id = rec.run.run_id or run.run_id
+                run.resumed_flag = run.resumed_flag or rec.run.resume
                 run.config.update(_items(rec.run.config.update))
             elif kind == "config":
                 run.config.update(_items(rec.config.update))
@@ -112,9 +114,23 @@ class OfflineRun:
         return {step: row[key] for step, row in sorted(self.history.items()) if key in row}
 
 
+def finished(path: Path, timeout_s: float = 30.0) -> OfflineRun:
+    """An offline run once its exit record is on disk: wandb's service process writes the record file
+    asynchronously, and on a busy machine it may still be writing after ``finish()`` has returned."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        files = list(path.glob("*.wandb"))
+        run = OfflineRun.read(path) if files else None
+        if run is not None and (run.exit_code is not None or time.monotonic() > deadline):
+            return run
+        if run is None and time.monotonic() > deadline:
+            raise AssertionError(f"{path}: no .wandb record file after {timeout_s} s")
+        time.sleep(0.2)
+
+
 def offline_runs(run_dir: Path) -> list[OfflineRun]:
     """The run directory's offline W&B runs, oldest first."""
-    return [OfflineRun.read(p) for p in sorted((run_dir / "wandb").glob("offline-run-*"))]
+    return [finished(p) for p in sorted((run_dir / "wandb").glob("offline-run-*"))]
 
 
 def tb_scalars(run_dir: Path) -> dict[str, dict[int, float]]:
