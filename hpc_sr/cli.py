@@ -157,6 +157,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
                         "--limit images), then evaluate with the scaled samples")
     p.add_argument("--spread-scales", default=None,
                    help="--samples: apply spread scales fitted before (JSON: a record or an evaluate --json)")
+    p.add_argument("--store-calibration", action="store_true",
+                   help="--recalibrate-on: store the fitted scales with the evaluated generator (a step "
+                        "dir's calibration.json, or the G.pt rewritten) for `upscale --samples`")
     p.set_defaults(func=_run_evaluate)
 
 
@@ -179,6 +182,7 @@ def _run_evaluate(a: argparse.Namespace) -> int:
         antithetic=a.antithetic,
         recalibrate_on=a.recalibrate_on,
         spread_scales=a.spread_scales,
+        store_calibration=a.store_calibration,
     )
     return 0
 
@@ -205,6 +209,15 @@ def _add_submit(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("submit", help="submit training to SLURM through submitit (one task per GPU)")
     add_submit_arguments(p)
     p.set_defaults(func=run_submit)
+
+
+def _add_submit_upscale(sub: argparse._SubParsersAction) -> None:
+    from hpc_sr.launch.upscale import add_submit_upscale_arguments, run_submit_upscale
+
+    p = sub.add_parser("submit-upscale", help="submit `hpc-sr upscale ARGS` to SLURM (one rank per task, "
+                       "requeued and resumed on USR2): [job options] -- ARGS")
+    add_submit_upscale_arguments(p)
+    p.set_defaults(func=run_submit_upscale)
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
@@ -272,6 +285,7 @@ _COMMANDS: dict[str, tuple[str, Callable[[argparse._SubParsersAction], None] | N
         _add_upscale,
     ),
     "submit": ("submit training to SLURM through submitit (one task per GPU)", _add_submit),
+    "submit-upscale": ("submit `hpc-sr upscale` to SLURM: [job options] -- ARGS", _add_submit_upscale),
     "demo": ("the quick start: simulate, train the CPU quickstart, evaluate vs bicubic", _add_demo),
     "config": ("print the resolved config; list registered archs, losses and data sources", _add_config),
     "ckpt": ("checkpoints: list | export | average | prune | verify (hpc-sr ckpt --help)", None),

@@ -19,3 +19,7 @@ class TrainingError(HpcSrError):
 
 class EnvironmentVariableError(HpcSrError, ValueError):
     """An environment variable the toolkit reads holds a value it cannot use (the message names both)."""
+
+
+class LedgerError(HpcSrError):
+    """An output folder whose ledger refuses a run: another run's settings, or a damaged ledger."""

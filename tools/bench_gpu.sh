@@ -12,6 +12,7 @@
 #   simulate   the lensing simulator: whole images vs window rendering when sample_windows exists
 #   train      train step fp32 (TF32) / bf16 / bf16+channels_last, G and GAN phase (train.json)
 #   scaling    1 vs N GPUs, DDP over NCCL against N independent processes, when N > 1 GPUs (scaling.json)
+#   upscale    hpc-sr upscale cutouts/s: per file, stack, HDF5 catalog, ONNX Runtime, I/O alone (upscale.json)
 #   compile    bf16+channels_last with and without torch.compile, cold inductor cache (train_compile.json);
 #              last, as the step most likely to run long
 #   report     OUT/REPORT.md (tables of all of the above) and OUT/summary.json, by tools/bench_report.py
@@ -99,6 +100,7 @@ if [ "$TINY" = 1 ]; then
     SCALING=(--g-options '{"channels": 4, "blocks": 1}' --d-options '{"channels": 4, "blocks": 1}' --batch 4
              --patch 8 --hr-size 32 --repeats 1 --steps 1 --windows 1 --warmup 1 --probe-matmuls 5)
     CAPS=(60 60 60 60 0)
+    UPSCALE=(--num 8 --side 16 --batches 4 --rounds 1 --window 0.01 --proc-rounds 0)
 else
     LOADER=(--num 4000 --batches 64,256 --rounds 3 --window 0.2)
     SIM=(--num 2048 --batch 256 --lenstronomy-num 0 --window-batch 256 --rounds 5 --round-s 0.3 --peak-check 512)
@@ -108,6 +110,7 @@ else
              --cold-compile)
     SCALING=(--full --batch 16 --repeats 1 --steps 10 --windows 2 --warmup 3 --probe-matmuls 200 --profile-steps 5)
     CAPS=(45 30 50 60 110)
+    UPSCALE=(--num 2048 --batches 64,256 --batch-size 256 --rounds 3 --window 0.5 --proc-rounds 1)
 fi
 [ "$WINDOWS" = 1 ] || SIM_WINDOW=0
 
@@ -120,6 +123,7 @@ if [ "$GPUS" -gt 1 ]; then
 else
     echo "scaling: skipped (one device; 1-vs-N DDP needs N > 1 GPUs)" >> "$OUT/notes.txt"
 fi
+run_step upscale 45 "$PY" tools/bench_upscale.py --device "$DEVICE" "${UPSCALE[@]}"
 if [ ${#COMPILE[@]} -gt 0 ]; then
     run_step train_compile "${CAPS[4]}" "$PY" tools/bench_train.py --device "$DEVICE" --backends ddp "${COMPILE[@]}"
 else

@@ -1,6 +1,6 @@
 """Markdown report of a benchmark folder (what tools/bench_gpu.sh writes): one table per bench JSON found.
 
-    python tools/bench_report.py OUT    # reads OUT/{env,loader,simulate,train,train_compile,scaling}.json
+    python tools/bench_report.py OUT    # reads OUT/<bench>.json (env, loader, ..., scaling, upscale)
                                             # writes OUT/REPORT.md and OUT/summary.json
 
 A missing or unreadable JSON is listed as not measured; the report never invents a figure.
@@ -18,7 +18,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from hpc_sr.atomic import atomic_write_text  # noqa: E402
 
-BENCHES = ("env", "loader", "simulate", "train", "train_compile", "scaling")
+BENCHES = ("env", "loader", "simulate", "train", "train_compile", "scaling", "upscale")
 
 
 def load(folder: Path) -> tuple[dict[str, Any], dict[str, str]]:
@@ -132,12 +132,25 @@ def scaling_section(res: dict[str, Any]) -> list[str]:
     return out + [""]
 
 
+def upscale_section(res: dict[str, Any]) -> list[str]:
+    out = [f"`hpc-sr upscale` on {res['sizes']['num']} cutouts of {res['sizes']['side']} px with "
+           f"{res['checkpoint']}; ratio to the stack at the first batch size.", ""]  # fmt: skip
+    out += table(res["rows"], [("config", "config", ""), ("cutouts_per_s", "cutouts/s", ",.1f"),
+                               ("ratio", "ratio", ".2f")])  # fmt: skip
+    if res.get("process_rows"):
+        out += ["", *table(res["process_rows"], [("config", "processes", ""),
+                                                 ("cutouts_per_s", "cutouts/s", ",.1f"),
+                                                 ("ratio", "ratio", ".2f")])]  # fmt: skip
+    return out + [""]
+
+
 SECTIONS = {
     "loader": ("Training streams", loader_section),
     "simulate": ("Simulator", simulate_section),
     "train": ("Training step", train_section),
     "train_compile": ("Training step with torch.compile (cold inductor cache)", train_section),
     "scaling": ("DDP scaling", scaling_section),
+    "upscale": ("Survey inference (hpc-sr upscale)", upscale_section),
 }
 
 

@@ -27,6 +27,7 @@ from hpc_sr.apps.cli_common import run_cli
 from hpc_sr.config import flatten
 from hpc_sr.errors import CheckpointError, HpcSrError
 from hpc_sr.models.artifacts import (
+    CALIBRATION_KEY,
     build_generator_from_payload,
     export_generator,
     generator_payload,
@@ -45,6 +46,7 @@ from hpc_sr.models.checkpoint_layout import (
 from hpc_sr.train.checkpoint import CheckpointManager, best_checkpoint
 
 TORCH_SUFFIXES = {".pt", ".pth", ".bin", ".ckpt"}
+CARRIED = ("data_values", CALIBRATION_KEY)  # records of a generator that its exports carry
 
 
 def human(n: float) -> str:
@@ -143,8 +145,7 @@ def export_any(source: str | Path, out: str | Path, fmt: str = "state_dict", ema
         return export_generator(source, out, ema=ema)
     model, payload = load_generator(source, ema=ema)
     meta = {"ema": bool(payload.get("ema")), "source": str(source), "step": payload.get("step")}
-    if payload.get("data_values") is not None:
-        meta["data_values"] = payload["data_values"]
+    meta.update({k: payload[k] for k in CARRIED if payload.get(k) is not None})
     return export_model(model, Path(out), fmt, meta=meta)
 
 
@@ -196,6 +197,11 @@ def average_payloads(payloads: list[dict[str, Any]], sources: list[str]) -> dict
         data_values=first.get("data_values"),  # weight averages of one run: the same training data
     )
     out["averaged_from"] = list(sources)
+    # the first stored spread calibration, marked with the input it was fitted on: averaged weights spread
+    # about as that generator does, not exactly (`evaluate --recalibrate-on val --store-calibration` refits)
+    fitted = [(p[CALIBRATION_KEY], s) for p, s in zip(payloads, sources) if p.get(CALIBRATION_KEY)]
+    if fitted:
+        out[CALIBRATION_KEY] = {**fitted[0][0], "carried_from": fitted[0][1]}
     return out
 
 

@@ -16,12 +16,16 @@ exactly its centre.
 ``recalibrate_on="val"`` first fits one spread scale per brightness bin on that split's images
 (hpc_sr.eval.recalibration), then reports the test split with the scaled samples (``calibration``) beside the
 raw ones (``calibration_raw``); ``spread_scales=FILE`` applies scales fitted before instead.
+``store_calibration=True`` (``--store-calibration``) then stores the fitted scales with the evaluated
+generator (:func:`hpc_sr.models.artifacts.save_calibration`: a step directory's ``calibration.json`` sidecar,
+or the G.pt rewritten), where ``hpc-sr upscale --samples`` finds them.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +37,7 @@ from hpc_sr.atomic import atomic_write_text
 from hpc_sr.dist import env as dist_env
 from hpc_sr.errors import DataError, HpcSrError
 from hpc_sr.eval.loop import evaluate_batches
-from hpc_sr.models.artifacts import load_generator
+from hpc_sr.models.artifacts import calibration_target, load_generator, save_calibration
 from hpc_sr.models.ensemble import ModelEnsemble, self_ensemble
 
 PHYSICS_ROWS = (
@@ -200,6 +204,7 @@ def evaluate(
     antithetic: bool = False,
     recalibrate_on: str | None = None,
     spread_scales: str | Path | None = None,
+    store_calibration: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a generator and bicubic on one split of a shard directory; returns the JSON-able result.
 
@@ -208,6 +213,8 @@ def evaluate(
     ``antithetic``: the samples come in pairs (z, -z) (their mean is exactly a centred generator's centre).
     ``recalibrate_on``: a split whose first ``limit`` images (all: 0) fit per-bin spread scales first;
     ``spread_scales``: a JSON file of scales fitted before (hpc_sr.eval.recalibration.SpreadScales.load).
+    ``store_calibration``: store the scales fitted by ``recalibrate_on`` with the (one) evaluated generator;
+    ``result["calibration_stored"]`` names the file written.
     """
 
     env = dist_env.DistEnv.from_environment()
@@ -217,6 +224,9 @@ def evaluate(
     dist_env.init_distributed(env, device)
     try:
         sources = [str(checkpoint)] if isinstance(checkpoint, (str, Path)) else [str(c) for c in checkpoint]
+        if store_calibration:
+            _check_store(sources, recalibrate_on)
+            sources = [str(calibration_target(sources[0]))]  # the step dir stored to is the one evaluated
         model, payload = _load_model(sources, ema)
         model.to(device)
         sampler = (
@@ -286,11 +296,16 @@ def evaluate(
         }
         if sampler is not None:
             result.update(sampler.compute(device))
+        if store_calibration and env.is_main:
+            record = _calibration_record(result, payload, sampler)
+            result["calibration_stored"] = str(save_calibration(sources[0], record, bool(payload["ema"])))
         if env.is_main:
             if not quiet:
                 print(format_table(result))
                 if saved:
                     print(f"comparison grids: {images_dir}/")
+                if result.get("calibration_stored"):
+                    print(f"spread calibration stored: {result['calibration_stored']}")
             if json_out:
                 atomic_write_text(json_out, json.dumps(result, indent=2) + "\n")
         finished = True
@@ -342,6 +357,37 @@ def _check_recalibration(sampling: bool, split: str, fit_on: str | None, scales:
                             "evaluated, or the coverage is not a test")
 
 
+def _check_store(sources: list[str], fit_on: str | None) -> None:
+    if not fit_on:
+        raise EvaluateError("--store-calibration stores the scales --recalibrate-on fits: add --samples N "
+                            "--recalibrate-on val")
+    if len(sources) > 1:
+        raise EvaluateError("--store-calibration: scales fitted on an ensemble belong to no one checkpoint; "
+                            "evaluate one generator")
+
+
+def _calibration_record(result: dict[str, Any], payload: dict[str, Any], sampler: _Sampler) -> dict[str, Any]:
+    """The record stored with a generator (format in :mod:`hpc_sr.models.artifacts`)."""
+    from hpc_sr.models.artifacts import CALIBRATION_FORMAT, CALIBRATION_VERSION
+    from hpc_sr.version import __version__
+
+    cal, raw = result["calibration"], result["calibration_raw"]
+    return {
+        "format": CALIBRATION_FORMAT,
+        "version": CALIBRATION_VERSION,
+        "spread_scales": sampler.scales.to_dict(),
+        "fit": {**sampler.fit, "samples": sampler.samples, "antithetic": sampler.antithetic,
+                "seed": sampler.seed, "data": str(Path(result["data"]).resolve()),
+                "date": datetime.now(timezone.utc).isoformat(timespec="seconds")},
+        "weights": {"source": str(payload.get("source")), "step": payload.get("step"),
+                    "ema": bool(payload.get("ema"))},
+        "check": {"split": result["split"], "images": result["n"], "coverage": cal["overall"]["coverage"],
+                  "coverage_raw": raw["overall"]["coverage"],
+                  "bins": {b["name"]: b["coverage"] for b in cal["bins"]}},
+        "hpc_sr_version": __version__,
+    }
+
+
 class _Sampler:
     """``samples`` draws per image of a stochastic generator: the first is the ``model`` row's SR image; the
     mean and the calibration sums accumulate (hpc_sr.eval.uncertainty), reduced over ranks in compute()."""
@@ -366,6 +412,8 @@ class _Sampler:
         if antithetic and samples % 2:
             raise EvaluateError(f"--samples {samples} --antithetic: antithetic pairs need an even number")
         self.model, self.samples, self.antithetic = model, samples, antithetic
+        self.seed = seed
+        self.fit: dict[str, Any] = {}  # split and images of the fit (fit_scales)
         self.gen = torch.Generator(device).manual_seed(seed)
         self.mean, self.cal = MetricAccumulator(), CalibrationAccumulator()
         self.cal_raw = CalibrationAccumulator()
@@ -394,6 +442,7 @@ class _Sampler:
                                unit="batch"):
                 fitter.update(self._draw_raw(lr.to(self.device), gen), hr.to(self.device))
         reduce_accumulator(fitter, self.device)
+        self.fit = {"split": split, "images": n}
         try:
             self.use_scales(fitter.compute(), f"the first {n} images of split {split!r}")
         except ValueError as exc:

@@ -6,9 +6,11 @@
 
 Both files carry the same metadata (arch, options, scale, in_channels, bicubic_skip, lr_consistent,
 hpc_sr_version, format, exporter, [ema], ...) as one JSON document named ``hpc_sr.json``: a TorchScript extra
-file, an ONNX ``metadata_props`` entry. Every export is checked against PyTorch on an odd-sized input other
-than the example it was made from, before the file is (atomically) written; a shape-dependent Python branch
-that the exporter froze is an :class:`ExportError` naming the arch. Inputs are float32 ``(N, C, h, w)`` with
+file, an ONNX ``metadata_props`` entry. ``hpc-sr ckpt export`` adds the generator's records, as its payload
+holds them: ``data_values`` and ``spread_calibration`` (:mod:`hpc_sr.models.artifacts`).
+Every export is checked against PyTorch on an odd-sized input other than the example it was made from, before
+the file is (atomically) written; a shape-dependent Python branch that the exporter froze is an
+:class:`ExportError` naming the arch. Inputs are float32 ``(N, C, h, w)`` with
 any N, h, w; outputs ``(N, C, scale*h, scale*w)``; the ONNX graph's input is named ``lr``, its output ``sr``.
 A stochastic generator (``noise_channels > 0``) is refused (:class:`ExportError`): its noise input is not part
 of the exported interface; use its plain generator file (``state_dict``) with ``hpc_sr.load_generator``.

@@ -18,9 +18,13 @@ HPCSRFLX (flux mode), plus HISTORY cards.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import gzip
 import io
+import threading
 import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +37,7 @@ from hpc_sr.apps.fits_units import classify_bunit as classify_bunit  # re-export
 from hpc_sr.apps.fits_wcs import rescale_wcs_header
 from hpc_sr.errors import DataError
 
+FITS_SUFFIXES = tuple(e + z for z in ("", ".gz") for e in (".fits", ".fit", ".fts", ".fits.fz", ".fz"))
 FLUX_MODES = ("auto", PER_PIXEL, SURFACE_BRIGHTNESS)
 NORMALIZE_MODES = ("auto", "none", "max", "percentile")
 PERCENTILES = (0.5, 99.5)  # the range ``percentile`` maps onto [0, 1]
@@ -44,8 +49,29 @@ class UpscaleWarning(UserWarning):
     """Something the user should know about one file (units, values outside [0, 1], blank pixels)."""
 
 
+_collecting = threading.local()
+
+
 def warn(message: str) -> None:
+    """An UpscaleWarning, or a note kept for later while this thread collects them (collect_warnings)."""
+    notes = getattr(_collecting, "notes", None)
+    if notes is not None:
+        notes.append(message)
+        return
     warnings.warn(message, UpscaleWarning, stacklevel=3)
+
+
+@contextlib.contextmanager
+def collect_warnings() -> Iterator[list[str]]:
+    """Keep this thread's :func:`warn` messages in a list instead of warning: the warnings module is one state
+    for all threads, and astropy's own ``catch_warnings`` in another thread swallows warnings meanwhile, so
+    the inference engine's threads hand their notes to the main thread instead."""
+    outer = getattr(_collecting, "notes", None)
+    _collecting.notes = notes = []
+    try:
+        yield notes
+    finally:
+        _collecting.notes = outer
 
 
 # ----------------------------------------------------------------------------------------------- HDUs
@@ -127,7 +153,7 @@ class FitsImage:
         return f"{self.path}[{self.index}]"
 
 
-def _compression(h: Any) -> dict[str, Any] | None:
+def compression_of(h: Any) -> dict[str, Any] | None:
     """The CompImageHDU arguments that compress an image like ``h``; None when ``h`` is not compressed."""
     if not isinstance(h, _fits().CompImageHDU):
         return None
@@ -161,7 +187,7 @@ def read_fits_image(path: str | Path, hdu: int | str | None = None) -> FitsImage
             cards = fits_cards.nonstandard_cards(fits_cards.raw_header(path, hdul, index))
             if index > 0:
                 cards.update(fits_cards.nonstandard_cards(fits_cards.raw_header(path, hdul, 0)))
-            compression = _compression(chosen)
+            compression = compression_of(chosen)
     except DataError:
         raise
     except Exception as exc:  # noqa: BLE001 - astropy raises many kinds for a damaged file
@@ -172,13 +198,16 @@ def read_fits_image(path: str | Path, hdu: int | str | None = None) -> FitsImage
 
 
 # ----------------------------------------------------------------------------------------------- units
+_describe_bunit = functools.lru_cache(maxsize=1024)(describe_bunit)  # astropy parses a unit in ~0.3 ms
+
+
 def resolve_flux(flux: str, bunit: str | None, label: str, warn_unknown: bool = True) -> str:
     """The flux mode of one image: ``flux``, or for ``auto`` the BUNIT's (undecided: the level is kept)."""
     if flux not in FLUX_MODES:
         raise DataError(f"flux={flux!r}: choose one of {', '.join(FLUX_MODES)}")
     if flux != "auto":
         return flux
-    unit = describe_bunit(bunit)
+    unit = _describe_bunit(None if bunit is None else str(bunit))
     if unit.kind is None:
         if warn_unknown:
             what = f"BUNIT {bunit!r} is {unit.why}" if unit.why != "no BUNIT" else "no BUNIT"
@@ -298,15 +327,53 @@ def provenance_cards(scale: int, norm: Normalization, flux: str) -> dict[str, tu
     }
 
 
-def _image_hdu(image: FitsImage, data: np.ndarray, header: Any) -> tuple[Any, list[str]]:
-    """The output image HDU (compressed like the input where it was) and HISTORY notes on the compression."""
+def sr_header(
+    header: Any,
+    scale: int,
+    cards: dict[str, tuple[Any, str]],
+    label: str,
+    rescale: Callable[[Any, int], Any] = rescale_wcs_header,
+) -> Any:
+    """A copy of an input image's header for its SR image: WCS rescaled (by ``rescale``: the same edits,
+    memoised for instance), stale scaling / checksum cards removed, ``cards`` set. Any header with astropy's
+    keys / [] / get / copy / remove API will do."""
+    try:
+        out = rescale(header, scale)
+    except (TypeError, ValueError) as exc:  # a WCS card that is not a number
+        raise DataError(f"{label}: cannot rescale the WCS: {exc}") from None
+    for key in STALE_CARDS:
+        out.remove(key, ignore_missing=True, remove_all=True)
+    for key, (value, comment) in cards.items():
+        out[key] = (value, comment)
+    return out
+
+
+def choice_note(norm: Normalization, flux: str, bunit: str | None, scale: int) -> str:
+    """The HISTORY line of one output image: its normalisation and flux mode (and the BUNIT it came from)."""
+    divided = f": output divided by {scale**2}" if flux == PER_PIXEL else ""
+    return (
+        f"hpc_sr normalize={norm.method} offset={norm.offset:.6g} scale={norm.scale:.6g}; flux {flux} "
+        f"(BUNIT {bunit!r}){divided}"
+    )
+
+
+def output_dtype(data: np.ndarray) -> type:
+    """The type an SR image is written in: float64 stays float64; every other input type gives float32."""
+    return np.float64 if data.dtype.kind == "f" and data.dtype.itemsize == 8 else np.float32
+
+
+def image_hdu(
+    data: np.ndarray, header: Any, *, primary: bool, compression: dict[str, Any] | None, in_width: int
+) -> tuple[Any, list[str]]:
+    """An output image HDU (compressed like its input where it was: ``compression`` of :func:`compression_of`,
+    ``in_width`` the input's row length) and HISTORY notes on the compression."""
     fits = _fits()
-    if image.compression is None:
-        return (fits.PrimaryHDU if image.index == 0 else fits.ImageHDU)(data, header=header), []
-    kw = dict(image.compression)
+    if compression is None:
+        return (fits.PrimaryHDU if primary else fits.ImageHDU)(data, header=header), []
+    kw = dict(compression)
     notes = []
     tile = list(kw["tile_shape"])
-    if tile and tile[-1] == image.data.shape[-1]:
+    if tile and tile[-1] == in_width:
         tile[-1] = data.shape[-1]  # whole rows stay whole rows
     kw["tile_shape"] = tuple(min(t, n) for t, n in zip(tile, data.shape, strict=False))
     if kw["dither_seed"] <= 0:
@@ -322,15 +389,10 @@ def _output_hdus(
 ) -> Any:
     """[primary copy,] SR image with the rescaled WCS and the given cards, [rescaled WCS tables]."""
     fits = _fits()
-    try:
-        header = rescale_wcs_header(image.header, scale)
-    except (TypeError, ValueError) as exc:  # a WCS card that is not a number
-        raise DataError(f"{image.label}: cannot rescale the WCS: {exc}") from None
-    for key in STALE_CARDS:
-        header.remove(key, ignore_missing=True, remove_all=True)
-    for key, (value, comment) in cards.items():
-        header[key] = (value, comment)
-    hdu, notes = _image_hdu(image, data, header)
+    header = sr_header(image.header, scale, cards, image.label)
+    hdu, notes = image_hdu(
+        data, header, primary=image.index == 0, compression=image.compression, in_width=image.data.shape[-1]
+    )
     for line in [*history, *notes]:
         hdu.header.add_history(line)
     if image.others:

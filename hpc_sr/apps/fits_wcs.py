@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -42,6 +41,7 @@ _TIMES_S = re.compile(r"^(A_DMAX|B_DMAX|CNPIX[12]|OBJCTX|OBJCTY|(CPERR|D2IMERR)\
 _OVER_S = ("XPIXELSZ", "YPIXELSZ")
 _DISTORTION = re.compile(r"^(CPDIS|CQDIS|D2IMDIS)\d+[A-Z]?$")
 _OLD_CD = re.compile(r"^CD\d{3}00[12]$")  # CD001002: the AIPS spelling of CD1_2
+_IRAF = re.compile(r"^(LTV|LTM)\d")
 _TABLE_REF = re.compile(r"^(DP|DQ|D2IM)\d+[A-Z]?\.EXTVER$")
 
 
@@ -50,14 +50,13 @@ def output_pixel(p: float, s: float) -> float:
     return s * (p - 0.5) + 0.5
 
 
-def _has_wcs(keys: Iterable[str], alt: str) -> bool:
-    return any(re.match(rf"^(CTYPE|CRPIX|CRVAL|CD|PC|CDELT)\d+(_\d+)?{alt}$", k) for k in keys)
+_WCS_CARD = re.compile(r"^(?:CTYPE|CRPIX|CRVAL|CD|PC|CDELT)\d+(?:_\d+)?([A-Z]?)$")
 
 
 def wcs_keys(header: Any) -> list[str]:
     """The WCS keys of ``header``: ``""`` (primary) and the alternates A-Z that have cards."""
-    keys = list(header.keys())
-    return [alt for alt in ALT_WCS if _has_wcs(keys, alt)]
+    found = {m.group(1) for key in header if (m := _WCS_CARD.match(key))}
+    return [alt for alt in ALT_WCS if alt in found]
 
 
 def _times(out: Any, key: str, factor: float) -> None:
@@ -98,7 +97,7 @@ def rescale_wcs_header(header: Any, scale: int) -> Any:
             _times(out, key, s)
         elif key in _OVER_S:
             _times(out, key, 1 / s)
-    if any(re.match(r"^(LTV|LTM)\d", k) for k in keys):
+    if any(_IRAF.match(k) for k in keys):
         _rescale_iraf(out, s)
     return out
 
@@ -108,7 +107,8 @@ def _rescale_linear(out: Any, keys: list[str], alt: str, s: float) -> None:
     for axis in (1, 2):
         key = f"CRPIX{axis}{alt}"
         out[key] = output_pixel(float(out.get(key, 0.0)), s)
-    cd = [k for k in keys if re.match(rf"^CD\d+_[12]{alt}$", k) or (not alt and _OLD_CD.match(k))]
+    cd_key = re.compile(rf"^CD\d+_[12]{alt}$")
+    cd = [k for k in keys if cd_key.match(k) or (not alt and _OLD_CD.match(k))]
     for key in cd:
         out[key] = float(out[key]) / s
     for axis in (1, 2):

@@ -1,10 +1,11 @@
 """Job-side SLURM plumbing: the distributed environment of a task and the callable that submitit runs.
 
-``SlurmTrainJob`` is pickled by ``hpc-sr submit``; inside each SLURM task it installs our stop flag
-(replacing submitit's USR2 handler, which would checkpoint inside the handler), exports
-RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT, calls the training entry with ``resume="auto"``
-and, when the entry returns ``REQUEUE_EXIT_CODE``, makes sure the job is requeued (from normal code) and
-leaves without a submitit result file so that the client keeps waiting for the requeued run.
+``SlurmTrainJob`` is pickled by ``hpc-sr submit`` (``SlurmUpscaleJob``, in :mod:`hpc_sr.launch.upscale`, by
+``hpc-sr submit-upscale``); inside each SLURM task a :class:`RequeueingJob` installs our stop flag (replacing
+submitit's USR2 handler, which would checkpoint inside the handler), exports
+RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT, runs its entry (training: with ``resume="auto"``) and,
+when the entry returns ``REQUEUE_EXIT_CODE``, makes sure the job is requeued (from normal code) and leaves
+without a submitit result file so that the client keeps waiting for the requeued run.
 """
 
 from __future__ import annotations
@@ -53,12 +54,45 @@ def resolve_entry(spec: str) -> EntryFn:
     try:
         fn = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as exc:
-        raise HpcSrError(f"cannot import training entry {spec!r}: {exc}") from exc
+        raise HpcSrError(f"cannot import entry {spec!r}: {exc}") from exc
     return fn
 
 
-class SlurmTrainJob:
-    """What submitit runs in every task: ``entry(config_path, overrides, resume="auto")`` with requeue."""
+class RequeueingJob:
+    """What submitit runs in every task: :meth:`run` under our stop flag, in the task's distributed env;
+    a run that returns ``REQUEUE_EXIT_CODE`` (stopped on a signal, its progress saved) is requeued."""
+
+    max_requeues: int
+    entry: str
+    saved = "its progress saved"  # what the stopped run left behind (in the error when not requeued)
+    error: type[HpcSrError] = HpcSrError
+
+    def run(self) -> int:
+        raise NotImplementedError
+
+    def __call__(self) -> int:
+        flag = install_stop_flag()  # after submitit installed its own USR2 handler: ours wins
+        if scontrol_job_id() is not None:
+            export_slurm_dist_env()
+        rc = int(self.run())
+        if rc == REQUEUE_EXIT_CODE:
+            asked = requeue_self(self.max_requeues, flag)  # the entry may have asked already: same answer
+            rank = env_int("RANK", 0) or 0
+            if rank == 0 and not asked:
+                raise self.error(f"stopped by {flag.reason or 'a stop request'} with {self.saved}, but not "
+                                 f"requeued (max_requeues={self.max_requeues}); resubmit to go on")
+            # No result file: submitit's client keeps waiting, the requeued run picks the pickle up again.
+            raise SystemExit(REQUEUE_EXIT_CODE)
+        if rc != 0:
+            raise self.error(f"entry {self.entry} returned exit code {rc}")
+        return rc
+
+
+class SlurmTrainJob(RequeueingJob):
+    """``entry(config_path, overrides, resume="auto")`` in every task; requeued when stopped on a signal."""
+
+    saved = "a checkpoint saved"
+    error = TrainingError
 
     def __init__(self, config_path: str | None, overrides: list[str], max_requeues: int = 3,
                  entry: str = DEFAULT_ENTRY) -> None:
@@ -67,19 +101,5 @@ class SlurmTrainJob:
         self.max_requeues = max_requeues
         self.entry = entry
 
-    def __call__(self) -> int:
-        flag = install_stop_flag()  # after submitit installed its own USR2 handler: ours wins
-        if scontrol_job_id() is not None:
-            export_slurm_dist_env()
-        rc = int(resolve_entry(self.entry)(self.config_path, self.overrides, resume="auto"))
-        if rc == REQUEUE_EXIT_CODE:
-            asked = requeue_self(self.max_requeues, flag)  # the trainer may have asked already: same answer
-            rank = env_int("RANK", 0) or 0
-            if rank == 0 and not asked:
-                raise TrainingError(f"stopped by {flag.reason or 'a stop request'} with a checkpoint saved, "
-                                    f"but not requeued (max_requeues={self.max_requeues}); resubmit to go on")
-            # No result file: submitit's client keeps waiting, the requeued run picks the pickle up again.
-            raise SystemExit(REQUEUE_EXIT_CODE)
-        if rc != 0:
-            raise TrainingError(f"training entry {self.entry} returned exit code {rc}")
-        return rc
+    def run(self) -> int:
+        return int(resolve_entry(self.entry)(self.config_path, self.overrides, resume="auto"))

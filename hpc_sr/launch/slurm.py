@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from hpc_sr.config import Config, ConfigError, load_config
+from hpc_sr.config import Config, ConfigError, SlurmConfig, load_config
 from hpc_sr.dist.signals import parse_slurm_time
 from hpc_sr.errors import HpcSrError
 from hpc_sr.launch.requeue import DEFAULT_ENTRY, SlurmTrainJob
@@ -83,12 +83,17 @@ def _minutes(time: str) -> int:
 
 def slurm_parameters(cfg: Config, tasks_per_node: int) -> dict[str, Any]:
     """submitit SlurmExecutor parameters for ``cfg.slurm``: one task per GPU, else ``tasks_per_node``."""
-    s = cfg.slurm
+    return job_parameters(cfg.slurm, cfg.log.name, tasks_per_node)
+
+
+def job_parameters(s: SlurmConfig, job_name: str, tasks_per_node: int) -> dict[str, Any]:
+    """submitit SlurmExecutor parameters of a job: one task per GPU (else ``tasks_per_node``), USR2 90 s
+    before the time limit, requeueable."""
     tasks = s.gpus_per_node if s.gpus_per_node > 0 else tasks_per_node
     if tasks < 1 or s.nodes < 1:
         raise ConfigError(f"need at least one node and one task per node; got nodes={s.nodes}, tasks={tasks}")
     params: dict[str, Any] = {
-        "job_name": cfg.log.name,
+        "job_name": job_name,
         "time": _minutes(s.time),
         "nodes": s.nodes,
         "ntasks_per_node": tasks,
@@ -179,10 +184,12 @@ def submit(config_path: str | None, overrides: list[str] | None = None, *, nodes
 
 
 # ----------------------------------------------------------------------------------------------- CLI
-def add_submit_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags of `hpc-sr submit` (defaults come from the config's ``slurm`` section)."""
-    parser.add_argument("--config", default=None, help="experiment YAML")
-    parser.add_argument("overrides", nargs="*", help="section.key=value overrides")
+SLURM_FLAGS = ("nodes", "gpus_per_node", "partition", "time", "account", "qos", "constraint", "mem",
+               "cpus_per_task", "max_requeues")  # the flags that set ``slurm`` (SlurmConfig) fields
+
+
+def add_slurm_arguments(parser: argparse.ArgumentParser) -> None:
+    """The job's resources and requeue limit (``SLURM_FLAGS``), ``--tasks-per-node`` and ``--dry-run``."""
     parser.add_argument("--nodes", type=int, default=None)
     parser.add_argument("--gpus-per-node", type=int, default=None, help="one task per GPU")
     parser.add_argument("--tasks-per-node", type=int, default=1, help="ranks per node when --gpus-per-node 0")
@@ -194,15 +201,25 @@ def add_submit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--constraint", default=None)
     parser.add_argument("--mem", default=None, help="memory per node, e.g. 64G")
     parser.add_argument("--max-requeues", type=int, default=None, help="time-outs before giving up")
-    parser.add_argument("--sweep", default=None, help="YAML grid or list of override sets: one job array")
     parser.add_argument("--dry-run", action="store_true", help="print the sbatch script, submit nothing")
+
+
+def slurm_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``SLURM_FLAGS`` values of parsed :func:`add_slurm_arguments` (None: not given)."""
+    return {k: getattr(args, k) for k in SLURM_FLAGS}
+
+
+def add_submit_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of `hpc-sr submit` (defaults come from the config's ``slurm`` section)."""
+    parser.add_argument("--config", default=None, help="experiment YAML")
+    parser.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    add_slurm_arguments(parser)
+    parser.add_argument("--sweep", default=None, help="YAML grid or list of override sets: one job array")
     parser.add_argument("--entry", default=DEFAULT_ENTRY, help=argparse.SUPPRESS)
 
 
 def run_submit(args: argparse.Namespace) -> int:
     """Handler of `hpc-sr submit`."""
-    submit(args.config, args.overrides, nodes=args.nodes, gpus_per_node=args.gpus_per_node,
-           tasks_per_node=args.tasks_per_node, partition=args.partition, time=args.time, account=args.account,
-           qos=args.qos, constraint=args.constraint, mem=args.mem, cpus_per_task=args.cpus_per_task,
-           sweep=args.sweep, dry_run=args.dry_run, max_requeues=args.max_requeues, entry=args.entry)
+    submit(args.config, args.overrides, tasks_per_node=args.tasks_per_node, sweep=args.sweep,
+           dry_run=args.dry_run, entry=args.entry, **slurm_flags(args))
     return 0

@@ -8,15 +8,27 @@ The payload is the exported-generator format (``hpc_sr.generator``): a plain sta
 generator spec (arch, full options, flags), the model section it came from, the scale, the source and step.
 The Python API, ``evaluate``, ``upscale`` and ``export`` load through here; :mod:`hpc_sr.train` only writes
 checkpoints and resumes from them.
+
+A stochastic generator's spread calibration (``hpc-sr evaluate --recalibrate-on val --store-calibration``)
+travels with it: an exported G.pt holds the record under ``spread_calibration``; a checkpoint step directory
+holds it in a sidecar, ``calibration.json`` (written atomically after the checkpoint, one record per weight
+set: ``{"format": "hpc_sr.spread_calibration", "version": 1, "records": {"ema": record, "raw": record}}``),
+which :func:`load_generator_payload` reads into the payload for the weights it loads. The record (made by
+``hpc_sr.apps.evaluate``) holds ``spread_scales`` (edges, scales, level, block, pixels: what
+:class:`hpc_sr.eval.recalibration.SpreadScales` reads), ``fit`` (split, images, samples, antithetic, seed,
+data, date), ``weights`` (source, step, ema) and ``check`` (the evaluated split's coverage, calibrated and
+raw).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from hpc_sr.atomic import atomic_write_text
 from hpc_sr.config import ModelConfig, migrate_legacy
 from hpc_sr.errors import CheckpointError
 from hpc_sr.models.checkpoint_layout import (
@@ -32,6 +44,10 @@ from hpc_sr.models.registry import discriminator_spec, generator_from_spec, gene
 GENERATOR_FORMAT = "hpc_sr.generator"
 GENERATOR_VERSION = 2
 PRETRAINED_DIR = Path(__file__).resolve().parents[1] / "pretrained"  # generators shipped in the package
+CALIBRATION_KEY = "spread_calibration"  # the record's key in a generator payload and in export metadata
+CALIBRATION_FILE = "calibration.json"  # the sidecar of a checkpoint step directory
+CALIBRATION_FORMAT = "hpc_sr.spread_calibration"
+CALIBRATION_VERSION = 1
 
 
 def resolved_model(model: dict[str, Any] | ModelConfig) -> dict[str, Any]:
@@ -131,15 +147,15 @@ def read_generator_file(path: Path) -> dict[str, Any]:
     return payload
 
 
-def load_generator_payload(path: str | Path, ema: bool = True) -> dict[str, Any]:
-    """Accepts a shipped pretrained name, an exported G.pt, a checkpoint step directory, or a run directory
-    (its latest checkpoint)."""
-    path = resolve_generator_source(path)
+def resolve_generator_path(source: str | Path) -> Path:
+    """The generator file or complete checkpoint step directory that ``source`` names (a shipped name, a
+    G.pt, a step directory, or a run directory: its latest checkpoint)."""
+    path = resolve_generator_source(source)
     if not path.exists():
         names = ", ".join(pretrained_names()) or "none"
         raise CheckpointError(f"{path}: no such file or directory (nor a shipped pretrained name: {names})")
     if path.is_file():
-        return read_generator_file(path)
+        return path
     if (path / "checkpoints").is_dir():
         latest = latest_step(path / "checkpoints")
         if latest is None:
@@ -147,7 +163,72 @@ def load_generator_payload(path: str | Path, ema: bool = True) -> dict[str, Any]
         path = latest
     if not is_complete(path):
         raise CheckpointError(f"{path}: neither a generator file nor a complete checkpoint directory")
-    return generator_state_from_checkpoint(path, ema=ema)
+    return path
+
+
+def load_generator_payload(path: str | Path, ema: bool = True) -> dict[str, Any]:
+    """Accepts a shipped pretrained name, an exported G.pt, a checkpoint step directory, or a run directory
+    (its latest checkpoint); a checkpoint's stored spread calibration (for the weights loaded) comes along."""
+    path = resolve_generator_path(path)
+    if path.is_file():
+        return read_generator_file(path)
+    payload = generator_state_from_checkpoint(path, ema=ema)
+    record = _read_sidecar(path)["records"].get(_weights_key(bool(payload["ema"])))
+    if record is not None:
+        payload[CALIBRATION_KEY] = record
+    return payload
+
+
+def _weights_key(ema: bool) -> str:
+    return "ema" if ema else "raw"
+
+
+def _read_sidecar(step_dir: Path) -> dict[str, Any]:
+    """A step directory's calibration sidecar (empty when there is none); CheckpointError when corrupt."""
+    path = step_dir / CALIBRATION_FILE
+    if not path.is_file():
+        return {"format": CALIBRATION_FORMAT, "version": CALIBRATION_VERSION, "records": {}}
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: unreadable spread calibration ({exc})") from None
+    if not (isinstance(doc, dict) and doc.get("format") == CALIBRATION_FORMAT
+            and isinstance(doc.get("records"), dict)):
+        raise CheckpointError(f"{path}: not an hpc_sr spread calibration (expected format "
+                              f"{CALIBRATION_FORMAT})")
+    if int(doc.get("version", 1)) > CALIBRATION_VERSION:
+        raise CheckpointError(f"{path}: spread calibration version {doc.get('version')} is newer than this "
+                              f"hpc_sr reads ({CALIBRATION_VERSION}); upgrade hpc_sr")
+    return doc
+
+
+def calibration_target(source: str | Path) -> Path:
+    """Where :func:`save_calibration` stores for ``source``: the G.pt or checkpoint step directory it names
+    (a run directory: its latest checkpoint now). A shipped generator is not changed: CheckpointError."""
+    path = resolve_generator_path(source)
+    if path.is_file() and path.resolve().parent == PRETRAINED_DIR:
+        raise CheckpointError(f"{source}: a shipped generator is not changed; export it "
+                              f"(hpc-sr ckpt export {source} --out G.pt) and store the calibration there")
+    return path
+
+
+def save_calibration(source: str | Path, record: dict[str, Any], ema: bool = True) -> Path:
+    """Store a spread-calibration record with the generator ``source`` names; returns the file written.
+
+    A checkpoint gets (or updates) its ``calibration.json`` sidecar under the weight set ``ema`` names (the
+    other set's record is kept); an exported G.pt is rewritten with the record under ``spread_calibration``.
+    Both writes are atomic.
+    """
+    path = calibration_target(source)
+    if path.is_file():
+        payload = read_generator_file(path)
+        payload[CALIBRATION_KEY] = record
+        atomic_torch_save(payload, path)
+        return path
+    doc = _read_sidecar(path)
+    doc["records"][_weights_key(ema)] = record
+    atomic_write_text(path / CALIBRATION_FILE, json.dumps(doc, indent=2) + "\n")
+    return path / CALIBRATION_FILE
 
 
 def build_generator_from_payload(payload: dict[str, Any]) -> torch.nn.Module:

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from hpc_sr.apps.evaluate import EvaluateError, evaluate, format_table
+from hpc_sr.errors import CheckpointError
 from hpc_sr.models.artifacts import generator_payload
 from hpc_sr.models.registry import generator_from_spec, generator_spec
 
@@ -102,3 +103,49 @@ def test_recalibrate_on_val_then_reuse_the_fitted_scales(tiny_shards: Path, tmp_
     (tmp_path / "junk.json").write_text("[1, 2]")
     with pytest.raises(EvaluateError, match=r"junk\.json: not a spread-scales record"):
         evaluate(path, tiny_shards, samples=8, spread_scales=tmp_path / "junk.json", quiet=True)
+
+
+def test_store_calibration_puts_the_fitted_scales_in_the_generator_file(
+    tiny_shards: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--store-calibration` (through the CLI): the G.pt holds the scales; inference applies them."""
+    from hpc_sr.apps.inference.sampling import sample_mean_and_sigma, spread_scales_of
+    from hpc_sr.cli import main as cli_main
+    from hpc_sr.models.artifacts import CALIBRATION_KEY, load_generator
+
+    path = generator_file(tmp_path, 1)
+    out = tmp_path / "recal.json"
+    argv = ["evaluate", "--checkpoint", str(path), "--data", str(tiny_shards), "--samples", "8",
+            "--recalibrate-on", "val", "--store-calibration", "--json", str(out)]
+    assert cli_main(argv) == 0
+    assert f"spread calibration stored: {path}" in capsys.readouterr().out
+    result = json.loads(out.read_text())
+    g, payload = load_generator(path)
+    rec = payload[CALIBRATION_KEY]
+    assert rec["format"] == "hpc_sr.spread_calibration" and result["calibration_stored"] == str(path)
+    fitted = result["spread_scales"]
+    assert all(rec["spread_scales"][k] == fitted[k] for k in ("edges", "scales", "pixels", "level", "block"))
+    fit = rec["fit"]
+    assert [fit[k] for k in ("split", "images", "samples", "antithetic", "seed")] == ["val", 5, 8, False, 0]
+    assert fit["data"] == str(tiny_shards.resolve()) and fit["date"].endswith("+00:00")
+    assert rec["weights"] == {"source": "test", "step": 0, "ema": False}
+    assert rec["check"]["split"] == "test"
+    assert rec["check"]["coverage"] == result["calibration"]["overall"]["coverage"]
+    scales = spread_scales_of(rec)
+    assert scales is not None and list(scales.scales) == result["spread_scales"]["scales"]
+    lr = torch.rand(2, 1, 16, 16) / 10
+    raw = sample_mean_and_sigma(g, lr, 8)[1]
+    calibrated = sample_mean_and_sigma(g, lr, 8, rec)[1]
+    torch.testing.assert_close(calibrated, raw * scales.scale_map(sample_mean_and_sigma(g, lr, 8)[0]))
+
+
+def test_store_calibration_needs_a_fit_of_one_generator(tiny_shards: Path, tmp_path: Path) -> None:
+    path = generator_file(tmp_path, 1)
+    with pytest.raises(EvaluateError, match="--store-calibration stores the scales --recalibrate-on fits"):
+        evaluate(path, tiny_shards, samples=8, store_calibration=True, quiet=True)
+    with pytest.raises(EvaluateError, match="belong to no one checkpoint"):
+        evaluate([path, path], tiny_shards, samples=8, recalibrate_on="val", store_calibration=True,
+                 quiet=True)
+    with pytest.raises(CheckpointError, match="a shipped generator is not changed"):
+        evaluate("deeplense-small", tiny_shards, samples=8, recalibrate_on="val", store_calibration=True,
+                 quiet=True)

@@ -158,16 +158,19 @@ def test_forced_none_warns_with_the_fraction_and_does_not_clip(
 def test_extension_hdu_and_hdu_by_name(model: torch.nn.Module, tmp_path: Path) -> None:
     src = write_fits(tmp_path / "mef.fits", gaussian(), bunit="counts", extension=True)
     (out,) = upscale_paths(model, [str(src)], tmp_path / "a", scale=2)
-    with fits.open(out) as hdul:
-        assert len(hdul) == 2 and hdul[0].data is None
+    with fits.open(out) as hdul:  # v3: the input's structure; the error map is not super-resolved
+        assert len(hdul) == 3 and hdul[0].data is None
         assert hdul[1].name == "SCI" and hdul[1].data.shape == (48, 40)
         assert abs(hdul[1].data.sum() / gaussian().sum() - 1) < 0.01
-        assert "1 other HDU" in "".join(str(c) for c in hdul[1].header["HISTORY"])
+        assert hdul[2].name == "ERR" and hdul[2].data.shape == (24, 20)
+        assert "not upscaled, copied at the input resolution: 2 ERR" in "".join(
+            str(c) for c in hdul[1].header["HISTORY"]
+        )
     with pytest.warns(UpscaleWarning, match="no BUNIT"):
         (out,) = upscale_paths(model, [str(src)], tmp_path / "b", scale=2, hdu="ERR")
-    with fits.open(out) as hdul:
-        assert hdul[1].name == "ERR"
-        np.testing.assert_allclose(hdul[1].data, 3.0, rtol=1e-5)
+    with fits.open(out) as hdul:  # named: upscaled; the science HDU not chosen is copied as it was
+        assert hdul["ERR"].data.shape == (48, 40) and hdul["SCI"].data.shape == (24, 20)
+        np.testing.assert_allclose(hdul["ERR"].data, 3.0, rtol=1e-5)
     with pytest.raises(DataError, match=r"mef\.fits: no HDU 'DQ'; HDUs: 0 PRIMARY .* 1 SCI .* 2 ERR"):
         upscale_paths(model, [str(src)], tmp_path / "c", scale=2, hdu="DQ")
 
@@ -247,10 +250,18 @@ def test_two_inputs_for_one_output_are_refused(model: torch.nn.Module, tmp_path:
 
 def test_existing_outputs_and_self_overwrite(model: torch.nn.Module, tmp_path: Path) -> None:
     np.save(tmp_path / "img.npy", np.ones((4, 4), np.float32))
-    upscale_paths(model, [str(tmp_path / "img.npy")], tmp_path / "out", scale=2)
-    with pytest.raises(DataError, match=r"img_sr\.npy exists"):
-        upscale_paths(model, [str(tmp_path / "img.npy")], tmp_path / "out", scale=2)
+    (out,) = upscale_paths(model, [str(tmp_path / "img.npy")], tmp_path / "out", scale=2)
+    written = out.stat().st_ino  # an atomic write is a new file
+    # a rerun skips what the folder's ledger has done (it used to fail "exists")
+    assert upscale_paths(model, [str(tmp_path / "img.npy")], tmp_path / "out", scale=2) == [out]
+    assert out.stat().st_ino == written
     upscale_paths(model, [str(tmp_path / "img.npy")], tmp_path / "out", scale=2, overwrite=True)
+    assert out.stat().st_ino != written
+    # an output that no run wrote is still refused
+    (tmp_path / "other").mkdir()
+    np.save(tmp_path / "other" / "img_sr.npy", np.ones(1))
+    with pytest.raises(DataError, match=r"img_sr\.npy exists"):
+        upscale_paths(model, [str(tmp_path / "img.npy")], tmp_path / "other", scale=2)
     with pytest.raises(DataError, match=r"img\.npy: its output .* is an input"):
         upscale_paths(model, [str(tmp_path / "img.npy")], tmp_path, scale=2, suffix="", overwrite=True)
 
@@ -264,7 +275,13 @@ def test_bad_file_stops_the_run_naming_it(model: torch.nn.Module, tmp_path: Path
     np.save(tmp_path / "bad_shape.npy", np.ones((2, 3, 4, 5), np.float32))
     with pytest.raises(DataError, match=r"b\.npy: cannot read"):
         upscale_paths(model, [str(src)], tmp_path / "out", scale=2)
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_sr.npy"]  # no temp file left either
+    # the ledger and the report beside the output written before the bad file; no temp file left either
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        ".hpc_sr_ledger",
+        "a_sr.npy",
+        "upscale_report.json",
+    ]
+    assert not list((tmp_path / "out").rglob("*.tmp"))
     with pytest.raises(DataError, match=r"bad_shape\.npy: shape \(2, 3, 4, 5\) is not an image"):
         upscale_paths(model, [str(tmp_path / "bad_shape.npy")], tmp_path / "o2", scale=2)
     with pytest.raises(DataError, match=r"missing\.fits: no such file"):

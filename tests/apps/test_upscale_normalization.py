@@ -89,7 +89,7 @@ def test_a_model_without_a_record_guesses_per_file_and_says_so(
     np.save(tmp_path / "lens.npy", lr)
     assert main(["upscale", "--checkpoint", str(tmp_path / "old.pt"), str(tmp_path / "lens.npy"),
                  "--out", str(tmp_path / "o")]) == 0  # fmt: skip
-    assert "records no training value range; chosen per file" in capsys.readouterr().err
+    assert "records no training value range; chosen per image" in capsys.readouterr().err
     g, _ = load_generator(tmp_path / "old.pt")
     with torch.no_grad():  # sky noise below 0 is tolerated: still the raw values
         want = g(torch.from_numpy(lr)[None, None])[0, 0].numpy()

@@ -147,7 +147,7 @@ def test_bench_gpu_kit_cpu_smoke(tmp_path: Path) -> None:
     for title in ("## Training streams", "## Simulator", "## Training step", "| ddp/bf16 | gan |"):
         assert title in report, title
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["results"]) == {"env", "loader", "simulate", "train"}
+    assert set(summary["results"]) == {"env", "loader", "simulate", "train", "upscale"}
     assert took < 120, f"the CPU smoke run took {took:.0f} s"
 
 

@@ -1,0 +1,358 @@
+"""The FITS format of survey inference: plan / read / write with a fake model (x2 by np.kron, sigma fixed)."""
+
+from __future__ import annotations
+
+import gzip
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+fits = pytest.importorskip("astropy.io.fits")
+from astropy.wcs import WCS  # noqa: E402
+
+from hpc_sr.apps import fits_wcs  # noqa: E402
+from hpc_sr.apps.inference import format_fits  # noqa: E402
+from hpc_sr.apps.inference.format_fits import Cards, FitsFormat, card_images  # noqa: E402
+from hpc_sr.apps.inference.formats import InferenceOptions, NotAnImage, Results, format_for  # noqa: E402
+from hpc_sr.errors import DataError  # noqa: E402
+
+FMT = FitsFormat()
+SIGMA = 0.25
+
+
+def tan(header: Any, n: int, ra: float = 150.1, crpix: float | None = None) -> None:
+    values = dict(CTYPE1="RA---TAN", CTYPE2="DEC--TAN", CRVAL1=ra, CRVAL2=2.2, CD1_1=-1.4e-5, CD1_2=2e-7)
+    values.update(CD2_1=1e-7, CD2_2=1.4e-5, CRPIX1=crpix or n / 2, CRPIX2=crpix or n / 2, BUNIT="MJy/sr")
+    for key, value in values.items():
+        header[key] = value
+
+
+def image(shape: tuple[int, ...], seed: int = 0, dtype: Any = np.float32) -> np.ndarray:
+    return np.random.default_rng(seed).normal(10.0, 2.0, shape).astype(dtype)
+
+
+def run(
+    src: Path, out: Path, samples: int = 0, notes: list[dict[str, Any]] | None = None, **kw: Any
+) -> tuple[Path, Any]:
+    """plan, read, fake SR, write: the output path and the ImageSet."""
+    opts = InferenceOptions(samples=samples, flux="surface-brightness", **kw)
+    (unit,) = FMT.plan(src, Path(src.name), out, opts)
+    images = FMT.read(unit, opts)
+    sr = [np.kron(x, np.ones((2, 2), np.float32)) for x in images.images]
+    sigma = [np.full_like(x, SIGMA) for x in sr] if samples else None
+    if notes is None:
+        notes = [{"normalize": "none", "offset": 0.0, "scale": 1.0, "flux": f} for f in images.flux]
+    history = ["hpc_sr 0.2.0 upscale x2: model fake", f"hpc_sr samples={samples}: sigma = their spread"]
+    (written,) = FMT.write(images, Results(sr, sigma, notes, history), opts)
+    return written, images
+
+
+def mef(path: Path, compressed: bool = False) -> Path:
+    """PRIMARY (header), SCI,1 SCI,2 (TAN WCS), ERR,1, DQ,1 (int16), a table."""
+    primary = fits.PrimaryHDU()
+    primary.header["TELESCOP"] = "HST"
+    hdus = [primary]
+    for ver in (1, 2):
+        sci = fits.ImageHDU(image((12, 16), ver), name="SCI", ver=ver)
+        tan(sci.header, 12, ra=150 + ver)
+        hdus.append(fits.CompImageHDU(sci.data, sci.header, compression_type="RICE_1") if compressed else sci)
+    hdus.append(fits.ImageHDU(np.ones((12, 16), np.float32), name="ERR", ver=1))
+    hdus.append(fits.ImageHDU(np.arange(12 * 16, dtype=np.int16).reshape(12, 16), name="DQ", ver=1))
+    hdus.append(fits.BinTableHDU.from_columns([fits.Column("flux", "E", array=np.arange(5.0))], name="CAT"))
+    fits.HDUList(hdus).writeto(path)
+    return path
+
+
+def test_registered_for_fits_endings() -> None:
+    for name in ("a.fits", "a.FIT", "a.fts.gz", "a.fits.fz", "a.fz"):
+        assert format_for(Path(name)) == "fits"
+
+
+def test_mef_keeps_its_structure_and_copies_tables_and_primary_as_stored(tmp_path: Path) -> None:
+    src = mef(tmp_path / "m.fits")
+    written, images = run(src, tmp_path / "out")
+    assert written == tmp_path / "out" / "m_sr.fits"
+    assert images.labels == [f"{src}[{i}]" for i in (1, 2)]  # the science images; ERR and DQ are not
+    raw_in, raw_out = src.read_bytes(), written.read_bytes()
+    assert raw_out[:2880] == raw_in[:2880]  # the header-only primary, byte for byte
+    with fits.open(src) as a, fits.open(written) as b:
+        assert [(h.name, h.ver) for h in a] == [(h.name, h.ver) for h in b]
+        for i in (1, 2):
+            assert b[i].data.shape == (24, 32) and b[i].data.dtype == np.dtype(">f4")
+            np.testing.assert_array_equal(b[i].data, np.kron(a[i].data.astype(np.float32), np.ones((2, 2))))
+            assert b[i].header["HPCSRUPS"] == 2 and "BSCALE" not in b[i].header
+        for i in (3, 4):  # an error map and a bitmask are not super-resolved: copied as they were
+            np.testing.assert_array_equal(b[i].data, a[i].data)
+            assert "HPCSRUPS" not in b[i].header
+        np.testing.assert_array_equal(a["CAT"].data["flux"], b["CAT"].data["flux"])
+        assert b["SCI", 2].header["CRVAL1"] == 152 and b["SCI", 2].header["CD1_1"] == -7e-6
+        history = str(b["SCI", 1].header["HISTORY"])
+        assert "model fake" in history and "flux surface-brightness" in history
+
+
+def test_chosen_hdus_by_extname_extver_and_index_leave_the_others_as_stored(tmp_path: Path) -> None:
+    src = mef(tmp_path / "m.fits")
+    for hdus, upscaled in ((("SCI",), {1, 2}), (("SCI,2",), {2}), (("1", "dq"), {1, 4})):
+        written, _ = run(src, tmp_path / "-".join(hdus), hdus=hdus)
+        with fits.open(src) as a, fits.open(written) as b:
+            assert len(a) == len(b)
+            for i in (1, 2, 3, 4):
+                factor = 2 if i in upscaled else 1
+                assert b[i].data.shape == (12 * factor, 16 * factor)
+                if i not in upscaled:
+                    np.testing.assert_array_equal(a[i].data, b[i].data)
+                    assert b[i].header == a[i].header
+            first = b[min(upscaled)].header
+            assert "not upscaled, copied at the input resolution" in str(first["HISTORY"])
+
+
+def test_a_missing_or_non_image_hdu_is_an_error_and_a_table_only_file_not_an_image(tmp_path: Path) -> None:
+    src = mef(tmp_path / "m.fits")
+    for hdus, words in (
+        (("SCI,3",), "no HDU 'SCI,3'"),
+        (("CAT",), "not a 2-D image"),
+        (("SCI,x",), "EXTVER"),
+    ):
+        with pytest.raises(DataError, match=words):
+            FMT.plan(src, Path(src.name), tmp_path, InferenceOptions(hdus=hdus))
+    table = fits.BinTableHDU.from_columns([fits.Column("a", "E", array=np.arange(3.0))], name="CAT")
+    fits.HDUList([fits.PrimaryHDU(), table]).writeto(tmp_path / "cat.fits")
+    fits.PrimaryHDU().writeto(tmp_path / "empty.fits")
+    for name in ("cat.fits", "empty.fits"):
+        with pytest.raises(NotAnImage, match="holds no image HDU: 0 PRIMARY"):
+            FMT.plan(tmp_path / name, Path(name), tmp_path, InferenceOptions(hdus=("SCI",)))
+    (tmp_path / "junk.fits").write_bytes(b"not fits" * 400)
+    with pytest.raises(DataError, match="not a FITS file"):
+        FMT.plan(tmp_path / "junk.fits", Path("junk.fits"), tmp_path, InferenceOptions())
+
+
+def test_a_cube_is_a_stack_and_per_plane_normalisations_go_to_history(tmp_path: Path) -> None:
+    hdu = fits.PrimaryHDU(image((3, 8, 10)))
+    tan(hdu.header, 8)
+    hdu.header["CTYPE3"], hdu.header["CRVAL3"], hdu.header["CD3_3"] = "WAVE", 5e-7, 1e-9
+    hdu.writeto(tmp_path / "cube.fits")
+    notes = [
+        {"normalize": "max", "offset": 0.0, "scale": float(k + 1), "flux": "surface-brightness"}
+        for k in range(3)
+    ]
+    written, images = run(tmp_path / "cube.fits", tmp_path / "out", notes=notes)
+    assert [x.shape for x in images.images] == [(8, 10)] * 3 and images.labels[2].endswith("[0][2]")
+    with fits.open(written) as b:
+        out = b[0]
+        assert out.data.shape == (3, 16, 20) and out.header["NAXIS3"] == 3 and out.header["CD3_3"] == 1e-9
+        np.testing.assert_array_equal(out.data[1], np.kron(images.images[1], np.ones((2, 2))))
+        assert out.header["HPCSRNRM"] == "per-plane" and "HPCSROFF" not in out.header
+        assert "plane 2: hpc_sr normalize=max offset=0 scale=3" in "".join(out.header["HISTORY"])
+        w_in, w_out = WCS(hdu.header), WCS(out.header)
+        centre = w_out.pixel_to_world_values(2 * 3 + 0.5, 2 * 4 + 0.5, 1)
+        np.testing.assert_allclose(centre, w_in.pixel_to_world_values(3, 4, 1), rtol=1e-12)
+
+
+def test_fpack_in_compressed_out_with_a_compressed_error_map(tmp_path: Path) -> None:
+    src = mef(tmp_path / "m.fits.fz", compressed=True)
+    written, _ = run(src, tmp_path / "out", samples=4, hdus=("SCI",))
+    assert written.name == "m_sr.fits.fz"
+    with fits.open(src) as a, fits.open(written) as b:
+        names = [(h.name, h.ver) for h in b]
+        assert names[:6] == [("PRIMARY", 1), ("SCI", 1), ("SR_ERR", 1), ("SCI", 2), ("SR_ERR", 2), ("ERR", 1)]
+        for sci in (b["SCI", 1], b["SCI", 2], b["SR_ERR", 1]):
+            assert isinstance(sci, fits.CompImageHDU) and sci.compression_type == "RICE_1"
+            assert sci.data.shape == (24, 32)
+        want = np.kron(a["SCI", 1].data, np.ones((2, 2)))
+        np.testing.assert_allclose(b["SCI", 1].data, want, atol=0.05 * np.std(want))  # RICE quantised
+        assert b["SR_ERR", 2].header["SCIDATA"] == "SCI" and b["SCI", 2].header["ERRDATA"] == "SR_ERR"
+
+
+def test_error_extension_keywords_and_wcs_equal_the_science_hdu(tmp_path: Path) -> None:
+    sci = fits.ImageHDU(image((12, 16)), name="SCI", ver=3)
+    tan(sci.header, 12)
+    fits.HDUList([fits.PrimaryHDU(), sci]).writeto(tmp_path / "s.fits")
+    written, _ = run(tmp_path / "s.fits", tmp_path / "out", samples=8)
+    with fits.open(written) as b:
+        assert [(h.name, h.ver) for h in b] == [("PRIMARY", 1), ("SCI", 3), ("ERR", 3)]
+        s, e = b["SCI", 3].header, b["ERR", 3].header
+        assert (e["HDUCLASS"], e["HDUCLAS1"], e["HDUCLAS2"], e["HDUCLAS3"]) == (
+            "ESO",
+            "IMAGE",
+            "ERROR",
+            "RMSE",
+        )
+        assert (e["HDUDOC"], e["SCIDATA"], s["ERRDATA"], s["HDUCLAS2"]) == ("DICD", "SCI", "ERR", "DATA")
+        assert e["BUNIT"] == s["BUNIT"] == "MJy/sr"
+        assert WCS(e).to_header() == WCS(s).to_header()
+        np.testing.assert_array_equal(b["ERR", 3].data, SIGMA)
+        assert "standard deviation of 8 generator samples" in "".join(e["HISTORY"])
+        assert "hpc_sr samples=8" in "".join(e["HISTORY"])
+
+
+def test_primary_image_with_sigma_gets_extend_and_a_gzipped_output(tmp_path: Path) -> None:
+    hdu = fits.PrimaryHDU(image((8, 8)))
+    tan(hdu.header, 8)
+    hdu.header["NEXTEND"] = 0
+    hdu.writeto(tmp_path / "p.fits")
+    (tmp_path / "p.fits.gz").write_bytes(gzip.compress((tmp_path / "p.fits").read_bytes()))
+    written, _ = run(tmp_path / "p.fits.gz", tmp_path / "out", samples=2)
+    assert written.name == "p_sr.fits.gz" and written.read_bytes()[:2] == b"\x1f\x8b"
+    with fits.open(written) as b:
+        assert b[0].header["EXTEND"] is True and b[0].header["NEXTEND"] == 1
+        assert (b[1].name, b[1].ver, b[1].header["SCIDATA"]) == ("ERR", 1, "PRIMARY")
+
+
+def test_cutouts_of_one_wcs_form_are_checked_once_and_each_keeps_its_own_sky(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = []
+    check = fits_wcs.check_rescaled_wcs
+    monkeypatch.setattr(fits_wcs, "check_rescaled_wcs", lambda *a: calls.append(a[-1]) or check(*a))
+    monkeypatch.setattr(format_fits, "_VERIFIED", {})
+    for i, (ra, crpix) in enumerate([(10.0, 4.0), (20.0, 4.0), (30.0, 3.0), (40.0, 4.0)]):
+        hdu = fits.PrimaryHDU(image((8, 8), i))
+        tan(hdu.header, 8, ra=ra, crpix=crpix)
+        hdu.header["OBJECT"] = f"lens{i}"
+        hdu.writeto(tmp_path / f"c{i}.fits")
+        written, _ = run(tmp_path / f"c{i}.fits", tmp_path / "out")
+        with fits.open(written) as b:
+            w_in, w_out = WCS(hdu.header), WCS(b[0].header)
+            assert b[0].header["CRVAL1"] == ra and b[0].header["CRPIX1"] == 2 * crpix - 0.5
+            for x, y in ((0, 0), (7, 3)):
+                got = w_out.pixel_to_world_values(2 * x + 0.5, 2 * y + 0.5)
+                np.testing.assert_allclose(got, w_in.pixel_to_world_values(x, y), rtol=0, atol=1e-10)
+    assert calls == [str(tmp_path / "c0.fits[0]")]  # CRVAL and CRPIX values do not change the WCS form
+    hdu.header["CTYPE1"], hdu.header["CTYPE2"] = "RA---SIN", "DEC--SIN"
+    hdu.writeto(tmp_path / "sin.fits")
+    run(tmp_path / "sin.fits", tmp_path / "out")
+    assert len(calls) == 2
+
+
+def test_non_standard_cards_and_scaled_integers(tmp_path: Path) -> None:
+    hdu = fits.PrimaryHDU(np.arange(48, dtype=np.int16).reshape(6, 8))
+    hdu.header["BSCALE"], hdu.header["BZERO"] = 0.5, 100.0
+    hdu.header["SKEW"] = "yyyyyyyy"
+    hdu.writeto(tmp_path / "i.fits")
+    raw = (tmp_path / "i.fits").read_bytes()
+    odd = b"SKEW    = -1.3869888376036E+00, -1.6912592180432E+00 /Measure of skew".ljust(80)
+    i = raw.index(b"SKEW    = 'yyyyyyyy'")
+    (tmp_path / "i.fits").write_bytes(raw[:i] + odd + raw[i + 80 :])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        written, images = run(tmp_path / "i.fits", tmp_path / "out")
+    np.testing.assert_array_equal(images.images[0], np.arange(48).reshape(6, 8) * 0.5 + 100)
+    assert odd in written.read_bytes()
+    with fits.open(written) as b:
+        assert b[0].data.dtype == np.dtype(">f4") and "BZERO" not in b[0].header
+        np.testing.assert_array_equal(b[0].data[::2, ::2], images.images[0])
+
+
+@pytest.mark.parametrize(
+    "value", [0, -17, 2**40, 1.5, -7e-6, 1e-300, 123456.78901234567, 1 / 3, True, False, "", "MJy/sr", "it's"]
+)
+def test_cards_are_formatted_as_astropy_formats_them(value: Any) -> None:
+    assert card_images("KEY", value, "a comment") == [fits.Card("KEY", value, "a comment").image]
+    (image,) = card_images("KEY", value, "a comment")
+    assert Cards([image])["KEY"] == value
+
+
+def test_cards_header_api_as_fits_wcs_uses_it() -> None:
+    header = fits.Header()
+    tan(header, 10)
+    header["HISTORY"] = "kept"
+    header["LONGSTR"] = "x" * 100
+    cards = Cards.from_header(header)
+    assert cards.keys() == list(header.keys()) and cards["LONGSTR"] == "x" * 100
+    ours = fits_wcs.rescale_wcs_header(cards, 3)
+    theirs = fits_wcs.rescale_wcs_header(header, 3)
+    assert ours.header() == theirs and "CRPIX1" in ours and ours.get("NOPE", 5) == 5
+    ours.remove("LONGSTR")
+    ours["NEW"] = (1.25, "added before HISTORY")
+    assert ours.keys()[-2:] == ["NEW", "HISTORY"] and ours.header()["NEW"] == 1.25
+
+
+# -------------------------------------------------------------------------------------------- archive headers
+def same_world(src: Path, written: Path, unreadable_ok: bool = False) -> None:
+    """Every upscaled HDU of ``written`` puts each input pixel centre where ``src`` does (every WCS key)."""
+    from tests.apps.test_fits_archive_headers import MAS, offsets
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a, b = fits.open(src), fits.open(written)
+    with a, b:
+        assert len(a) == len(b)
+        for i, (h_in, h_out) in enumerate(zip(a, b, strict=True)):
+            if h_in.name in fits_wcs.LOOKUP_TABLES or not h_in.is_image or h_in.data is None:
+                continue
+            assert h_out.data.shape[-2:] == tuple(2 * n for n in h_in.data.shape[-2:]), i
+            for key in fits_wcs.wcs_keys(h_in.header):
+                try:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        WCS(h_in.header, fobj=a, key=key or " ")
+                except Exception:  # noqa: BLE001 - astropy cannot read this input WCS
+                    assert unreadable_ok, (i, key)
+                    continue
+                sky, other = offsets((h_in.header, a), (h_out.header, b), h_in.data.shape, key)
+                assert sky < MAS and other < 1e-12, (i, key, sky, other)
+
+
+def archive_cases() -> list[Any]:
+    try:
+        from tests.apps.test_fits_archive_headers import HEADER_FILES, IMAGE_FILES, _name
+    except Exception:  # noqa: BLE001 - astropy's test data is not installed
+        return []
+    return [pytest.param(p, False, id=_name(p)) for p in IMAGE_FILES] + [
+        pytest.param(p, True, id=_name(p)) for p in HEADER_FILES
+    ]
+
+
+@pytest.mark.parametrize(("path", "header_only"), archive_cases())
+def test_every_shipped_archive_header_keeps_the_world_position_of_every_pixel(
+    path: Path, header_only: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """astropy's test images and WCS headers (SIP, TPV, DSS plates, lookup tables, -TAB, alternates,
+    compressed, scaled) through the format, every image HDU upscaled, each checked (not from a memo)."""
+    from tests.apps.test_fits_archive_headers import read_hdr
+
+    monkeypatch.setattr(format_fits, "_VERIFIED", {})
+    src = path
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if header_only:
+            if path.suffix == ".hdr":
+                header, tables = read_hdr(path), []
+            else:
+                with fits.open(path) as hdul:
+                    header, tables = hdul[0].header.copy(), [h.copy() for h in hdul[1:]]
+            src = tmp_path / "img.fits"
+            image_hdu = fits.PrimaryHDU(np.ones((16, 16), np.float32), header=header)
+            fits.HDUList([image_hdu, *tables]).writeto(src, output_verify="silentfix")
+        try:
+            written, _ = run(src, tmp_path / "out")
+        except NotAnImage:
+            pytest.skip("no HDU the format upscales (a 1-D or 4-D image)")
+    same_world(src, written, unreadable_ok=header_only)
+
+
+def test_lookup_table_distortions_are_rescaled_beside_their_image(tmp_path: Path) -> None:
+    from tests.apps.test_fits_archive_headers import lookup_file
+
+    src = lookup_file(tmp_path / "lookup.fits")
+    written, images = run(src, tmp_path / "out", samples=2)
+    assert len(images.images) == 1  # the lookup tables are not images to upscale
+    with fits.open(written) as b:
+        names = [(h.name, h.ver) for h in b]
+        assert names == [
+            ("PRIMARY", 1),
+            ("SCI", 1),
+            ("ERR", 1),
+            ("WCSDVARR", 1),
+            ("WCSDVARR", 2),
+            ("D2IMARR", 1),
+        ]
+        assert b["WCSDVARR", 1].header["CDELT1"] == 8.0 and b["SCI"].header["CPERR1"] == 6.0
+        assert b["ERR"].header["CPERR1"] == 6.0 and b["ERR"].header["CPDIS1"] == "Lookup"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run(src, tmp_path / "plain")
+    same_world(src, tmp_path / "plain" / "lookup_sr.fits")
