@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 from hpc_sr.dist.envvars import env_int
 
+MAX_REQUEUES_VAR = "HPC_SR_MAX_REQUEUES"  # a job's own time-out requeue limit (submit-upscale, upscale.sbatch)
+
 
 def _env(environ: Mapping[str, str] | None) -> Mapping[str, str]:
     return os.environ if environ is None else environ

@@ -26,6 +26,7 @@ from typing import Any
 
 from hpc_sr.config import SlurmConfig
 from hpc_sr.dist.envvars import env_int
+from hpc_sr.dist.slurm import MAX_REQUEUES_VAR
 from hpc_sr.errors import HpcSrError
 from hpc_sr.launch.requeue import RequeueingJob, resolve_entry
 from hpc_sr.launch.slurm import add_slurm_arguments, job_parameters, sbatch_text, slurm_flags
@@ -50,6 +51,7 @@ class SlurmUpscaleJob(RequeueingJob):
         if self.cwd:
             os.chdir(self.cwd)
         argv = self.argv
+        os.environ[MAX_REQUEUES_VAR] = str(self.max_requeues)  # the runner's time-out requeue limit
         if env_int("SLURM_RESTART_COUNT", 0):  # a requeued run resumes: --overwrite was for the first one
             argv = [a for a in argv if a != "--overwrite"]
         return int(resolve_entry(self.entry)(["upscale", *argv]) or 0)

@@ -43,7 +43,9 @@ from hpc_sr.apps.inference.progress import JobProgress
 from hpc_sr.apps.inference.report import REPORT, build_report, summary_line, write_report
 from hpc_sr.config import SlurmConfig
 from hpc_sr.dist.env import DistEnv
+from hpc_sr.dist.envvars import env_int
 from hpc_sr.dist.signals import REQUEUE_EXIT_CODE, install_stop_flag, requeue_self
+from hpc_sr.dist.slurm import MAX_REQUEUES_VAR
 from hpc_sr.errors import DataError, HpcSrError
 from hpc_sr.models.artifacts import CALIBRATION_KEY
 from hpc_sr.version import __version__
@@ -180,6 +182,13 @@ class RunResult:
     ledger: dict[str, dict[str, Any]]
 
 
+def requeue_limit() -> int:
+    """Time-out requeues a stopped job may still ask for: ``HPC_SR_MAX_REQUEUES`` (the job's own
+    ``--max-requeues``), else ``slurm.max_requeues``' default. Preemptions are always requeued."""
+    limit = env_int(MAX_REQUEUES_VAR, SlurmConfig().max_requeues)
+    return SlurmConfig().max_requeues if limit is None else limit
+
+
 def execute(
     model: nn.Module,
     payload: dict[str, Any] | None,
@@ -228,7 +237,7 @@ def execute(
         ledger.close()
     if engine.stopped:
         if handle_signals:
-            requeue_self(SlurmConfig().max_requeues)
+            requeue_self(requeue_limit())
         return RunResult(REQUEUE_EXIT_CODE, plan, outcomes, final)
     if finish_failed and opts.on_error == "stop":
         raise DataError(finish_failed[0][1])

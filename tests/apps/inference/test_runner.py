@@ -167,3 +167,27 @@ def test_samples_write_the_mean_and_a_sigma_file(tmp_path: Path) -> None:
         assert z.files == ["a", "b", "a_sigma", "b_sigma"] and z["b_sigma"].shape == (2, 16, 20)
     for name in ("x_sr.npy", "x_sr_sigma.npy", "y_sr.npz"):  # the noise is seeded by the unit's id
         assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "again" / name).read_bytes()
+
+
+def test_the_requeue_limit_is_the_jobs_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    from hpc_sr.apps.inference.runner import requeue_limit
+    from hpc_sr.config import SlurmConfig
+    from hpc_sr.dist.slurm import MAX_REQUEUES_VAR
+    from hpc_sr.errors import EnvironmentVariableError
+    from hpc_sr.launch.upscale import SlurmUpscaleJob
+
+    monkeypatch.delenv(MAX_REQUEUES_VAR, raising=False)
+    assert requeue_limit() == SlurmConfig().max_requeues
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "0")
+    job = SlurmUpscaleJob(["--help-not-run"], max_requeues=7, entry="tests.apps.inference.test_runner:_limit")
+    assert job.run() == 7  # submit-upscale's --max-requeues reaches the runner inside the job
+    monkeypatch.setenv(MAX_REQUEUES_VAR, "many")
+    with pytest.raises(EnvironmentVariableError, match=f"{MAX_REQUEUES_VAR}='many'"):
+        requeue_limit()
+
+
+def _limit(argv: list[str]) -> int:
+    """A job entry that answers with the requeue limit the runner would use."""
+    from hpc_sr.apps.inference.runner import requeue_limit
+
+    return requeue_limit()
