@@ -150,8 +150,8 @@ def test_every_shipped_image_keeps_the_world_position_of_every_pixel(path: Path)
         assert sr.compression_type == image.compression["compression_type"]
 
 
-@pytest.mark.parametrize("path", HEADER_FILES, ids=_name)
-def test_every_shipped_wcs_header_on_a_small_image(path: Path, tmp_path: Path) -> None:
+def header_on_a_small_image(path: Path, out: Path) -> Path:
+    """A 16x16 image file carrying the header (and tables) of a WCS header file or header-only FITS."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if path.suffix == ".hdr":
@@ -159,9 +159,14 @@ def test_every_shipped_wcs_header_on_a_small_image(path: Path, tmp_path: Path) -
         else:
             with fits.open(path) as hdul:
                 header, tables = hdul[0].header.copy(), [h.copy() for h in hdul[1:]]
-        src = tmp_path / "img.fits"
         image = fits.PrimaryHDU(np.ones((16, 16), np.float32), header=header)
-        fits.HDUList([image, *tables]).writeto(src, output_verify="silentfix")
+        fits.HDUList([image, *tables]).writeto(out, output_verify="silentfix")
+    return out
+
+
+@pytest.mark.parametrize("path", HEADER_FILES, ids=_name)
+def test_every_shipped_wcs_header_on_a_small_image(path: Path, tmp_path: Path) -> None:
+    src = header_on_a_small_image(path, tmp_path / "img.fits")
     assert_same_world(*upscaled(src), unreadable_ok=True)
 
 
