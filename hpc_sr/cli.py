@@ -14,7 +14,9 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("simulate", help="simulate lensing HR/LR pairs into HDF5 shards + manifest")
     p.add_argument("--out", required=True, help="output directory (created)")
     p.add_argument("--num", type=int, required=True, help="number of HR/LR pairs")
-    p.add_argument("--preset", default="deeplense_sr", help="simulator preset (deeplense_sr, model_i, wide)")
+    p.add_argument("--preset", default="deeplense_sr",
+                   help="simulator preset: deeplense_sr, model_i, wide (LR = 2x2 mean of HR); "
+                   "ground_space (LR from a ground-based instrument); randomized (domain-randomised)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--shard-size", type=int, default=4096, help="pairs per shard file")
     p.add_argument("--device", default="cpu", help="torch device that runs the simulator")
@@ -290,10 +292,16 @@ _COMMANDS: dict[str, tuple[str, Callable[[argparse._SubParsersAction], None] | N
     "config": ("print the resolved config; list registered archs, losses and data sources", _add_config),
     "ckpt": ("checkpoints: list | export | average | prune | verify (hpc-sr ckpt --help)", None),
     "runs": ("compare runs: metrics table, --by KEY groups, --plot curves (hpc-sr runs --help)", None),
+    "cv": ("k-fold cross-validation: every fold here or as one SLURM job array (hpc-sr cv --help)", None),
     "study": ("research studies: ceiling, downstream, perception, robustness, zoo (hpc-sr study -h)", None),
 }
 # own parsers: argv passed on
-_PASS_THROUGH = {"ckpt": "hpc_sr.apps.ckpt", "runs": "hpc_sr.apps.runs", "study": "hpc_sr.studies"}
+_PASS_THROUGH = {
+    "ckpt": "hpc_sr.apps.ckpt",
+    "runs": "hpc_sr.apps.runs",
+    "study": "hpc_sr.studies",
+    "cv": "hpc_sr.launch.cv",
+}
 
 
 def _version() -> str:

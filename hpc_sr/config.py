@@ -61,6 +61,11 @@ class DataConfig:
     augment: bool = True  # random flips and rot90 (lensing images have no preferred orientation)
     val_images: int = 0  # cap on validation images (0 = the whole val split)
     target: Literal["hr", "clean"] = "hr"  # clean: noise-free HR of simulated data (memory|device, simulate)
+    # k-fold cross-validation on a packed set (source shards; hpc_sr.data.folds): the manifest's train+val
+    # pairs pooled into `folds` seeded folds, validation = fold `fold`, training = the others; test untouched
+    folds: int = 0  # 0 or 1 = no cross-validation (the manifest's own train/val split)
+    fold: int = 0  # the held-out fold, 0 .. folds-1 (`hpc-sr cv` runs them all)
+    train_pairs: int = 0  # 0 = all; N = the first N training pairs in their seeded order (100 inside 300)
 
 
 @dataclass
@@ -129,6 +134,10 @@ class TrainConfig:
     deterministic: bool = False
     max_bad_steps: int = 10  # consecutive NaN/inf losses before the run stops
     val_every: int = 500
+    # early stopping on val PSNR: stop after this many validations in a row without an improvement of more
+    # than early_stop_min_delta dB over the best so far (a final checkpoint; the best one is kept); 0 = off
+    early_stop_patience: int = 0
+    early_stop_min_delta: float = 0.0
     ckpt_every: int = 500
     keep_last: int = 3
 

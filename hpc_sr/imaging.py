@@ -7,6 +7,8 @@ consistency layer, the noise ceiling and the metrics project with :func:`lr_proj
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -64,3 +66,91 @@ def lr_projection(x: Tensor, lr: Tensor, scale: int) -> Tensor:
     """The closest image (in L2) to ``x`` whose ``scale x scale`` block means equal ``lr`` exactly: each block
     gets its mean residual added, so the total flux equals ``scale**2 * sum(lr)``."""
     return x + block_residual(x, lr, scale)
+
+
+# ----------------------------------------------------------------------------------------------- 2-D PSFs
+FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))  # FWHM / sigma of a Gaussian
+MOFFAT_RADIUS_FWHM = 3.0  # Moffat kernels end at 3 FWHM (>= 98.5 % of the flux for beta >= 2.5); renormalised
+
+
+def psf_radius(fwhm_px: Tensor, beta: Tensor, shift_px: Tensor | None = None) -> int:
+    """One kernel radius (pixels) that holds every image's PSF: int(5 sigma + 0.5) for a Gaussian (beta == 0,
+    as scipy), ceil(MOFFAT_RADIUS_FWHM * FWHM) for a Moffat, plus the largest |shift|."""
+    sigma = fwhm_px / FWHM_PER_SIGMA
+    r = torch.where(beta > 0, torch.ceil(MOFFAT_RADIUS_FWHM * fwhm_px), (TRUNCATE * sigma + 0.5).floor())
+    extra = 0.0 if shift_px is None else float(shift_px.abs().max().ceil())
+    return int(r.max().item() + extra)
+
+
+def psf_kernels_2d(
+    fwhm_px: Tensor, beta: Tensor, shift_px: Tensor | None = None, radius: int | None = None
+) -> Tensor:
+    """(C, 2R+1, 2R+1) normalised PSF kernels sampled at pixel centres, one per image.
+
+    ``fwhm_px`` (C,) in pixels; ``beta`` (C,): 0 for a Gaussian, > 0 for a Moffat
+    ``(1 + r^2/alpha^2)^-beta`` with alpha = FWHM / (2 sqrt(2^(1/beta) - 1)); ``shift_px`` (C, 2) moves each
+    kernel's centre by (dy, dx) pixels (a sub-pixel shift of the image it blurs: content moves by +shift).
+    Each kernel is cut at its own support around its shifted centre (a Gaussian per axis at int(5 sigma +
+    0.5), as scipy, so an unshifted one equals ``gaussian_blur``'s; a Moffat at a circle of 3 FWHM) and
+    renormalised to sum 1; ``radius`` defaults to the largest over the batch.
+    """
+    dt, dev = fwhm_px.dtype, fwhm_px.device
+    if shift_px is None:
+        shift_px = torch.zeros(fwhm_px.shape[0], 2, dtype=dt, device=dev)
+    if radius is None:
+        radius = psf_radius(fwhm_px, beta, shift_px)
+    t = torch.arange(-radius, radius + 1, dtype=dt, device=dev)
+    dy = t.reshape(1, -1, 1) - shift_px[:, 0].reshape(-1, 1, 1)
+    dx = t.reshape(1, 1, -1) - shift_px[:, 1].reshape(-1, 1, 1)
+    r2 = dy * dy + dx * dx
+    b = beta.reshape(-1, 1, 1)
+    sigma = (fwhm_px / FWHM_PER_SIGMA).clamp_min(1e-6).reshape(-1, 1, 1)
+    gauss = torch.exp(-0.5 * r2 / sigma**2)
+    safe_b = torch.where(b > 0, b, torch.ones_like(b))
+    alpha = fwhm_px.reshape(-1, 1, 1) / (2.0 * torch.sqrt(torch.pow(2.0, 1.0 / safe_b) - 1.0))
+    moffat = torch.pow(1.0 + r2 / alpha.clamp_min(1e-6) ** 2, -safe_b)
+    own = torch.where(b > 0, MOFFAT_RADIUS_FWHM * fwhm_px.reshape(-1, 1, 1), TRUNCATE * sigma + 0.5)
+    square = (dy.abs() <= own) & (dx.abs() <= own)  # scipy's Gaussian: cut per axis
+    k = torch.where(b > 0, moffat * (r2.sqrt() <= own), gauss * square)
+    return k / k.sum(dim=(1, 2), keepdim=True)
+
+
+def fft_blur_valid(x: Tensor, k: Tensor) -> Tensor:
+    """Blur (C,1,H+2R,W+2R) images by per-image 2-D kernels k (C, 2R+1, 2R+1) with FFTs, no padding: the
+    (C,1,H,W) 'valid' part, equal to a direct convolution to rounding (the circular wrap stays outside it)."""
+    r = (k.shape[-1] - 1) // 2
+    hp, wp = x.shape[-2], x.shape[-1]
+    kp = torch.zeros(k.shape[0], hp, wp, dtype=x.dtype, device=x.device)
+    kp[:, : 2 * r + 1, : 2 * r + 1] = k
+    kp = torch.roll(kp, shifts=(-r, -r), dims=(-2, -1))  # kernel centre at index 0: a circular convolution
+    out = torch.fft.irfft2(torch.fft.rfft2(x[:, 0]) * torch.fft.rfft2(kp), s=(hp, wp))
+    return out[:, None, r : hp - r, r : wp - r]
+
+
+def fft_blur(img: Tensor, k: Tensor) -> Tensor:
+    """Blur (C,1,H,W) images by per-image 2-D kernels k (C, K, K), replicate ('nearest') padding."""
+    r = (k.shape[-1] - 1) // 2
+    return fft_blur_valid(F.pad(img, (r, r, r, r), mode="replicate") if r else img, k)
+
+
+def matching_kernels(psf_from: Tensor, psf_to: Tensor, eps: float = 1e-4) -> Tensor:
+    """(C, K, K) kernels m with psf_from (x) m ~= psf_to (K: psf_to's side), by regularised division of
+    their transfer functions: what turns an image at one PSF into the same image at a broader one (an SR
+    image at the HR PSF into the LR instrument's view). Normalised to sum 1."""
+    side = psf_to.shape[-1]
+    if psf_from.shape[-1] > side:
+        raise ValueError(f"psf_from side {psf_from.shape[-1]} exceeds psf_to side {side}")
+    pad = (side - psf_from.shape[-1]) // 2
+    a = F.pad(psf_from, (pad, pad, pad, pad))
+    r = (side - 1) // 2
+    fa = torch.fft.fft2(torch.roll(a, (-r, -r), (-2, -1)))
+    fb = torch.fft.fft2(torch.roll(psf_to, (-r, -r), (-2, -1)))
+    m = torch.fft.ifft2(fb * fa.conj() / (fa.abs().square() + eps)).real
+    m = torch.roll(m, (r, r), (-2, -1))
+    return m / m.sum(dim=(-2, -1), keepdim=True)
+
+
+def instrument_view(img: Tensor, kernels: Tensor, scale: int) -> Tensor:
+    """How an instrument whose PSF on the HR grid is ``kernels`` (C, K, K) (e.g. ``matching_kernels`` from
+    an HR image's PSF) would see HR-grid images (C,1,H,W): blurred, then ``scale x scale`` block means."""
+    return F.avg_pool2d(fft_blur(img, kernels), scale)

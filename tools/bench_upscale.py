@@ -10,22 +10,28 @@ interleaved windows (tools.bench_common.round_robin):
 - ``files``: ``--num`` .npy files of one cutout each (one unit per file);
 - ``stack b=B``: one .npy of ``--num`` cutouts, for every batch size B of ``--batches``;
 - ``catalog``: one HDF5 file of ``--num`` cutouts (when the hdf5 format is registered; skipped otherwise);
-- ``onnx``: the stack through ONNX Runtime (the generator exported by :func:`hpc_sr.apps.export.export_model`
-  and run by a small module that calls the session; skipped without onnxruntime);
-- ``io only``: the stack with the generator replaced by a nearest-neighbour x2 (no compute): reading,
-  normalising, writing, hashing and the ledger alone.
+- ``onnx``: the stack through the engine's ONNX Runtime engine (``--engine onnx``: the generator exported once
+  into a cache in the work folder, then run by onnxruntime; skipped when the engine cannot run);
+- ``io only`` / ``catalog io only``: the stack / the HDF5 catalog with the generator replaced by a
+  nearest-neighbour x2 (no compute): reading, normalising, writing, hashing and the ledger alone;
+- ``resident b=B`` / ``resident onnx b=B``: the same model's forward alone (torch / the onnx engine's session)
+  on in-memory batches of B cutouts made before timing (ceil(num / B) batches, as the engine pads the last):
+  what the model path could reach. ``of resident`` is each engine row over the resident row of its engine and
+  batch size: the target "model path >= 80 % of the resident forward" read from one run.
 
 Process rows (``python -m hpc_sr upscale`` over the ``files`` folder, ``--proc-rounds`` times each): 1 rank;
 2 ranks of one job (RANK / WORLD_SIZE, one ledger); two independent processes each on half of the files
 (their own --out). ``wall`` counts start-up (imports, model load, planning); ``steady`` is the cutouts over
 the span of the ledger's records (first to last, across ranks). Ratios are within the run: in-process rows
-against ``stack`` at the first batch size, process rows against ``1 rank``. Prints a table and one JSON line
-(also ``--out``).
+against ``stack`` at the first batch size (and ``of resident``), process rows against ``1 rank``. Prints a
+table and one JSON line (also ``--out``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -45,6 +51,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from hpc_sr.apps.inference.formats import FORMATS, InferenceOptions  # noqa: E402
 from hpc_sr.apps.inference.ledger import LEDGER_DIR, parse_lines  # noqa: E402
+from hpc_sr.apps.inference.onnx_engine import OnnxGenerator, choose_engine  # noqa: E402
 from hpc_sr.apps.inference.runner import execute  # noqa: E402
 from hpc_sr.models.artifacts import load_generator  # noqa: E402
 from tools.bench_common import (  # noqa: E402
@@ -78,23 +85,6 @@ class NearestX2(StandIn):
         return x.repeat_interleave(self.scale, -1).repeat_interleave(self.scale, -2)
 
 
-class OrtGenerator(StandIn):
-    """An exported ONNX generator run by ONNX Runtime behind the module interface the engine calls."""
-
-    def __init__(self, path: Path, scale: int, threads: int, cuda: bool) -> None:
-        super().__init__(scale, "onnx")
-        import onnxruntime as ort
-
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        providers = ["CUDAExecutionProvider"] if cuda else []
-        self.session = ort.InferenceSession(str(path), so, providers=[*providers, "CPUExecutionProvider"])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.session.run(["sr"], {"lr": x.detach().float().cpu().numpy()})[0]
-        return torch.from_numpy(out).to(x.device)
-
-
 # ----------------------------------------------------------------------------------------------- data
 def write_inputs(work: Path, num: int, side: int, seed: int, catalog: bool) -> dict[str, Path]:
     """``files/`` (one cutout per .npy), ``stack.npy`` and, when asked, ``catalog.h5`` of the same cutouts."""
@@ -114,14 +104,32 @@ def write_inputs(work: Path, num: int, side: int, seed: int, catalog: bool) -> d
     return paths
 
 
-def onnx_model(model: nn.Module, work: Path, threads: int, cuda: bool) -> nn.Module:
-    from hpc_sr.apps.export import export_model
-
-    path = export_model(model.cpu().eval(), work / "g.onnx", "onnx")
-    return OrtGenerator(path, int(model.scale), threads, cuda)
-
-
 # ----------------------------------------------------------------------------------------------- timing
+def resident_task(
+    net: nn.Module, num: int, batch: int, side: int, device: torch.device, seed: int
+) -> Callable[[], int]:
+    """The forward alone on in-memory batches: ceil(num / batch) batches of ``batch`` cutouts per call (on
+    CUDA as the engine runs torch: channels_last, bf16 autocast)."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand(batch, 1, side, side, generator=gen).to(device)
+    calls = -(-num // batch)
+    cuda = device.type == "cuda" and not isinstance(net, OnnxGenerator)
+    if cuda:
+        net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        x = x.contiguous(memory_format=torch.channels_last)
+
+    def task() -> int:
+        amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
+        with torch.inference_mode(), amp:
+            for _ in range(calls):
+                net(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return num
+
+    return task
+
+
 def engine_task(
     model: nn.Module, src: Path, out: Path, opts: InferenceOptions, num: int
 ) -> Callable[[], int]:
@@ -212,7 +220,8 @@ def process_rows(a: argparse.Namespace, files: Path, work: Path, num: int) -> li
 def bench(a: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(a.threads)
     device = torch.device(a.device)
-    model, _ = load_generator(a.checkpoint)
+    model, payload = load_generator(a.checkpoint)
+    model.to(device).eval()
     scale = int(model.scale)
     batches = [int(b) for b in a.batches.split(",")]
     work = Path(a.tmp) if a.tmp else Path(tempfile.mkdtemp(prefix="bench_upscale_"))
@@ -227,20 +236,36 @@ def bench(a: argparse.Namespace) -> dict[str, Any]:
         def opts(batch: int) -> InferenceOptions:
             return InferenceOptions(scale=scale, batch_size=batch, device=a.device)
 
+        b0 = batches[0]
         tasks: dict[str, Callable[[], int]] = {
-            "files": engine_task(model, paths["files"], work / "o_files", opts(batches[0]), a.num)
+            "files": engine_task(model, paths["files"], work / "o_files", opts(b0), a.num)
         }
+        resident_of = {"files": f"resident b={b0}"}  # engine row -> the resident row it is compared with
         for b in batches:
             tasks[f"stack b={b}"] = engine_task(model, paths["stack"], work / f"o_stack{b}", opts(b), a.num)
+            resident_of[f"stack b={b}"] = f"resident b={b}"
         if has_catalog:
-            tasks["catalog"] = engine_task(model, paths["catalog"], work / "o_cat", opts(batches[0]), a.num)
+            tasks["catalog"] = engine_task(model, paths["catalog"], work / "o_cat", opts(b0), a.num)
+            resident_of["catalog"] = f"resident b={b0}"
+        onnx = dataclasses.replace(opts(b0), engine="onnx", onnx_cache=str(work / "onnx_cache"))
         try:
-            ort_model = onnx_model(load_generator(a.checkpoint)[0], work, a.threads, device.type == "cuda")
-            tasks["onnx"] = engine_task(ort_model, paths["stack"], work / "o_onnx", opts(batches[0]), a.num)
-        except Exception as exc:  # noqa: BLE001 - a missing runtime or exporter: the row is skipped
+            choose_engine(model, onnx)
+            session = OnnxGenerator.for_model(model, payload, onnx)  # exports into the cache once
+            tasks["onnx"] = engine_task(model, paths["stack"], work / "o_onnx", onnx, a.num)
+            resident_of["onnx"] = f"resident onnx b={b0}"
+        except Exception as exc:  # noqa: BLE001 - no onnxruntime, an exporter failing: the rows are skipped
             errors["onnx"] = f"skipped: {type(exc).__name__}: {exc}"
+            session = None
         nearest = NearestX2(scale, "nearest")
-        tasks["io only"] = engine_task(nearest, paths["stack"], work / "o_io", opts(batches[0]), a.num)
+        tasks["io only"] = engine_task(nearest, paths["stack"], work / "o_io", opts(b0), a.num)
+        if has_catalog:
+            tasks["catalog io only"] = engine_task(
+                nearest, paths["catalog"], work / "o_cat_io", opts(b0), a.num
+            )
+        for b in batches:
+            tasks[f"resident b={b}"] = resident_task(model, a.num, b, a.side, device, a.seed)
+        if session is not None:
+            tasks[f"resident onnx b={b0}"] = resident_task(session, a.num, b0, a.side, device, a.seed)
         for task in tasks.values():  # warm-up: first-call costs (allocations, kernels, imports)
             task()
         rates = round_robin(tasks, a.rounds, a.window)
@@ -248,9 +273,13 @@ def bench(a: argparse.Namespace) -> dict[str, Any]:
             {"config": k, "cutouts_per_s": rounded(median(v), 2), "spread": rounded(spread(v), 3)}
             for k, v in rates.items()
         ]
-        ref = median(rates[f"stack b={batches[0]}"])
+        ref = median(rates[f"stack b={b0}"])
         for r in rows:
             r["ratio"] = rounded(median(rates[r["config"]]) / ref, 3)
+            if r["config"] in resident_of:
+                r["of_resident"] = rounded(
+                    median(rates[r["config"]]) / median(rates[resident_of[r["config"]]]), 3
+                )
         procs = process_rows(a, paths["files"], work, a.num) if a.proc_rounds > 0 else []
     finally:
         if not a.tmp:
@@ -279,7 +308,7 @@ def print_report(res: dict[str, Any]) -> None:
     print_table(
         res["rows"],
         [("config", "config", ""), ("cutouts_per_s", "cutouts/s", ",.1f"), ("ratio", "ratio", ".2f"),
-         ("spread", "spread", ".2f")],
+         ("of_resident", "of resident", ".2f"), ("spread", "spread", ".2f")],
     )  # fmt: skip
     if res["process_rows"]:
         print("\nprocesses (`python -m hpc_sr upscale` over the one-cutout files); ratio vs 1 rank (wall)")

@@ -31,6 +31,23 @@ def portable(provenance: dict) -> dict:
     return {k: provenance[k] for k in keep if k in provenance}
 
 
+def values_note(provenance: dict) -> str:
+    """What the model's LR input is: the DeepLense convention, or a two-instrument preset's LR."""
+    from hpc_sr.data.presets import PRESETS
+
+    preset = PRESETS.get(str(provenance.get("preset", "")))
+    if preset is not None and preset.lr_instrument is not None:
+        inst = preset.lr_instrument
+        lo, hi = inst.psf_fwhm.support
+        ps = preset.pixel_scale
+        return (
+            f'LR: a ground-based image at {2 * ps:g}"/px with {lo:g}-{hi:g}" seeing of a space-based HR '
+            f"at {ps:g}\"/px (preset {preset.name}), in [0, 1] scaled by HR's peak; hpc-sr upscale handles "
+            "units"
+        )
+    return "LR in [0, 1] as in the DeepLense set (peak-normalised); hpc-sr upscale handles units"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run", type=Path)
@@ -55,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
                  "provenance": portable(manifest.provenance)},
         "test": {"n": result["n"], "model": m, "bicubic": b, "ceiling": ceiling["ceiling"], "gain_db": gain,
                  "ceiling_gain_db": ceiling_gain, "ceiling_fraction": gain / ceiling_gain},
-        "values": "LR in [0, 1] as in the DeepLense set (peak-normalised); hpc-sr upscale handles units",
+        "values": values_note(manifest.provenance),
         "data_values": payload.get("data_values"),  # the training LR range hpc-sr upscale follows
     }  # fmt: skip
     payload = {**payload, "pretrained": record, "source": f"pretrained {a.name}"}

@@ -137,14 +137,14 @@ class ScienceMetrics:
     """
 
     def __init__(self, data: str | Path, split: str, mine: list[int], scale: int) -> None:
-        from hpc_sr.data.lensing import PARAM_NAMES
+        from hpc_sr.data.lensing import is_simulator_layout
         from hpc_sr.data.shards import load_manifest, read_split_params
         from hpc_sr.eval.metrics import MetricAccumulator
         from hpc_sr.eval.physics import PhysicsAccumulator
 
         manifest = load_manifest(data)
         params = read_split_params(data, split)
-        simulated = params is not None and list(manifest.param_names) == list(PARAM_NAMES)
+        simulated = params is not None and is_simulator_layout(manifest.param_names)
         self.params = torch.from_numpy(params[mine]) if simulated and params is not None else None
         self.preset = str(manifest.provenance.get("preset", "deeplense_sr"))
         self.param_names = list(manifest.param_names)
@@ -153,17 +153,17 @@ class ScienceMetrics:
         self.ceiling = MetricAccumulator() if self.params is not None else None
 
     def update(self, lr: torch.Tensor, sr: torch.Tensor, hr: torch.Tensor) -> None:
-        from hpc_sr.data.truth import simulation_truth
+        from hpc_sr.data.truth import ceiling_from_clean, simulation_truth
         from hpc_sr.eval.metrics import bicubic_upscale
-        from hpc_sr.eval.morphology import lr_consistent_projection
 
         truth: dict[str, torch.Tensor] = {}
         if self.params is not None:
             p = self.params[self.seen : self.seen + lr.shape[0]]
-            truth = {k: v.to(hr.device) for k, v in
-                     simulation_truth(p, self.preset, hr.shape[-1], self.param_names).as_kwargs().items()}
-            # the ceiling: the noise-free image (rendered once, above) made consistent with LR
-            est = lr_consistent_projection(truth["clean"], lr.to(truth["clean"].device), self.scale)
+            sim = simulation_truth(p, self.preset, hr.shape[-1], self.param_names, self.scale)
+            truth = {k: v.to(hr.device) for k, v in sim.as_kwargs().items()}
+            # the ceiling: the noise-free image (rendered once, above) made consistent with LR where LR is
+            # the block mean of HR; the noise-free image itself where LR comes from an instrument of its own
+            est = ceiling_from_clean(truth["clean"], lr, p, self.scale)
             assert self.ceiling is not None
             self.ceiling.update(est.float(), hr)
         self.seen += lr.shape[0]

@@ -1,16 +1,17 @@
-"""FITS helpers of ``hpc-sr upscale``: HDU choice, reading, flux mode, normalisation, writing.
+"""FITS helpers of ``hpc-sr upscale``: HDU names, flux mode, normalisation, the SR image's header and HDU.
 
-- :func:`read_fits_image` picks the image HDU: the first one holding a 2-D (or 1 x H x W) numeric image, or
-  the one named by ``hdu`` (index or EXTNAME); none fits -> DataError naming the file and its HDUs. It keeps
-  what the output needs: the tables the WCS reads (distortion lookup tables, -TAB tables), the compression of
-  a compressed image, and the stored images of non-standard cards.
+The files themselves are read and written by :mod:`hpc_sr.apps.inference.format_fits` (every image HDU, MEF,
+fpack, cubes, error extensions); it uses these pieces:
+
+- :func:`parse_hdu` (an ``--hdu`` value), :func:`compression_of` (how a tile-compressed image is compressed).
 - WCS: :mod:`hpc_sr.apps.fits_wcs` (:func:`rescale_wcs_header` is re-exported here); units:
   :mod:`hpc_sr.apps.fits_units`; :func:`resolve_flux` turns BUNIT into a flux mode (per-pixel: the total flux
   is kept, the output divided by s**2; surface-brightness: the level is kept), warning when it cannot tell.
 - :class:`Normalization`: the reversible affine map ``(x - offset) / scale`` into the [0, 1] range the model
   was trained on; :func:`choose_normalization` picks it (``auto``: none / max / percentile).
-- :func:`fits_output_bytes` writes the SR image where the input had it (a compressed image compressed the same
-  way), its rescaled WCS and tables, non-standard cards byte for byte, and reads the WCS back to check it.
+- :func:`sr_header` (the input header with its WCS rescaled, stale cards dropped, :func:`provenance_cards`
+  set), :func:`choice_note` (the HISTORY line), :func:`image_hdu` (an output image compressed the same way as
+  its input).
 
 Every choice is written to the output header: HPCSRUPS (factor), HPCSRNRM, HPCSROFF, HPCSRSCL (normalisation),
 HPCSRFLX (flux mode), plus HISTORY cards.
@@ -20,18 +21,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import gzip
-import io
 import threading
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from hpc_sr.apps import fits_cards, fits_wcs
 from hpc_sr.apps.fits_units import PER_PIXEL, SURFACE_BRIGHTNESS, describe_bunit
 from hpc_sr.apps.fits_units import classify_bunit as classify_bunit  # re-exported (moved)
 from hpc_sr.apps.fits_wcs import rescale_wcs_header
@@ -91,68 +88,6 @@ def parse_hdu(value: str | int | None) -> int | str | None:
     return int(text) if text.isdigit() else text
 
 
-def _image_shape(h: Any) -> tuple[int, ...] | None:
-    """Shape of an image HDU's data, or None for a table, a group HDU or an empty HDU."""
-    fits = _fits()
-    image_types = fits.PrimaryHDU | fits.ImageHDU | fits.CompImageHDU
-    if not isinstance(h, image_types) or isinstance(h, fits.GroupsHDU):
-        return None
-    shape = tuple(int(n) for n in h.shape)
-    return shape or None
-
-
-def _fits_image(shape: tuple[int, ...] | None) -> bool:
-    return shape is not None and (len(shape) == 2 or (len(shape) == 3 and shape[0] == 1)) and min(shape) > 0
-
-
-def hdu_summary(hdul: Any) -> str:
-    """``0 PRIMARY (no data), 1 SCI ImageHDU (32, 32), ...`` for error messages."""
-    parts = []
-    for i, h in enumerate(hdul):
-        shape = _image_shape(h)
-        what = f"{type(h).__name__} {shape}" if shape else f"{type(h).__name__}, no image data"
-        parts.append(f"{i} {h.name or '?'} ({what})")
-    return ", ".join(parts)
-
-
-def select_image_hdu(hdul: Any, path: str | Path, hdu: int | str | None = None) -> int:
-    """Index of the image HDU to upscale: ``hdu`` (index or EXTNAME) or the first 2-D / 1xHxW image."""
-    if hdu is None:
-        for i, h in enumerate(hdul):
-            if _fits_image(_image_shape(h)):
-                return i
-        raise DataError(f"{path}: no HDU holds a 2-D (or 1 x H x W) image; HDUs: {hdu_summary(hdul)}")
-    if isinstance(hdu, int) and hdu < 0:
-        raise DataError(f"{path}: HDU index {hdu} must be >= 0; HDUs: {hdu_summary(hdul)}")
-    try:
-        index = hdu if isinstance(hdu, int) else hdul.index_of(hdu)
-        chosen = hdul[index]
-    except (KeyError, IndexError):
-        raise DataError(f"{path}: no HDU {hdu!r}; HDUs: {hdu_summary(hdul)}") from None
-    if not _fits_image(_image_shape(chosen)):
-        raise DataError(f"{path}: HDU {hdu!r} is not a 2-D (or 1 x H x W) image; HDUs: {hdu_summary(hdul)}")
-    return int(index)
-
-
-@dataclass
-class FitsImage:
-    """The image to upscale and what its output keeps."""
-
-    path: Path
-    data: np.ndarray  # as stored: (H, W) or (1, H, W), BSCALE/BZERO applied
-    header: Any  # astropy Header of the image HDU (a copy)
-    index: int  # HDU index; 0 = primary
-    primary_header: Any | None  # the primary header when the image is an extension
-    others: int  # HDUs of the input not copied to the output
-    tables: list[Any] = field(default_factory=list)  # copies of the HDUs the WCS reads (lookup / -TAB tables)
-    compression: dict[str, Any] | None = None  # CompImageHDU arguments of a compressed image
-    cards: dict[bytes, bytes] = field(default_factory=dict)  # non-standard cards: written image -> stored
-
-    @property
-    def label(self) -> str:
-        return f"{self.path}[{self.index}]"
-
-
 def compression_of(h: Any) -> dict[str, Any] | None:
     """The CompImageHDU arguments that compress an image like ``h``; None when ``h`` is not compressed."""
     if not isinstance(h, _fits().CompImageHDU):
@@ -166,35 +101,6 @@ def compression_of(h: Any) -> dict[str, Any] | None:
         "hcomp_scale": float(h.hcomp_scale),
         "hcomp_smooth": int(h.hcomp_smooth),
     }
-
-
-def read_fits_image(path: str | Path, hdu: int | str | None = None) -> FitsImage:
-    """Read the image HDU of ``path`` (.fits/.fit/.fts/.fz, optionally gzipped); DataError names the file.
-
-    A WCS with a distortion the rescale cannot express is refused here, before any upscaling.
-    """
-    fits, path = _fits(), Path(path)
-    try:
-        with fits.open(path, memmap=False) as hdul:
-            index = select_image_hdu(hdul, path, hdu)
-            chosen = hdul[index]
-            data = np.array(chosen.data)
-            header = chosen.header.copy()
-            primary = hdul[0].header.copy() if index > 0 else None
-            names = {(h.name, h.ver) for h in hdul}
-            tables = [hdul[ref].copy() for ref in fits_wcs.table_refs(header) if ref in names]
-            others = len(hdul) - (2 if index > 0 else 1) - len(tables)
-            cards = fits_cards.nonstandard_cards(fits_cards.raw_header(path, hdul, index))
-            if index > 0:
-                cards.update(fits_cards.nonstandard_cards(fits_cards.raw_header(path, hdul, 0)))
-            compression = compression_of(chosen)
-    except DataError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - astropy raises many kinds for a damaged file
-        raise DataError(f"{path}: cannot read FITS: {type(exc).__name__}: {exc}") from None
-    image = FitsImage(path, data, header, index, primary, others, tables, compression, cards)
-    fits_wcs.refuse_unsupported(header, image.label)
-    return image
 
 
 # ----------------------------------------------------------------------------------------------- units
@@ -230,10 +136,14 @@ class Normalization:
 
     def apply(self, x: np.ndarray) -> np.ndarray:
         """(x - offset) / scale, in x's float type (float64 for other types)."""
+        if self.scale == 1.0:  # the same values: x / 1.0 is x
+            return _float(x) - self.offset
         return (_float(x) - self.offset) / self.scale
 
     def restore(self, y: np.ndarray) -> np.ndarray:
         """y * scale + offset, in y's float type (float64 for other types)."""
+        if self.scale == 1.0:  # the same values: y * 1.0 is y
+            return _float(y) + self.offset
         return _float(y) * self.scale + self.offset
 
 
@@ -256,10 +166,10 @@ def choose_normalization(
     """
     if method not in NORMALIZE_MODES:
         raise DataError(f"normalize={method!r}: choose one of {', '.join(NORMALIZE_MODES)}")
-    v = np.asarray(values, dtype=np.float64).ravel()
+    v = np.asarray(values)
     if v.size == 0:
         raise DataError(f"{label}: no finite pixel values")
-    lo, hi = float(v.min()), float(v.max())
+    lo, hi = float(v.min()), float(v.max())  # exact in the values' own type: no float64 copy for these
     if method == "auto" and trained is not None:
         method = str(trained.get("normalize", "none"))
         warn_outside_training_range(lo, hi, label, trained)
@@ -270,6 +180,7 @@ def choose_normalization(
     if method == "max":
         peak = max(abs(lo), abs(hi))
         return Normalization("max", 0.0, peak if peak > 0 else 1.0)
+    v = np.asarray(v, dtype=np.float64).ravel()
     p_lo, p_hi = (float(p) for p in np.percentile(v, PERCENTILES))
     if p_hi <= p_lo:
         p_lo, p_hi = lo, hi
@@ -281,7 +192,7 @@ def guess_normalization(v: np.ndarray, lo: float, hi: float) -> str:
     sky noise allowed), divide by the peak when only the scale is off, stretch the percentiles otherwise."""
     if lo >= 0 and hi <= 1:
         return "none"
-    floor = float(np.percentile(v, PERCENTILES[0])) if lo < 0 else 0.0
+    floor = float(np.percentile(np.asarray(v, dtype=np.float64).ravel(), PERCENTILES[0])) if lo < 0 else 0.0
     if hi <= 1 and floor >= -NOISE_TOLERANCE:
         return "none"
     if hi > 0 and floor >= -NOISE_TOLERANCE * hi:
@@ -306,6 +217,8 @@ def warn_outside_training_range(lo: float, hi: float, label: str, trained: dict[
 def warn_out_of_range(model_values: np.ndarray, label: str, norm: Normalization) -> float:
     """Warn (once, naming ``label``) when values the model sees lie outside [0, 1]; returns the fraction."""
     v = np.asarray(model_values)
+    if v.size == 0 or (v.min() >= 0 and v.max() <= 1):  # two reductions instead of three masks
+        return 0.0
     frac = float(np.count_nonzero((v < 0) | (v > 1))) / max(v.size, 1)
     if frac > 0:
         warn(
@@ -382,56 +295,3 @@ def image_hdu(
         kw["compression_type"] = "RICE_1"
         notes.append("hpc_sr: PLIO_1 input compression written as RICE_1 (PLIO holds integers only)")
     return fits.CompImageHDU(data, header=header, **kw), notes
-
-
-def _output_hdus(
-    image: FitsImage, data: np.ndarray, scale: int, cards: dict[str, tuple[Any, str]], history: list[str]
-) -> Any:
-    """[primary copy,] SR image with the rescaled WCS and the given cards, [rescaled WCS tables]."""
-    fits = _fits()
-    header = sr_header(image.header, scale, cards, image.label)
-    hdu, notes = image_hdu(
-        data, header, primary=image.index == 0, compression=image.compression, in_width=image.data.shape[-1]
-    )
-    for line in [*history, *notes]:
-        hdu.header.add_history(line)
-    if image.others:
-        hdu.header.add_history(f"hpc_sr: {image.others} other HDU(s) of the input not copied")
-    hdus = [hdu, *(fits_wcs.rescale_wcs_table(t, scale) for t in image.tables)]
-    if image.index > 0:
-        primary = fits.PrimaryHDU(header=image.primary_header.copy())
-        for key in STALE_CARDS:
-            primary.header.remove(key, ignore_missing=True, remove_all=True)
-        hdus.insert(0, primary)
-    return fits.HDUList(hdus)
-
-
-def fits_output_bytes(
-    image: FitsImage,
-    data: np.ndarray,
-    scale: int,
-    cards: dict[str, tuple[Any, str]],
-    history: list[str],
-    compress: bool,
-) -> bytes:
-    """The output file: the SR image (same HDU position, EXTNAME, compression) with its rescaled WCS.
-
-    An image read from an extension is written after a copy of the input's primary header; the tables its WCS
-    reads follow it, rescaled; other HDUs of the input are not copied (a HISTORY card says how many).
-    Non-standard cards are written as stored, and the WCS is read back and checked
-    (:func:`hpc_sr.apps.fits_wcs.check_rescaled_wcs`).
-    """
-    fits = _fits()
-    buf = io.BytesIO()
-    _output_hdus(image, data, scale, cards, history).writeto(buf, output_verify="silentfix")
-    raw = fits_cards.restore_cards(buf.getvalue(), image.cards)
-    if image.cards:
-        names = ", ".join(fits_cards.card_names(image.cards))
-        warn(f"{image.label}: non-standard card(s) {names} copied byte for byte (astropy would re-format)")
-    with fits.open(io.BytesIO(raw)) as written:
-        before = (image.header, fits.HDUList([fits.PrimaryHDU(), *image.tables]))
-        after = (written[1 if image.index > 0 else 0].header, written)
-        shape = (int(image.data.shape[-2]), int(image.data.shape[-1]))
-        for note in fits_wcs.check_rescaled_wcs(before, after, shape, scale, image.label):
-            warn(f"{image.label}: {note}")
-    return gzip.compress(raw, mtime=0) if compress else raw

@@ -75,6 +75,12 @@ def inspect_dataset(root: str | Path, sample: int = 64, png: str | Path | None =
                    "lr_minus_mean_pooled_hr_mae": float(np.abs(lr - pooled).mean()),
                    **bicubic_metrics(lr, hr)},
     }
+    from hpc_sr.data.lr_relation import measure_lr_relation
+
+    measured = measure_lr_relation(hr, lr, m.scale, f"{root} ({split} split)")
+    recorded = m.provenance.get("lr_relation")
+    report["lr_relation"] = {"measured": measured.to_json(), "recorded": recorded,
+                             "statement": measured.describe()}
     if png is not None:
         report["png"] = str(save_grid(lr, hr, png))
     if not quiet:
@@ -98,6 +104,12 @@ def format_report(r: dict[str, Any]) -> str:
     metr = {k: v for k, v in s.items() if k.startswith("bicubic_")}
     lines.append("  " + "  ".join(f"{k} {v:.4f}" if math.isfinite(v) else f"{k} {v}"
                                   for k, v in metr.items()))
+    if "lr_relation" in r:
+        rel = r["lr_relation"]
+        lines.append(f"LR vs HR: {rel['statement']}")
+        if rel["measured"]["is_mean"] is False:
+            lines.append("  so the LR-consistency layer (model.g.lr_consistent) and loss (lr_consistency) "
+                         "are refused for training on it; LR-residual/flux metrics go through an LR model")
     if "png" in r:
         lines.append(f"grid: {r['png']}")
     return "\n".join(lines)

@@ -3,6 +3,7 @@
     hpc-sr runs runs/sweep                      # Markdown table of every run below
     hpc-sr runs runs/a runs/b --format csv      # or --json
     hpc-sr runs runs/sweep --by train.lr_g      # mean/std of best PSNR per value
+    hpc-sr runs runs/cv --by data.fold          # k-fold runs: per fold, then mean +- std over all folds
     hpc-sr runs runs/sweep --plot curves.png    # loss and val PSNR curves
 
 A run may have several segments (one "start" record each, after a requeue or resume). A segment that resumed
@@ -54,6 +55,7 @@ class RunHistory:
     val: dict[int, dict[str, Any]] = field(default_factory=dict)
     checkpoints: dict[int, dict[str, Any]] = field(default_factory=dict)
     segments: list[Segment] = field(default_factory=list)
+    early_stop: dict[str, Any] | None = None  # the "early_stop" record of the last segment, if it stopped so
     last_kind: str | None = None
     bad_lines: int = 0
     source: str = "metrics.jsonl"
@@ -75,6 +77,7 @@ def reduce_records(records: list[dict[str, Any]]) -> RunHistory:
         if kind == "start" or not h.segments:
             h.segments.append(Segment(start_step=step if kind == "start" else 0))
             if kind == "start":
+                h.early_stop = None  # a resumed run stops early again (and says so) or trains on
                 for table in per_kind.values():
                     for orphan in [s for s in table if s > step]:
                         del table[orphan]
@@ -83,6 +86,8 @@ def reduce_records(records: list[dict[str, Any]]) -> RunHistory:
         seg.world_size = int(rec.get("world_size", seg.world_size))
         if kind in per_kind:
             per_kind[kind][step] = rec
+        elif kind == "early_stop":
+            h.early_stop = rec
         h.last_kind = kind
     return h
 
@@ -219,6 +224,8 @@ def summarize(run_dir: Path, history: RunHistory, config: dict[str, Any],
     last = history.last_step
     if total is not None and last >= int(total):
         status = "finished"
+    elif history.early_stop is not None:
+        status = "early-stopped"  # done: train.early_stop_patience validations without a gain
     elif history.last_kind == "stop":
         status = "stopped"
     else:
@@ -245,6 +252,7 @@ def summarize(run_dir: Path, history: RunHistory, config: dict[str, Any],
         "final_ssim": _num(final.get("model", {}).get("ssim")),
         "best_step": best_step,
         "best_psnr": psnrs[best_step] if best_step is not None else None,
+        "best_ssim": _num(history.val[best_step].get("model", {}).get("ssim")) if psnrs else None,
         "bicubic_psnr": bicubic,
         "gain_db": final_psnr - bicubic if final_psnr is not None and bicubic is not None else None,
         "images_per_s": statistics.median(ips) if ips else None,
@@ -276,8 +284,14 @@ def aggregate(paths: list[str | Path],
     return rows, keys
 
 
+def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (None for no values; std None for one value)."""
+    mean = statistics.fmean(values) if values else None
+    return mean, statistics.stdev(values) if len(values) > 1 else None
+
+
 def group_by(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
-    """Mean and sample std of best (and final) PSNR per value of a config key."""
+    """Mean and sample std of best PSNR and SSIM (and final PSNR) per value of a config key."""
     if not any(key in r["_all_config"] for r in rows):
         known = sorted(set().union(*(r["_all_config"] for r in rows)))
         hint = closest(key, known)
@@ -289,13 +303,39 @@ def group_by(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
     out = []
     for value, members in sorted(groups.items(), key=lambda kv: _sort_key(json.loads(kv[0]))):
         best = [r["best_psnr"] for r in members if r["best_psnr"] is not None]
+        ssim = [r["best_ssim"] for r in members if r.get("best_ssim") is not None]
         final = [r["final_psnr"] for r in members if r["final_psnr"] is not None]
+        (best_mean, best_std), (ssim_mean, ssim_std) = _mean_std(best), _mean_std(ssim)
         out.append({key: json.loads(value), "runs": len(members),
-                    "best_psnr_mean": statistics.fmean(best) if best else None,
-                    "best_psnr_std": statistics.stdev(best) if len(best) > 1 else None,
-                    "final_psnr_mean": statistics.fmean(final) if final else None,
+                    "best_psnr_mean": best_mean, "best_psnr_std": best_std,
+                    "best_ssim_mean": ssim_mean, "best_ssim_std": ssim_std,
+                    "final_psnr_mean": _mean_std(final)[0],
                     "members": " ".join(r["run"] for r in members)})
     return out
+
+
+def overall(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and sample std over all runs (of a ``--by`` grouping: over every fold of a cross-validation) of
+    the best val PSNR and the SSIM at that step."""
+    best = [r["best_psnr"] for r in rows if r["best_psnr"] is not None]
+    ssim = [r["best_ssim"] for r in rows if r.get("best_ssim") is not None]
+    (best_mean, best_std), (ssim_mean, ssim_std) = _mean_std(best), _mean_std(ssim)
+    return {"runs": len(rows), "with_val": len(best), "best_psnr_mean": best_mean, "best_psnr_std": best_std,
+            "best_ssim_mean": ssim_mean, "best_ssim_std": ssim_std}
+
+
+def overall_line(stats: dict[str, Any]) -> str:
+    """``over all 3 runs: best val PSNR 27.123 +- 0.456 dB, SSIM 0.8123 +- 0.0101``."""
+
+    def pm(mean: float | None, std: float | None, fmt: str) -> str:
+        if mean is None:
+            return "-"
+        return format(mean, fmt) + (f" +- {format(std, fmt)}" if std is not None else "")
+
+    return (f"over all {stats['runs']} runs: best val PSNR "
+            f"{pm(stats['best_psnr_mean'], stats['best_psnr_std'], '.3f')} dB, SSIM "
+            f"{pm(stats['best_ssim_mean'], stats['best_ssim_std'], '.4f')}"
+            + (f" ({stats['with_val']} with validations)" if stats["with_val"] != stats["runs"] else ""))
 
 
 def _sort_key(value: Any) -> tuple[int, Any]:
@@ -304,10 +344,11 @@ def _sort_key(value: Any) -> tuple[int, Any]:
 
 # ----------------------------------------------------------------------------------------------- output
 COLUMNS = ["status", "step", "steps", "segments", "final_step", "final_psnr", "final_ssim", "best_step",
-           "best_psnr", "bicubic_psnr", "gain_db", "images_per_s", "wall_s", "device_hours"]
+           "best_psnr", "best_ssim", "bicubic_psnr", "gain_db", "images_per_s", "wall_s", "device_hours"]
 FORMATS = {"final_psnr": ".3f", "best_psnr": ".3f", "bicubic_psnr": ".3f", "gain_db": "+.3f",
-           "final_ssim": ".4f", "images_per_s": ".1f", "wall_s": ".1f", "device_hours": ".4f",
-           "best_psnr_mean": ".3f", "best_psnr_std": ".3f", "final_psnr_mean": ".3f"}
+           "final_ssim": ".4f", "best_ssim": ".4f", "images_per_s": ".1f", "wall_s": ".1f",
+           "device_hours": ".4f", "best_psnr_mean": ".3f", "best_psnr_std": ".3f", "final_psnr_mean": ".3f",
+           "best_ssim_mean": ".4f", "best_ssim_std": ".4f"}
 
 
 def table(rows: list[dict[str, Any]], keys: list[str]) -> tuple[list[str], list[list[Any]]]:
@@ -384,7 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", metavar="RUN_DIR", help="run directories or sweep directories")
     p.add_argument("--format", choices=["markdown", "csv", "json"], default="markdown")
     p.add_argument("--json", dest="format", action="store_const", const="json", help="same as --format json")
-    p.add_argument("--by", metavar="KEY", help="group runs by a config key (train.lr_g): PSNR mean/std")
+    p.add_argument("--by", metavar="KEY", help="group runs by a config key (train.lr_g, data.fold): PSNR and "
+                   "SSIM mean/std per value; Markdown adds the mean +- std over all runs (all folds)")
     p.add_argument("--plot", metavar="OUT.png", help="also write loss and val PSNR curves of all runs")
     p.add_argument("--stale-after", type=float, default=STALE_AFTER_S, metavar="S",
                    help="an unfinished run idle for over S seconds is 'stopped', else 'running'")
@@ -411,6 +453,8 @@ def _command(args: argparse.Namespace) -> int:
         print(to_csv(header, cells))
     else:
         print(to_markdown(header, cells))
+        if args.by:
+            print(overall_line(overall(rows)))
     if args.plot:
         print(f"wrote {plot_curves(args.paths, args.plot)}", file=sys.stderr)
     return 0

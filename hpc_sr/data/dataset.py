@@ -55,13 +55,15 @@ class _ShardBase:
         augment: bool = False,
         verify: bool = True,
         seed: int = 0,
+        indices: np.ndarray | None = None,
     ) -> None:
         self.manifest: Manifest = load_manifest(root)
         m = self.manifest
         if scale is not None and scale != m.scale:
             raise DataError(f"{m.root}: shards have scale {m.scale}, the dataset was asked for scale {scale}")
         self.split = split
-        self.indices = m.split_indices(split)
+        # the split's own indices, or a run's selection of them (hpc_sr.data.folds: a fold, a few pairs)
+        self.indices = m.split_indices(split) if indices is None else np.sort(np.asarray(indices, np.int64))
         if len(self.indices) == 0:
             raise DataError(f"{m.root}: split {split!r} is empty")
         check_patch(patch_size, tuple(m.lr_shape[1:]), m.scale, str(m.root))
@@ -232,8 +234,9 @@ class BlockShardDataset(_ShardBase, IterableDataset):
         shuffle_buffer: int | None = None,
         rank: int | None = None,
         world_size: int | None = None,
+        indices: np.ndarray | None = None,
     ) -> None:
-        super().__init__(root, split, patch_size, scale, augment, verify, seed)
+        super().__init__(root, split, patch_size, scale, augment, verify, seed, indices)
         if block_size < 1:
             raise DataError(f"block_size must be >= 1, got {block_size}")
         self.block_size, self.shuffle = block_size, shuffle
@@ -326,9 +329,13 @@ def build_dataset(
     verify: bool = True,
     block_size: int = 64,
     scale: int | None = None,
+    indices: np.ndarray | None = None,
 ) -> ShardDataset | InMemoryShardDataset | BlockShardDataset:
-    """The shard dataset for ``loader`` = item | block | memory (``data.options.loader`` of source shards)."""
-    kw: dict[str, Any] = dict(patch_size=patch_size, scale=scale, augment=augment, verify=verify, seed=seed)
+    """The shard dataset for ``loader`` = item | block | memory (``data.options.loader`` of source shards);
+    ``indices``: these global indices instead of the whole split (a fold, a few pairs)."""
+    kw: dict[str, Any] = dict(
+        patch_size=patch_size, scale=scale, augment=augment, verify=verify, seed=seed, indices=indices
+    )
     if loader == "item":
         return ShardDataset(root, split, **kw)
     if loader == "memory":
@@ -338,26 +345,29 @@ def build_dataset(
     raise DataError(f"unknown loader {loader!r}; choose item, block or memory")
 
 
-def noise_free_split(root: str | Path, split: str = "train", batch: int = 64) -> np.ndarray:
+def noise_free_split(
+    root: str | Path, split: str = "train", batch: int = 64, indices: np.ndarray | None = None
+) -> np.ndarray:
     """The noise-free HR of a simulated split (n,1,H,W) float32 in split order, re-rendered from the
-    parameters its shards record with the preset its manifest names (``data.target: clean``).
+    parameters its shards record with the preset its manifest names (``data.target: clean``); ``indices``
+    (sorted global indices, e.g. a fold's): those pairs instead of the split.
 
     Raises DataError naming the directory if the set records no simulator parameters (packed from files)
     or was made by another simulator version.
     """
-    from hpc_sr.data.lensing import PARAM_NAMES, noise_free_hr
+    from hpc_sr.data.lensing import PARAM_NAMES, is_simulator_layout, noise_free_hr
     from hpc_sr.data.presets import PRESETS
     from hpc_sr.data.shards import read_split_params
 
     m = load_manifest(root)
-    params = read_split_params(root, split)
+    params = read_split_params(root, split) if indices is None else _params_of(root, m, indices)
     preset = m.provenance.get("preset")
     if params is None or m.provenance.get("command") != "simulate" or preset not in PRESETS:
         raise DataError(
             f"{root}: data.target=clean needs a simulated set (hpc-sr simulate) with recorded parameters; "
             f"this one was made by {m.provenance.get('command')!r} (preset {preset!r})"
         )
-    if list(m.param_names) != list(PARAM_NAMES):
+    if not is_simulator_layout(m.param_names):
         raise DataError(
             f"{root}: param_names {list(m.param_names)} are not this simulator's {list(PARAM_NAMES)}"
         )
@@ -366,3 +376,15 @@ def noise_free_split(root: str | Path, split: str = "train", batch: int = 64) ->
         p = torch.from_numpy(params[s : s + batch])
         out[s : s + batch] = noise_free_hr(p, preset, m.hr_shape[-1]).numpy()
     return out
+
+
+def _params_of(root: str | Path, m: Manifest, indices: np.ndarray) -> np.ndarray | None:
+    """The recorded parameters of global ``indices`` (in their order), None if the set carries none."""
+    from hpc_sr.data.shards import SPLITS, read_split_params
+
+    parts = [read_split_params(root, s) for s in SPLITS]
+    if any(p is None for p in parts):
+        return None
+    every = np.concatenate([m.split_indices(s) for s in SPLITS])
+    params = np.concatenate(parts)  # type: ignore[arg-type]
+    return params[np.argsort(every)][np.asarray(indices, np.int64)]

@@ -25,6 +25,20 @@ recorded as the last parameter, ``hr_peak_flux``. LR, by default (``lr_mode="mea
 its own Poisson and background noise, then divided by ``scale**2 * hr_peak_flux`` (the HR scaling, never a
 separate one) and clipped to [0, 1].
 
+LR instruments (``lr_mode="instrument"``, the default of a preset with an ``lr_instrument``: ``ground_space``,
+``randomized``): LR is observed by a camera of its own, as a ground-based survey sees what a space telescope
+images as HR. The clean unblurred HR image (the sky, flux per HR pixel) is blurred by the instrument's PSF
+sampled on the HR grid (a Gaussian or a Moffat of per-pair FWHM and index, ``imaging.psf_kernels_2d``) whose
+centre carries the pair's misalignment (``lr_shift_x``/``lr_shift_y`` LR pixels: LR's content moves by
++shift), with FFTs (``imaging.fft_blur``, replicate padding); summed over ``scale`` x ``scale`` blocks (flux
+per LR pixel), given Poisson noise at the LR exposure and the LR background, then divided by
+``scale**2 * hr_peak_flux`` (HR's scaling) and clipped to [0, 1]. The instrument's draws come after every
+lens and HR draw, so a preset's lenses do not depend on whether it has one, and its per-pair parameters
+(``INSTRUMENT_NAMES``) follow ``hr_peak_flux`` in the recorded params (``param_names_of``). Pairs that an
+instrument with ``mean_fraction`` leaves as block means (recorded ``lr_psf_fwhm`` 0) get LR = the mean of HR.
+``render_lr`` gives the noise-free (or noisy) LR flux of given params; windows render the same LR from the
+window's clean region plus the LR PSF's reach (equal to the whole image's crop to rounding).
+
 Windows (``LensingSimulator.sample_windows(n, window)``, for training on patches): each sample draws its own
 parameters and its own window position, an HR offset that is a multiple of ``scale`` (so the LR window is
 the aligned LR crop), and only that window is rendered: the window plus the PSF kernel's half-width,
@@ -66,21 +80,69 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from hpc_sr.data.presets import SAMPLED_NAMES, LensPreset, resolve_preset
+from hpc_sr.data.presets import (
+    INSTRUMENT_NAMES,
+    PRESETS,
+    SAMPLED_NAMES,
+    Instrument,
+    LensPreset,
+    resolve_preset,
+)
 from hpc_sr.errors import DataError
-from hpc_sr.imaging import blur_valid, blur_with_kernels, gaussian_kernels
+from hpc_sr.imaging import (
+    blur_valid,
+    blur_with_kernels,
+    fft_blur,
+    fft_blur_valid,
+    gaussian_kernels,
+    psf_kernels_2d,
+)
 
 __all__ = [
     "PARAM_NAMES",
     "LensingSimulator",
+    "lr_kernels",
+    "param_names_of",
     "SimBatch",
     "WindowBatch",
+    "is_simulator_layout",
     "simulate",
 ]
 
 # Recorded parameters, in column order: the sampled ones (hpc_sr.data.presets), then the derived hr_peak_flux.
 PARAM_NAMES: tuple[str, ...] = (*SAMPLED_NAMES, "hr_peak_flux")
-_IDX = {name: i for i, name in enumerate(PARAM_NAMES)}
+_IDX = {name: i for i, name in enumerate((*PARAM_NAMES, *INSTRUMENT_NAMES))}
+
+
+def param_names_of(preset: str | LensPreset) -> tuple[str, ...]:
+    """The recorded parameter columns of a preset's pairs: PARAM_NAMES, then INSTRUMENT_NAMES when its LR
+    comes from an instrument of its own."""
+    return PARAM_NAMES if resolve_preset(preset).lr_instrument is None else (*PARAM_NAMES, *INSTRUMENT_NAMES)
+
+
+def is_simulator_layout(param_names: object) -> bool:
+    """Whether recorded param_names are this simulator's columns (with or without an LR instrument's)."""
+    names = list(param_names) if isinstance(param_names, list | tuple) else None
+    return names in (list(PARAM_NAMES), [*PARAM_NAMES, *INSTRUMENT_NAMES])
+
+
+def lr_kernels(params: Tensor, pixel_scale: float, scale: int, radius: int | None = None) -> Tensor:
+    """(N, K, K) LR-instrument PSFs on the HR grid from recorded params (columns as ``param_names_of``):
+    FWHM lr_psf_fwhm / pixel_scale HR pixels, Moffat index lr_psf_beta (0: Gaussian), centred at the LR
+    misalignment (lr_shift_y, lr_shift_x) * scale HR pixels. A pair whose LR is the mean of HR (FWHM 0)
+    gets a delta."""
+    if params.ndim != 2 or params.shape[1] < len(PARAM_NAMES) + len(INSTRUMENT_NAMES):
+        raise DataError(
+            f"params has shape {tuple(params.shape)}; an LR instrument needs the columns "
+            f"{list(INSTRUMENT_NAMES)} after {PARAM_NAMES[-1]!r}"
+        )
+    fwhm = params[:, _IDX["lr_psf_fwhm"]] / pixel_scale
+    shift = torch.stack((params[:, _IDX["lr_shift_y"]], params[:, _IDX["lr_shift_x"]]), dim=1) * scale
+    mean_pairs = fwhm <= 0
+    shift = shift.masked_fill(mean_pairs[:, None], 0.0)
+    k = psf_kernels_2d(fwhm.clamp_min(1e-3), params[:, _IDX["lr_psf_beta"]], shift, radius)
+    return k
+
 
 _FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
 _CHUNK_ELEMENTS = 1 << 17  # supersampled pixels rendered at once: keeps the working set in cache
@@ -203,15 +265,23 @@ class LensingSimulator:
         supersample: int = 2,
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
-        lr_mode: str = "mean",
+        lr_mode: str | None = None,
     ) -> None:
         self.preset = resolve_preset(preset)
         if scale < 1 or hr_size < scale or hr_size % scale:
             raise DataError(f"hr_size={hr_size} must be a positive multiple of scale={scale}")
         if supersample < 1:
             raise DataError(f"supersample={supersample} must be >= 1")
-        if lr_mode not in ("mean", "independent"):
-            raise DataError(f"lr_mode={lr_mode!r} is not one of 'mean', 'independent'")
+        if lr_mode is None:
+            lr_mode = "mean" if self.preset.lr_instrument is None else "instrument"
+        if lr_mode not in ("mean", "independent", "instrument"):
+            raise DataError(f"lr_mode={lr_mode!r} is not one of 'mean', 'independent', 'instrument'")
+        if lr_mode == "instrument" and self.preset.lr_instrument is None:
+            raise DataError(
+                f"lr_mode='instrument' needs a preset with an LR instrument (lr_instrument); preset "
+                f"{self.preset.name!r} has none (presets with one: "
+                f"{', '.join(n for n, p in PRESETS.items() if p.lr_instrument is not None)})"
+            )
         if dtype not in (torch.float32, torch.float64):
             raise DataError(f"dtype={dtype} is not torch.float32 or torch.float64")
         self.hr_size, self.scale, self.supersample = hr_size, scale, supersample
@@ -241,13 +311,30 @@ class LensingSimulator:
         self._peak_patch = min(_PEAK_PATCH, hr_size)
 
     # --------------------------------------------------------------------------- sampling
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        """The columns of this simulator's params: ``param_names_of(preset)``."""
+        return param_names_of(self.preset)
+
+    @property
+    def instrument(self) -> Instrument | None:
+        """The LR instrument this simulator observes LR with (lr_mode "instrument"), else None."""
+        return self.preset.lr_instrument if self.lr_mode == "instrument" else None
+
     def sample_params(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """(n, len(PARAM_NAMES)) parameters drawn from the preset (hr_peak_flux column NaN until rendered)."""
+        """(n, len(param_names)) parameters drawn from the preset (hr_peak_flux column NaN until rendered).
+
+        The lens and HR draws come first, as for a preset without an LR instrument; the instrument's after."""
         gdev = generator.device if generator is not None else torch.device("cpu")
         u = torch.rand(n, len(SAMPLED_NAMES), generator=generator, dtype=torch.float64, device=gdev).cpu()
         cols = [p.transform(u[:, i]) for i, p in enumerate(self.preset.priors())]
         cols.append(torch.full((n,), math.nan, dtype=torch.float64))
-        return torch.stack(cols, dim=1).to(self.device, self.dtype)
+        params = torch.stack(cols, dim=1)
+        inst = self.preset.lr_instrument
+        if inst is not None:
+            u = torch.rand(n, inst.DRAWS, generator=generator, dtype=torch.float64, device=gdev).cpu()
+            params = torch.cat((params, inst.draw(u)), dim=1)
+        return params.to(self.device, self.dtype)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> SimBatch:
         """Draw n parameter sets and render their (hr, lr) pairs; params[:, -1] holds each HR's peak flux."""
@@ -268,6 +355,9 @@ class LensingSimulator:
             hr_c = torch.div(noisy, peak.reshape(-1, 1, 1, 1), out=hr[s:e]).clamp_(0.0, 1.0)
             if self.lr_mode == "mean":
                 lr[s:e] = F.avg_pool2d(hr_c, self.scale)
+            elif self.lr_mode == "instrument":
+                lr_flux = self._add_lr_noise(fft_blur(clean, c["psf_lr2d"]), c, generator)
+                lr[s:e] = self._instrument_lr(lr_flux, peak, c, hr_c)
             else:
                 binned = F.avg_pool2d(clean, self.scale).mul_(self.scale**2)  # flux per coarse pixel
                 lr_flux = self._add_noise(blur_with_kernels(binned, c["psf_lr"]), c, generator)
@@ -290,6 +380,35 @@ class LensingSimulator:
             c = {k: v[s : s + self._chunk] for k, v in coeffs.items()}
             img = blur_with_kernels(self._render_clean(c), c["psf"])
             out[s : s + self._chunk] = self._add_noise(img, c, generator) if noise else img
+        return out
+
+    def render_lr(
+        self, params: Tensor, noise: bool = True, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """LR flux images (N,1,H/scale,W/scale) of an LR instrument (lr_mode "instrument") for params (N,P)
+        (columns as ``param_names``), in HR flux units (flux per LR pixel / scale^2): the sky blurred by the
+        LR PSF on the HR grid, block-averaged; with ``noise``, the LR Poisson and background noise. Pairs
+        whose LR is the mean of HR (lr_psf_fwhm 0) get the mean of the HR PSF's image (noise-free) here."""
+        if self.lr_mode != "instrument":
+            raise DataError(f"render_lr needs lr_mode='instrument'; this simulator's is {self.lr_mode!r}")
+        if params.ndim != 2 or params.shape[1] < len(self.param_names):
+            raise DataError(f"params has shape {tuple(params.shape)}; expected (N, {len(self.param_names)})")
+        params = params.to(self.device, self.dtype)
+        coeffs = self._coeffs(params)
+        lr_size = self.hr_size // self.scale
+        out = torch.empty(params.shape[0], 1, lr_size, lr_size, dtype=self.dtype, device=self.device)
+        for s in range(0, params.shape[0], self._chunk):
+            c = {k: v[s : s + self._chunk] for k, v in coeffs.items()}
+            clean = self._render_clean(c)
+            if noise:
+                flux = self._add_lr_noise(fft_blur(clean, c["psf_lr2d"]), c, generator)
+            else:
+                flux = F.avg_pool2d(fft_blur(clean, c["psf_lr2d"]), self.scale).mul_(self.scale**2)
+            mean_pairs = c["lr_mean"].reshape(-1)
+            if bool(mean_pairs.any()):
+                hr = blur_with_kernels(clean[mean_pairs], c["psf"][mean_pairs])
+                flux[mean_pairs] = F.avg_pool2d(hr, self.scale).mul_(self.scale**2)
+            out[s : s + self._chunk] = flux.div_(self.scale**2)
         return out
 
     # --------------------------------------------------------------------------- windows
@@ -438,6 +557,9 @@ class LensingSimulator:
             m = r
             if self.lr_mode == "independent":  # LR needs whole scale x scale blocks of the clean image
                 m = sc * -(-max(r, sc * ((c["psf_lr"].shape[1] - 1) // 2)) // sc)
+            elif self.lr_mode == "instrument":  # the LR PSF's reach on the HR grid
+                rl = (c["psf_lr2d"].shape[-1] - 1) // 2
+                m = max(r, rl)
             clean = self._region_clean(c, off - m, window + 2 * m)
             img = _blur_mm(clean[..., m - r : m + window + r, m - r : m + window + r], c["psf"])
             if clean_flux is not None:
@@ -446,6 +568,13 @@ class LensingSimulator:
             if self.lr_mode == "independent":
                 img = self._window_lr(c, off, window, clean, m)
                 lr_flux[s : s + chunk] = self._add_noise(img, c, generator) if noise else img
+            elif self.lr_mode == "instrument":
+                blurred = fft_blur_valid(clean[..., m - rl : m + window + rl, m - rl : m + window + rl],
+                                         c["psf_lr2d"])  # fmt: skip
+                if noise:
+                    lr_flux[s : s + chunk] = self._add_lr_noise(blurred, c, generator)
+                else:
+                    lr_flux[s : s + chunk] = F.avg_pool2d(blurred, sc).mul_(sc**2)
         chunk = max(1, 4 * self._chunk_budget() // self._peak_elements())
         for s in range(0, n, chunk):
             c = coeffs if n <= chunk else {k: v[s : s + chunk] for k, v in coeffs.items()}
@@ -456,6 +585,8 @@ class LensingSimulator:
         hr = flux.div_(peak).clamp_(0.0, 1.0)
         if self.lr_mode == "mean":
             lr = F.avg_pool2d(hr, sc)
+        elif self.lr_mode == "instrument":
+            lr = self._instrument_lr(lr_flux, peak, coeffs, hr)
         else:
             lr = lr_flux.div_(peak * sc**2).clamp_(0.0, 1.0)
         clean_hr = None if clean_flux is None else clean_flux.div_(peak).clamp_(0.0, 1.0)
@@ -573,6 +704,12 @@ class LensingSimulator:
         out["psf"] = gaussian_kernels(sigma_px)
         if self.lr_mode == "independent":
             out["psf_lr"] = gaussian_kernels(sigma_px / self.scale)
+        elif self.lr_mode == "instrument":
+            out["psf_lr2d"] = lr_kernels(p, self.preset.pixel_scale, self.scale)
+            names = ("lr_psf_fwhm", "lr_exposure_time", "lr_background_rms")
+            lr = {name: _bc(p[:, _IDX[name]]) for name in names}
+            out.update(lr_t=lr["lr_exposure_time"], lr_bkg2=lr["lr_background_rms"] ** 2,
+                       lr_mean=lr["lr_psf_fwhm"] <= 0)  # fmt: skip
         return out
 
     def _render_clean(self, c: dict[str, Tensor], x: Tensor | None = None, y: Tensor | None = None) -> Tensor:
@@ -622,12 +759,34 @@ class LensingSimulator:
         z = torch.randn(img.shape, generator=generator, dtype=self.dtype, device=gdev).to(self.device)
         return z.mul_(var.sqrt()).add_(img)
 
+    def _add_lr_noise(
+        self, blurred: Tensor, c: dict[str, Tensor], generator: torch.Generator | None
+    ) -> Tensor:
+        """LR flux per LR pixel from the sky blurred by the LR PSF on the HR grid (C,1,H',W'): the scale x
+        scale block sums, with Poisson noise at the LR exposure and the LR background (Gaussian)."""
+        flux = F.avg_pool2d(blurred, self.scale).mul_(self.scale**2)
+        var = flux.abs().div(c["lr_t"][:, 0]).add_(c["lr_bkg2"][:, 0])
+        gdev = generator.device if generator is not None else self.device
+        z = torch.randn(flux.shape, generator=generator, dtype=self.dtype, device=gdev).to(self.device)
+        return z.mul_(var.sqrt()).add_(flux)
+
+    def _instrument_lr(self, lr_flux: Tensor, peak: Tensor, c: dict[str, Tensor], hr: Tensor) -> Tensor:
+        """LR in HR units (flux per LR pixel / (scale^2 * hr_peak_flux)) clipped to [0, 1]; pairs whose LR
+        is the mean of HR (lr_psf_fwhm 0) take the mean of ``hr`` (already scaled and clipped) instead."""
+        lr = lr_flux.div_(peak.reshape(-1, 1, 1, 1) * self.scale**2).clamp_(0.0, 1.0)
+        mean_pairs = c["lr_mean"].reshape(-1)
+        if bool(mean_pairs.any()):
+            lr[mean_pairs] = F.avg_pool2d(hr[mean_pairs], self.scale)
+        return lr
+
 
 def noise_free_hr(params: Tensor, preset: str | LensPreset, hr_size: int) -> Tensor:
     """The noise-free HR (N,1,H,W) of recorded params (N, len(PARAM_NAMES)), float64 on params' device:
     ``render(params, noise=False) / hr_peak_flux`` clipped to [0, 1], the scaling HR had."""
     p = params.detach().to(torch.float64)
-    sim = LensingSimulator(preset, hr_size=hr_size, scale=1, device=p.device, dtype=torch.float64)
+    sim = LensingSimulator(
+        preset, hr_size=hr_size, scale=1, device=p.device, dtype=torch.float64, lr_mode="mean"
+    )
     return sim.render(p, noise=False).div_(p[:, _IDX["hr_peak_flux"]].reshape(-1, 1, 1, 1)).clamp_(0.0, 1.0)
 
 

@@ -102,11 +102,14 @@ class MemoryStream(EpochPosition):
         huge_pages: bool = True,
     ) -> None:
         from hpc_sr.data.dataset import InMemoryShardDataset, noise_free_split
+        from hpc_sr.data.folds import run_indices
+        from hpc_sr.data.shards import load_manifest
 
-        ds = InMemoryShardDataset(data.path, split="train", scale=data.scale)
+        idx = run_indices(load_manifest(data.path), "train", data)  # a fold / the first N pairs, sorted
+        ds = InMemoryShardDataset(data.path, split="train", scale=data.scale, indices=idx)
         lr_np, hr_np = ds.arrays()
         if data.target == "clean":  # the noise-free HR as the target (simulated sets only)
-            hr_np = noise_free_split(data.path, "train")
+            hr_np = noise_free_split(data.path, "train", indices=idx)
         check_patch(data.patch_size, tuple(lr_np.shape[-2:]), data.scale, data.path)
         check_enough(len(lr_np), micro_batch, env, data.path)
         home = device if on_device else torch.device("cpu")

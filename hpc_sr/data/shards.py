@@ -335,7 +335,8 @@ def simulate_to_shards(out: str | Path, num: int, preset: str = "deeplense_sr", 
     """Simulate ``num`` lensing pairs in batches with LensingSimulator and write them as shards."""
     import torch
 
-    from hpc_sr.data.lensing import PARAM_NAMES, LensingSimulator
+    from hpc_sr.data.lensing import LensingSimulator
+    from hpc_sr.data.lr_relation import preset_lr_relation
 
     if num < 1:
         raise DataError(f"num must be >= 1, got {num}")
@@ -345,7 +346,7 @@ def simulate_to_shards(out: str | Path, num: int, preset: str = "deeplense_sr", 
     sim = LensingSimulator(preset=preset, hr_size=hr_size, scale=scale, device=device)
     gen = torch.Generator(device=device).manual_seed(seed)
     writer = ShardWriter(out, shard_size, compression, source=f"simulate:{preset}", scale=scale,
-                         param_names=PARAM_NAMES)
+                         param_names=sim.param_names)
     try:
         with _progress(num, "simulate") as bar:
             for start in range(0, num, batch_size):
@@ -362,7 +363,8 @@ def simulate_to_shards(out: str | Path, num: int, preset: str = "deeplense_sr", 
     except BaseException:
         writer.abort()
         raise
-    prov = _provenance("simulate", preset=preset, seed=seed, hr_size=hr_size, device=device, num=num)
+    prov = _provenance("simulate", preset=preset, seed=seed, hr_size=hr_size, device=device, num=num,
+                       lr_relation=preset_lr_relation(preset).to_json())
     return _write_manifest(out, writer, split, seed, prov)
 
 
@@ -370,6 +372,7 @@ def pack_to_shards(kind: str, src: str | Path, out: str | Path, shard_size: int 
                    scale: int = 2, compression: str = "none", split: Sequence[float] = (0.8, 0.1, 0.1),
                    skip_bad: bool = False, batch_size: int = 64) -> Manifest:
     """Read the pairs of ``src`` (see hpc_sr.data.sources) and write them as shards with their names."""
+    from hpc_sr.data.lr_relation import measure_lr_relation
     from hpc_sr.data.sources import open_source
 
     check_fractions(split)
@@ -378,11 +381,14 @@ def pack_to_shards(kind: str, src: str | Path, out: str | Path, shard_size: int 
     _prepare_out(out)
     writer = ShardWriter(out, shard_size, compression, source=f"{kind}:{Path(src).resolve()}", scale=scale,
                          with_names=True)
+    relation = None
     try:
         with _progress(source.candidates, f"pack {kind}") as bar:
             for batch in _batched(source, batch_size):
-                writer.add(np.stack([p.hr for p in batch]), np.stack([p.lr for p in batch]),
-                           names=[p.name for p in batch])
+                hr, lr = np.stack([p.hr for p in batch]), np.stack([p.lr for p in batch])
+                writer.add(hr, lr, names=[p.name for p in batch])
+                if relation is None:  # measured once, on the first batch, and recorded in the manifest
+                    relation = measure_lr_relation(hr, lr, scale, f"{src} (first pairs packed)")
                 bar.update(len(batch))
         writer.close()
     except BaseException:
@@ -392,7 +398,11 @@ def pack_to_shards(kind: str, src: str | Path, out: str | Path, shard_size: int 
         print(f"skipped {len(source.skipped)} bad pair(s) of {source.candidates + len(source.skipped)}",
               file=sys.stderr)
     prov = _provenance("pack", kind=kind, source_dir=str(Path(src).resolve()), seed=seed,
-                       skipped=[{"file": f, "reason": r} for f, r in source.skipped])
+                       skipped=[{"file": f, "reason": r} for f, r in source.skipped],
+                       lr_relation=None if relation is None else relation.to_json())
+    if relation is not None and relation.is_mean is False:
+        print(f"note: {relation.describe()}: the LR-consistency layer and loss are refused on this set, and "
+              "metrics that assume the mean are computed through an LR model or left out", file=sys.stderr)
     return _write_manifest(out, writer, split, seed, prov)
 
 

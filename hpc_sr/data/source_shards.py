@@ -1,4 +1,5 @@
-"""Training source ``shards``: the train split of the packed data set at ``data.path`` (HDF5 shards).
+"""Training source ``shards``: the train split of the packed data set at ``data.path`` (HDF5 shards), or the
+run's selection of its pairs (``data.folds``/``data.fold``, ``data.train_pairs``: :mod:`hpc_sr.data.folds`).
 
 ``data.options`` (:class:`ShardsOptions`): ``loader: item | block`` reads through a DataLoader (per-item reads
 with a DistributedSampler that can start mid-epoch, or contiguous block reads), crops/flips per item;
@@ -96,10 +97,13 @@ class ShardStream(EpochPosition):
         micro_batch: int,
     ) -> None:
         from hpc_sr.data.dataset import BlockShardDataset, build_dataset, seed_worker
+        from hpc_sr.data.folds import run_indices
+        from hpc_sr.data.shards import load_manifest
 
         self.dataset = build_dataset(
             data.path,
             split="train",
+            indices=run_indices(load_manifest(data.path), "train", data),  # a fold / the first N pairs
             loader=opts.loader,
             patch_size=data.patch_size,
             augment=data.augment,

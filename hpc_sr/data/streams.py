@@ -53,8 +53,12 @@ def _resolve(data: DataConfig) -> tuple[Entry[Callable[..., Any]], Any]:
 
 def check_source(data: DataConfig) -> Any:
     """The typed ``data.options`` of ``data.source``; a ConfigError naming the key for an unknown source or
-    option, or a bad value."""
-    return _resolve(data)[1]
+    option, or a bad value (also of ``data.folds`` / ``data.fold`` / ``data.train_pairs``)."""
+    from hpc_sr.data.folds import check_folds
+
+    opts = _resolve(data)[1]
+    check_folds(data)
+    return opts
 
 
 def make_train_stream(
@@ -105,11 +109,13 @@ def check_enough(n: int, micro_batch: int, env: DistEnv, where: str) -> None:
 
 def _packed_val_split(data: DataConfig) -> Dataset | None:
     from hpc_sr.data.dataset import ShardDataset
+    from hpc_sr.data.folds import run_indices
     from hpc_sr.data.shards import load_manifest
 
-    if len(load_manifest(data.path).split_indices("val")) == 0:
+    idx = run_indices(load_manifest(data.path), "val", data)  # the val split, or the held-out fold
+    if len(idx) == 0:
         return None  # a set packed without a val split: training runs without validation
-    return ShardDataset(data.path, split="val", scale=data.scale)
+    return ShardDataset(data.path, split="val", scale=data.scale, indices=idx)
 
 
 def make_val_loader(data: DataConfig, seed: int, env: DistEnv, batch_size: int) -> DataLoader | None:

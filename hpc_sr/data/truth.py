@@ -19,15 +19,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from hpc_sr.data.lensing import PARAM_NAMES, noise_free_hr
-from hpc_sr.data.presets import LensPreset, resolve_preset
+from hpc_sr.data.lensing import PARAM_NAMES, lr_kernels, noise_free_hr
+from hpc_sr.data.presets import INSTRUMENT_NAMES, LensPreset, resolve_preset
 from hpc_sr.errors import DataError
-from hpc_sr.imaging import block_residual
+from hpc_sr.imaging import block_residual, matching_kernels, psf_kernels_2d
 
 __all__ = [
     "SimTruth",
+    "ceiling_from_clean",
     "clean_images",
     "lens_centre_pixels",
+    "lr_model_kernels",
+    "mean_lr_pairs",
     "noise_ceiling_estimate",
     "noise_rms_from_params",
     "noise_variance",
@@ -35,19 +38,29 @@ __all__ = [
     "theta_e_pixels",
 ]
 
-_P = {name: i for i, name in enumerate(PARAM_NAMES)}
+_P = {name: i for i, name in enumerate((*PARAM_NAMES, *INSTRUMENT_NAMES))}
+_KNOWN_LAYOUTS = (list(PARAM_NAMES), [*PARAM_NAMES, *INSTRUMENT_NAMES])
 
 
-def _check_params(params: Tensor, param_names: Sequence[str] | None = None) -> Tensor:
-    """params (N, len(PARAM_NAMES)) as float64, checked: a DataError naming what is wrong."""
-    if param_names is not None and list(param_names) != list(PARAM_NAMES):
+def _check_params(
+    params: Tensor, param_names: Sequence[str] | None = None, rendered: bool = True
+) -> Tensor:
+    """params (N, len(PARAM_NAMES)) or, with an LR instrument, (N, len(PARAM_NAMES) + len(INSTRUMENT_NAMES))
+    as float64, checked (``rendered``: with their hr_peak_flux): a DataError naming what is wrong."""
+    if param_names is not None and list(param_names) not in _KNOWN_LAYOUTS:
         raise DataError(
-            f"param_names {list(param_names)} are not this simulator's {list(PARAM_NAMES)}: the shards were "
-            "made by another version; their noise-free images cannot be re-rendered"
+            f"param_names {list(param_names)} are not this simulator's {list(PARAM_NAMES)} (+ "
+            f"{list(INSTRUMENT_NAMES)} with an LR instrument): the shards were made by another version; "
+            "their noise-free images cannot be re-rendered"
         )
-    if params.ndim != 2 or params.shape[1] != len(PARAM_NAMES):
-        raise DataError(f"params has shape {tuple(params.shape)}; expected (N, {len(PARAM_NAMES)})")
+    if params.ndim != 2 or params.shape[1] not in (len(layout) for layout in _KNOWN_LAYOUTS):
+        raise DataError(
+            f"params has shape {tuple(params.shape)}; expected (N, {len(PARAM_NAMES)}) or (N, "
+            f"{len(PARAM_NAMES) + len(INSTRUMENT_NAMES)}) with an LR instrument"
+        )
     p = params.detach().to(torch.float64)
+    if not rendered:
+        return p
     peak = p[:, _P["hr_peak_flux"]]
     bad = ~(torch.isfinite(peak) & (peak > 0))
     if bool(bad.any()):
@@ -109,9 +122,10 @@ def noise_ceiling_estimate(
     ``weighting="equal"`` (``hpc_sr.studies ceiling``, the reference): every pixel of a block gets the block's
     mean residual (the orthogonal projection). ``"variance"``: pixel p gets s^2 r v_p / sum_block(v), v the
     noise variance (``noise_variance``): the conditional mean of Gaussian noise given its block mean, a
-    slightly higher ceiling. Valid when LR is the scale x scale mean of HR (the simulator's
-    ``lr_mode="mean"``, what ``simulate_to_shards`` writes): the error is then only the HR noise that LR
-    does not reveal.
+    slightly higher ceiling. The projection holds where LR is the scale x scale mean of HR (the simulator's
+    ``lr_mode="mean"``): the error is then only the HR noise that LR does not reveal. Pairs whose LR comes
+    from an instrument of its own (params with INSTRUMENT_NAMES and lr_psf_fwhm > 0) reveal nothing of the
+    HR noise: their ceiling is the noise-free HR itself.
     """
     if lr.ndim != 4 or lr.shape[1] != 1:
         raise ValueError(
@@ -122,11 +136,52 @@ def noise_ceiling_estimate(
     clean = clean_images(params.to(lr.device), preset, lr.shape[-1] * scale, param_names)
     if clean.shape[-2] != lr.shape[-2] * scale:
         raise DataError(f"lr {tuple(lr.shape)} is not square; the simulator renders square images")
-    residual = block_residual(clean, lr.to(torch.float64), scale)
+    return ceiling_from_clean(clean, lr, params, scale, weighting)
+
+
+def ceiling_from_clean(
+    clean: Tensor, lr: Tensor, params: Tensor, scale: int, weighting: str = "equal"
+) -> Tensor:
+    """``noise_ceiling_estimate`` from the noise-free HR already rendered (``clean_images``)."""
+    residual = block_residual(clean, lr.to(clean.device, torch.float64), scale)
+    mean_pairs = mean_lr_pairs(params).to(residual.device)
+    residual = residual * mean_pairs.reshape(-1, 1, 1, 1)  # instrument LR reveals no HR noise: no projection
     if weighting == "equal":  # imaging.lr_projection(clean, lr, scale)
         return clean + residual
     v = noise_variance(params, clean)
     return clean + v / F.interpolate(F.avg_pool2d(v, scale), scale_factor=scale, mode="nearest") * residual
+
+
+def mean_lr_pairs(params: Tensor) -> Tensor:
+    """(N,) bool: whether each pair's LR is the block mean of its HR (every pair without an LR instrument;
+    with one, the pairs it left as means: lr_psf_fwhm 0)."""
+    p = _check_params(params, rendered=False)
+    if p.shape[1] == len(PARAM_NAMES):
+        return torch.ones(p.shape[0], dtype=torch.bool, device=p.device)
+    return p[:, _P["lr_psf_fwhm"]] <= 0
+
+
+def lr_model_kernels(params: Tensor, preset: str | LensPreset, scale: int) -> Tensor | None:
+    """(N, K, K) float64 kernels on the HR grid that turn an image at the HR PSF into the LR instrument's
+    view (``imaging.instrument_view(x, kernels, scale)`` predicts LR from an HR-like x): the LR PSF, with its
+    misalignment, matched from the HR PSF (``imaging.matching_kernels``); a delta for pairs whose LR is the
+    block mean of HR. None when no pair has an LR instrument (the block mean is the whole LR model)."""
+    p = _check_params(params, rendered=False)
+    mean_pairs = mean_lr_pairs(p)
+    if bool(mean_pairs.all()):
+        return None
+    ps = resolve_preset(preset).pixel_scale
+    k_lr = lr_kernels(p, ps, scale)
+    fwhm_hr = p[:, _P["psf_fwhm"]] / ps
+    k_hr = psf_kernels_2d(fwhm_hr, torch.zeros_like(fwhm_hr))
+    if k_hr.shape[-1] > k_lr.shape[-1]:
+        pad = (k_hr.shape[-1] - k_lr.shape[-1]) // 2
+        k_lr = F.pad(k_lr, (pad, pad, pad, pad))
+    out = matching_kernels(k_hr, k_lr)
+    delta = torch.zeros_like(out[0])
+    delta[delta.shape[0] // 2, delta.shape[1] // 2] = 1.0
+    out[mean_pairs] = delta
+    return out
 
 
 @dataclass(frozen=True)
@@ -138,24 +193,33 @@ class SimTruth:
     centre: Tensor
     theta_e: Tensor
     noise_rms: Tensor
+    lr_kernels: Tensor | None = None  # the LR model (lr_model_kernels); None: LR is the block mean of HR
 
     def as_kwargs(self) -> dict[str, Tensor]:
         """Keyword arguments of ``PhysicsAccumulator.update`` / ``per_image_physics``."""
-        return {
+        out = {
             "clean": self.clean,
             "centre": self.centre,
             "theta_e": self.theta_e,
             "noise_rms": self.noise_rms,
         }
+        if self.lr_kernels is not None:
+            out["lr_kernels"] = self.lr_kernels
+        return out
 
 
 def simulation_truth(
-    params: Tensor, preset: str | LensPreset, hr_size: int, param_names: Sequence[str] | None = None
+    params: Tensor,
+    preset: str | LensPreset,
+    hr_size: int,
+    param_names: Sequence[str] | None = None,
+    scale: int = 2,
 ) -> SimTruth:
-    """``SimTruth`` of simulated images from their recorded params (N, len(PARAM_NAMES))."""
+    """``SimTruth`` of simulated images from their recorded params (N, len(PARAM_NAMES) [+ instrument])."""
     return SimTruth(
         clean=clean_images(params, preset, hr_size, param_names),
         centre=lens_centre_pixels(params, preset, hr_size),
         theta_e=theta_e_pixels(params, preset),
         noise_rms=noise_rms_from_params(params),
+        lr_kernels=lr_model_kernels(params, preset, scale),
     )

@@ -30,6 +30,7 @@ from hpc_sr.eval.morphology import (
     ring_radius,
 )
 from hpc_sr.eval.spectra import BAND_NAMES, DEFAULT_BANDS, band_power_ratios, check_bands
+from hpc_sr.imaging import instrument_view
 
 __all__ = ["PhysicsAccumulator", "per_image_physics"]
 
@@ -54,8 +55,12 @@ def per_image_physics(
     arc_smooth: float = ARC_SMOOTH,
     ring_r_min: float = 0.0,
     ring_window: float = RING_WINDOW,
+    lr_kernels: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """Every physics metric per image, float64 (N,) (band ratios (N, n_bands)); SR clamped to [0, 1].
+
+    ``lr_residual`` is mean |LR model(SR) - LR|: the block mean of SR, or with ``lr_kernels`` (N, K, K)
+    (an LR instrument of its own: hpc_sr.data.truth.lr_model_kernels) SR seen through that instrument.
 
     Keys: ``band_vs_hr``, ``lr_residual``, ``flux_err``, ``arc_psnr`` (NaN: empty mask), ``arc_fraction``,
     ``ring_sr``, ``ring_hr`` (pixels); with ``clean``: ``band_vs_clean``, ``flux_err_vs_clean``,
@@ -74,7 +79,12 @@ def per_image_physics(
     t = hr.detach().to(dev, torch.float64)
     out: dict[str, Tensor] = {
         "band_vs_hr": band_power_ratios(s, t, bands, window),
-        "lr_residual": lr_consistency_residual(s, lr.to(dev), scale),
+        "lr_residual": lr_consistency_residual(s, lr.to(dev), scale)
+        if lr_kernels is None
+        else (instrument_view(s, lr_kernels.to(dev, torch.float64), scale) - lr.to(dev, torch.float64))
+        .abs()
+        .flatten(1)
+        .mean(1),
         "flux_err": _flux_err(s, t),
     }
     c = None if clean is None else clean.detach().to(dev, torch.float64)
@@ -152,10 +162,12 @@ class PhysicsAccumulator(SumAccumulator):
         centre: Tensor | None = None,
         theta_e: Tensor | None = None,
         noise_rms: Tensor | None = None,
+        lr_kernels: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """Add a batch (see ``per_image_physics`` for the arguments); returns its per-image values on CPU."""
         per = per_image_physics(
             sr, hr, lr, self.scale, clean=clean, centre=centre, theta_e=theta_e, noise_rms=noise_rms,
+            lr_kernels=lr_kernels,
             bands=self.bands, window=self.window, arc_k=self.arc_k, arc_smooth=self.arc_smooth,
             ring_r_min=self.ring_r_min, ring_window=self.ring_window,
         )  # fmt: skip

@@ -129,11 +129,15 @@ def submit(config_path: str | None, overrides: list[str] | None = None, *, nodes
            gpus_per_node: int | None = None, tasks_per_node: int = 1, partition: str | None = None,
            time: str | None = None, account: str | None = None, qos: str | None = None,
            constraint: str | None = None, mem: str | None = None, cpus_per_task: int | None = None,
-           sweep: str | Path | None = None, dry_run: bool = False, max_requeues: int | None = None,
-           entry: str = DEFAULT_ENTRY, echo: Callable[[str], None] = print) -> list[str]:
-    """Submit one job (or one job array for ``sweep``); return the SLURM job ids ([] for ``dry_run``).
+           sweep: str | Path | dict | list | None = None, dry_run: bool = False,
+           max_requeues: int | None = None, entry: str = DEFAULT_ENTRY, echo: Callable[[str], None] = print,
+           job_name: str | None = None, job_folder: str | Path | None = None) -> list[str]:
+    """Submit one job (or one job array for ``sweep``: a file or its parsed content); return the SLURM job ids
+    ([] for ``dry_run``).
 
     Command-line values override the config's ``slurm`` section (and are recorded in the run's config).
+    ``job_name`` / ``job_folder``: the SLURM job name and the folder of its files (default: the run or sweep
+    name, ``<runs_dir>/<that name>/slurm``).
     """
     overrides = list(overrides or [])
     overrides += _flag_overrides(nodes=nodes, gpus_per_node=gpus_per_node, partition=partition, time=time,
@@ -148,9 +152,9 @@ def submit(config_path: str | None, overrides: list[str] | None = None, *, nodes
         load_config(config_path, run_overrides)  # fail here, not in the queue, on a bad grid key/value
         runs.append((name, run_overrides))
     base = points[0][0].rsplit("_", 1)[0] if sweep else cfg.log.name
-    folder = (Path(cfg.log.runs_dir) / base / "slurm").resolve()
+    folder = Path(job_folder or Path(cfg.log.runs_dir) / base / "slurm").resolve()
     params = slurm_parameters(cfg, tasks_per_node)
-    params["job_name"] = base
+    params["job_name"] = job_name or base
     if dry_run:
         echo(sbatch_text(folder, params, array_size=len(runs) if sweep else None))
         for name, run_overrides in runs:
@@ -215,11 +219,22 @@ def add_submit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides")
     add_slurm_arguments(parser)
     parser.add_argument("--sweep", default=None, help="YAML grid or list of override sets: one job array")
+    parser.add_argument("--folds", type=int, default=None, metavar="K",
+                        help="k-fold cross-validation: one job array over data.fold=0..K-1 (as `hpc-sr cv "
+                        "--slurm`), runs in <runs_dir>/<log.name>/fold_<k>")
     parser.add_argument("--entry", default=DEFAULT_ENTRY, help=argparse.SUPPRESS)
 
 
 def run_submit(args: argparse.Namespace) -> int:
     """Handler of `hpc-sr submit`."""
+    if args.folds is not None:
+        from hpc_sr.launch.cv import submit_folds
+
+        if args.sweep:
+            raise ConfigError("give --sweep or --folds (a fold sweep is a grid over data.fold), not both")
+        submit_folds(args.config, args.overrides, args.folds, tasks_per_node=args.tasks_per_node,
+                     dry_run=args.dry_run, entry=args.entry, **slurm_flags(args))
+        return 0
     submit(args.config, args.overrides, tasks_per_node=args.tasks_per_node, sweep=args.sweep,
            dry_run=args.dry_run, entry=args.entry, **slurm_flags(args))
     return 0

@@ -18,6 +18,7 @@ __all__ = ["STUDIES", "main", "usage"]
 STUDIES: dict[str, str] = {
     "ceiling": "the noise-limited ceiling of a simulated split: the most any x2 model can gain over bicubic",
     "downstream": "how much of the bicubic-to-HR error in measuring the lens (theta_E, e1, e2) SR closes",
+    "instruments": "ground-to-space SR: deconvolution, scratch on N pairs, pre-training, k-fold fine-tuning",
     "perception": "GANs on the perception-distortion plane, beside a PSNR model plus noise",
     "robustness": "generators trained on one simulator preset, evaluated on every preset's test split",
     "zoo": "every zoo generator trained on the same CPU budget, evaluated beside the noise ceiling",

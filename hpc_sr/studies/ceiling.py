@@ -19,12 +19,11 @@ import h5py
 import numpy as np
 import torch
 
-from hpc_sr.data.lensing import PARAM_NAMES
+from hpc_sr.data.lensing import is_simulator_layout
 from hpc_sr.data.shards import load_manifest
-from hpc_sr.data.truth import clean_images, noise_ceiling_estimate
+from hpc_sr.data.truth import ceiling_from_clean, clean_images
 from hpc_sr.errors import DataError, HpcSrError
 from hpc_sr.eval.metrics import MetricAccumulator, bicubic_upscale
-from hpc_sr.eval.morphology import lr_consistent_projection
 from hpc_sr.studies.common import add_data, add_limit, fail, study_parser
 
 __all__ = ["DEFAULT_PRESET", "ceiling", "main", "read_split", "split_preset"]
@@ -36,7 +35,7 @@ def read_split(root: str, split: str, limit: int) -> tuple[torch.Tensor, torch.T
     """(lr, hr, params, scale) of the first ``limit`` (0: all) images of a simulated split, in shard order;
     a DataError when the shards carry no parameters of this simulator."""
     m = load_manifest(root)
-    if list(m.param_names) != list(PARAM_NAMES):
+    if not is_simulator_layout(m.param_names):
         raise DataError(f"{root}: shards carry no simulator parameters of this version (param_names differ)")
     idx = m.split_indices(split)[: limit or None]
     if len(idx) == 0:
@@ -75,11 +74,8 @@ def ceiling(
         clean = clean_images(p, preset, hr.shape[-1])  # float64, clipped to [0, 1] as HR
         acc["bicubic"].update(bicubic_upscale(lo, scale), h)
         acc["noise_free"].update(clean, h)
-        if weighting == "equal":
-            est = lr_consistent_projection(clean, lo, scale)
-        else:
-            est = noise_ceiling_estimate(lo, p, preset, scale, weighting=weighting)
-        acc["ceiling"].update(est, h)
+        # made consistent with LR where LR is the block mean of HR; an instrument's LR: clean itself
+        acc["ceiling"].update(ceiling_from_clean(clean, lo, p, scale, weighting), h)
     return {name: a.compute() for name, a in acc.items()}
 
 

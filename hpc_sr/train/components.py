@@ -61,7 +61,47 @@ def check_config(cfg: Config) -> RunPlan:
             "stochastic generator needs noise_channels > 0)"
         )
     check_source(cfg.data)
+    check_early_stop(cfg.train)
+    check_lr_relation(cfg, [t.name for t in terms])
     return RunPlan(g, d, terms, kind, samples)
+
+
+def check_lr_relation(cfg: Config, term_names: list[str]) -> None:
+    """Refuse what assumes LR = the block mean of HR (``model.g.lr_consistent``, the ``lr_consistency`` loss
+    term) on data whose LR is not (a two-instrument set, the ``ground_space`` preset): a ConfigError naming
+    the key and what the data say (hpc_sr.data.lr_relation). Unknown relations (custom sources) pass."""
+    keys = (["model.g.lr_consistent=true"] if cfg.model.g.lr_consistent else []) + [
+        "train.losses: the lr_consistency term" for name in term_names if name == "lr_consistency"
+    ]
+    if not keys:
+        return
+    from hpc_sr.data.lr_relation import lr_relation_of
+
+    relation = lr_relation_of(cfg.data)
+    if relation is None or relation.is_mean is True:
+        return
+    raise ConfigError(
+        f"{' and '.join(keys)} assume(s) that LR is the {cfg.data.scale}x{cfg.data.scale} mean of HR, but "
+        f"the data say otherwise: {relation.describe()}. Remove it for this data set (a two-instrument "
+        "set's LR is blurred by its own PSF, misaligned and noisier)"
+    )
+
+
+def check_early_stop(train: TrainConfig) -> None:
+    """``train.early_stop_patience`` >= 0 (0 = off), ``train.early_stop_min_delta`` >= 0, and validations to
+    count (``train.val_every`` > 0) when early stopping is on; ConfigError naming the key otherwise."""
+    if train.early_stop_patience < 0:
+        raise ConfigError(
+            f"train.early_stop_patience={train.early_stop_patience}: expected 0 (off) or a number of "
+            "validations"
+        )
+    if not train.early_stop_min_delta >= 0:
+        raise ConfigError(f"train.early_stop_min_delta={train.early_stop_min_delta}: expected dB >= 0")
+    if train.early_stop_patience > 0 and train.val_every <= 0:
+        raise ConfigError(
+            f"train.early_stop_patience={train.early_stop_patience} counts validations, but "
+            f"train.val_every={train.val_every} validates only at the last step; set train.val_every > 0"
+        )
 
 
 def samples_per_input(train: TrainConfig, g: GeneratorConfig) -> int:

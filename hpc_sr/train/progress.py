@@ -1,4 +1,5 @@
-"""Where a run stands: step, non-finite streak, best validation PSNR (saved in checkpoints)."""
+"""Where a run stands: step, non-finite streak, best validation PSNR and the early-stopping count (saved in
+checkpoints)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ class TrainProgress:
     bad_steps: int = 0  # consecutive skipped (non-finite) steps
     skipped_total: int = 0
     best_psnr: float = float("-inf")
+    best_step: int = 0  # the step of best_psnr (0: none yet, or a checkpoint older than this field)
+    stale_validations: int = 0  # validations in a row without a val PSNR gain > min_delta (early stopping)
     last_val: dict[str, Any] = field(default_factory=dict)
 
     def trained(self) -> None:
@@ -35,17 +38,40 @@ class TrainProgress:
                 f"at step {self.step}"
             )
 
-    def validated(self, metrics: dict[str, Any]) -> None:
+    def validated(self, metrics: dict[str, Any], min_delta: float = 0.0) -> bool:
+        """Record a validation at ``self.step``; True when its PSNR beats the best so far by more than
+        ``min_delta`` dB (the early-stopping count restarts), else the count grows by one.
+
+        ``metrics`` are the validator's, reduced over all ranks, so every rank counts alike.
+        """
         self.last_val = metrics
-        self.best_psnr = max(self.best_psnr, metrics["psnr"])
+        psnr = float(metrics["psnr"])
+        improved = psnr > self.best_psnr + min_delta  # NaN never improves
+        if psnr > self.best_psnr:
+            self.best_psnr, self.best_step = psnr, self.step
+        self.stale_validations = 0 if improved else self.stale_validations + 1
+        return improved
+
+    def patience_exhausted(self, patience: int) -> bool:
+        """Early stopping is due: ``patience`` > 0 validations in a row without an improvement."""
+        return patience > 0 and self.stale_validations >= patience
 
     def state_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "bad_steps": self.bad_steps, "best_psnr": self.best_psnr}
+        return {
+            "step": self.step,
+            "bad_steps": self.bad_steps,
+            "best_psnr": self.best_psnr,
+            "best_step": self.best_step,
+            "stale_validations": self.stale_validations,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Counters of a checkpoint; those it lacks (older versions) start afresh."""
         self.step = int(state["step"])
         self.bad_steps = int(state.get("bad_steps", 0))
         self.best_psnr = float(state.get("best_psnr", float("-inf")))
+        self.best_step = int(state.get("best_step", 0))
+        self.stale_validations = int(state.get("stale_validations", 0))
 
 
 def due(step: int, every: int, last_step: int) -> bool:

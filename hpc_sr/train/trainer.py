@@ -4,7 +4,8 @@
 
 Each iteration reads as: learning rates (pure functions of the step) -> one optimiser step
 (:func:`hpc_sr.train.step.optimizer_step`) -> EMA -> then each component that is due acts: the reporter
-(step line), the validator (val split), the checkpointer (save) -> stop if any rank was signalled. The loop
+(step line), the validator (val split), the checkpointer (save) -> stop if any rank was signalled, or early
+when ``train.early_stop_patience`` validations in a row did not improve the val PSNR. The loop
 talks only to the back-end interface (DDP or DeepSpeed) and to components that own their work and cadence.
 """
 
@@ -22,6 +23,7 @@ from typing import Any
 import torch
 
 from hpc_sr.config import Config, config_to_dict, save_config
+from hpc_sr.data.folds import PAIRS_FILE, describe_pairs, selects_pairs, write_pairs
 from hpc_sr.data.streams import make_train_stream, make_val_loader
 from hpc_sr.data.values import loader_values
 from hpc_sr.dist import collectives
@@ -101,6 +103,8 @@ class Trainer:
         if env.is_main:
             check_writable(self.run_dir)
             save_config(cfg, self.run_dir / "config.yaml")
+            if selects_pairs(cfg.data):  # a fold / the first N pairs: the exact indices, beside the config
+                write_pairs(cfg.data, self.run_dir / PAIRS_FILE)
         collectives.barrier()
         if t.deterministic:
             torch.use_deterministic_algorithms(True)
@@ -135,6 +139,8 @@ class Trainer:
         self.stream = make_train_stream(cfg.data, t.seed, env, device, self.micro)
         self.val_loader = make_val_loader(cfg.data, t.seed, env, batch_size=max(1, min(16, self.micro)))
         self.log = RunLogger(cfg.log, self.run_dir, env.rank, env.world_size, guard=guard)
+        if selects_pairs(cfg.data):
+            self.log.console(describe_pairs(cfg.data))
         self.reporter = TrainReporter(self.log, every=cfg.log.log_every, last_step=t.steps, device=device)
         self.validator = Validator(
             self.val_loader,
@@ -186,7 +192,9 @@ class Trainer:
         """Train to ``train.steps``; returns 0, or REQUEUE_EXIT_CODE after a signal-triggered save."""
         t = self.cfg.train
         try:
-            while self.step < t.steps:
+            # a run resumed from its early-stop checkpoint (patience already spent) is done at once
+            stop_early = self._patience_spent()
+            while self.step < t.steps and not stop_early:
                 phase = self.phase()
                 self.lrs = phase_lrs(t, self.step, self.gan)
                 for name, lr in self.lrs.items():
@@ -198,10 +206,14 @@ class Trainer:
                     self.reporter.report(self.step, phase, self.lrs, self.progress.skipped_total)
                 if self.validator.due(self.step):
                     self.validate()
-                if self.checkpointer.due(self.step):
-                    self.save()
-                if res.stop_signal and self.step < t.steps:
+                    # from the validator's metrics, reduced over all ranks: every rank decides alike
+                    stop_early = self._patience_spent()
+                if self.checkpointer.due(self.step) or stop_early:
+                    self.save()  # early stop: a final checkpoint (the best one is kept by the manager)
+                if res.stop_signal and self.step < t.steps and not stop_early:
                     return self._preempted(res.stop_signal)
+            if stop_early:
+                self._early_stopped()
             if self.progress.last_val:
                 metrics = {k: self.progress.last_val.get(k, float("nan")) for k in ("psnr", "ssim")}
                 self.log.hparams(self.cfg, metrics)
@@ -235,6 +247,32 @@ class Trainer:
         if self.ema is not None:
             self.ema.update(self.backend.module("g"))
 
+    def _patience_spent(self) -> bool:
+        """Early stopping is due before ``train.steps`` (patience validations in a row without a gain)."""
+        t = self.cfg.train
+        return self.step < t.steps and self.progress.patience_exhausted(t.early_stop_patience)
+
+    def _early_stopped(self) -> None:
+        """Say (console and a metrics record) that patience ran out, where the best val PSNR was."""
+        t, p = self.cfg.train, self.progress
+        at = f"step {p.best_step}" if p.best_step else "an earlier step"
+        self.log.console(
+            f"early stop at step {self.step}: best val PSNR {p.best_psnr:.3f} dB at {at} (no gain > "
+            f"{t.early_stop_min_delta:g} dB in {p.stale_validations} validation(s); "
+            f"train.early_stop_patience={t.early_stop_patience})"
+        )
+        self.log.record(
+            "early_stop",
+            self.step,
+            {
+                "best_psnr": p.best_psnr,
+                "best_step": p.best_step,
+                "stale_validations": p.stale_validations,
+                "patience": t.early_stop_patience,
+                "min_delta": t.early_stop_min_delta,
+            },
+        )
+
     def _preempted(self, signum: int) -> int:
         reason = signal.Signals(signum).name
         self.log.console(f"stop requested ({reason}) at step {self.step}: saving and exiting for requeue")
@@ -249,7 +287,7 @@ class Trainer:
         """Validate G (its EMA when enabled) now; the validator logs, the progress keeps the best PSNR."""
         model = self.ema.module if self.ema is not None else self.backend.module("g")
         metrics = self.validator.run(self.step, model, self.backend.autocast)
-        self.progress.validated(metrics)
+        self.progress.validated(metrics, self.cfg.train.early_stop_min_delta)
         return metrics
 
     def save(self) -> Path:

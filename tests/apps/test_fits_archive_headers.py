@@ -1,17 +1,19 @@
 """The FITS output of `hpc-sr upscale` on every image and WCS header astropy ships in its test data.
 
-Each case goes through read_fits_image + fits_output_bytes with a nearest-neighbour x2 image (the WCS does
-not depend on the pixel values) and is read back with astropy: every input pixel centre must land on the same
-world coordinates in the output (all_pix2world: SIP, lookup tables, DSS plate solutions and -TAB included), or
-the file must be refused with a one-line message. Header-only files (.hdr, FITS without data) get a 16 x 16
-image.
+Each case goes through the inference FITS format (:class:`hpc_sr.apps.inference.format_fits.FitsFormat`:
+plan, read, write, as `hpc-sr upscale` runs it) with a nearest-neighbour x2 image (the WCS does not depend on
+the pixel values) and is read back with astropy: every input pixel centre of every upscaled HDU must land on
+the same world coordinates in the output (all_pix2world: SIP, lookup tables, DSS plate solutions and -TAB
+included), or the file must be refused with a one-line message. Header-only files (.hdr, FITS without data)
+get a 16 x 16 image.
+The memo of checked WCS forms is emptied for every test, so each output is read back.
 """
 
 from __future__ import annotations
 
-import io
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -21,6 +23,8 @@ import astropy  # noqa: E402
 from astropy.wcs import WCS  # noqa: E402
 
 from hpc_sr.apps import fits_cards, fits_io, fits_wcs  # noqa: E402
+from hpc_sr.apps.inference import format_fits  # noqa: E402
+from hpc_sr.apps.inference.formats import InferenceOptions, NotAnImage, Results  # noqa: E402
 from hpc_sr.errors import DataError  # noqa: E402
 
 S = 2
@@ -31,13 +35,11 @@ DSS = ASTROPY / "wcs" / "tests" / "data" / "dss.14.29.56-62.41.05.fits.gz"
 
 
 def _has_image(path: Path) -> bool:
+    """A file the format upscales: an image HDU (2-D or an (N, H, W) cube) that is not a lookup table."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with fits.open(path) as hdul:
-                fits_io.select_image_hdu(hdul, path)
+        format_fits.select(format_fits._headers(path), (), path)
         return True
-    except Exception:  # noqa: BLE001 - tables, random groups, LZW files astropy cannot read here
+    except Exception:  # noqa: BLE001 - tables, random groups, LZW files, header-only files
         return False
 
 
@@ -74,6 +76,12 @@ HEADER_FILES = sorted(p for d in DATA[:1] if d.is_dir() for p in d.rglob("*.hdr"
 pytestmark = pytest.mark.skipif(not IMAGE_FILES, reason="astropy's test data is not installed")
 
 
+@pytest.fixture(autouse=True)
+def _check_every_output(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test reads its outputs' WCS back (the format checks a WCS form once per process)."""
+    monkeypatch.setattr(format_fits, "_VERIFIED", {})
+
+
 def _name(path: Path) -> str:
     return str(path.relative_to(ASTROPY))
 
@@ -82,14 +90,20 @@ def nearest(data: np.ndarray) -> np.ndarray:
     return np.repeat(np.repeat(np.nan_to_num(np.asarray(data, np.float32)), S, axis=-2), S, axis=-1)
 
 
-def upscaled(path: Path) -> tuple[fits_io.FitsImage, object, list[str]]:
-    """The image read from ``path``, its output file opened, and the UpscaleWarnings given."""
+def upscale(src: Path, out: Path, samples: int = 0, **kw: Any) -> tuple[Path, list[str]]:
+    """``src`` through the FITS format (plan, read, nearest-neighbour x2, write): the output file and the
+    UpscaleWarnings given."""
+    fmt = format_fits.FitsFormat()
+    opts = InferenceOptions(scale=S, flux="surface-brightness", samples=samples, **kw)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        image = fits_io.read_fits_image(path)
-        raw = fits_io.fits_output_bytes(image, nearest(image.data), S, {}, [], compress=False)
-    notes = [str(w.message) for w in caught if issubclass(w.category, fits_io.UpscaleWarning)]
-    return image, fits.open(io.BytesIO(raw)), notes
+        (unit,) = fmt.plan(src, Path(src.name), out, opts)
+        images = fmt.read(unit, opts)
+        sr = [nearest(x) for x in images.images]
+        sigma = [np.full_like(x, 0.5) for x in sr] if samples else None
+        notes = [{"normalize": "none", "offset": 0.0, "scale": 1.0, "flux": f} for f in images.flux]
+        (written,) = fmt.write(images, Results(sr, sigma, notes, []), opts)
+    return written, [str(w.message) for w in caught if issubclass(w.category, fits_io.UpscaleWarning)]
 
 
 def world(w: WCS, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -120,34 +134,52 @@ def offsets(before: tuple, after: tuple, shape: tuple[int, ...], key: str = "") 
     return sky, other
 
 
-def assert_same_world(
-    image: fits_io.FitsImage, out: object, notes: list[str], unreadable_ok: bool = False
-) -> None:
-    """Each output WCS puts every input pixel centre where the input WCS does (an unreadable input: said)."""
-    before = (image.header, fits.HDUList([fits.PrimaryHDU(), *image.tables]))
-    after = (out[1 if image.index else 0].header, out)
-    for key in fits_wcs.wcs_keys(image.header):
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                WCS(before[0], fobj=before[1], key=key or " ")
-        except Exception:  # noqa: BLE001 - astropy cannot read this input WCS: the output says so
-            assert unreadable_ok and any("astropy cannot read the input WCS" in n for n in notes), notes
-            continue
-        sky, other = offsets(before, after, image.data.shape, key)
-        assert sky < MAS and other < 1e-12, (key, sky, other)
+def same_world(src: Path, written: Path, notes: list[str], unreadable_ok: bool = False) -> int:
+    """Every upscaled HDU of ``written`` puts each input pixel centre where ``src`` does (every WCS key); an
+    input WCS astropy cannot read is allowed with ``unreadable_ok`` when the output's notes say so. Returns
+    the number of upscaled HDUs."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a, b = fits.open(src), fits.open(written)
+    upscaled = 0
+    with a, b:
+        assert len(a) == len(b)
+        for i, (h_in, h_out) in enumerate(zip(a, b, strict=True)):
+            if "HPCSRUPS" not in h_out.header:
+                continue  # copied at the input's resolution (a lookup table, a table)
+            upscaled += 1
+            assert h_out.data.shape[-2:] == tuple(S * n for n in h_in.data.shape[-2:]), i
+            for key in fits_wcs.wcs_keys(h_in.header):
+                try:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        WCS(h_in.header, fobj=a, key=key or " ")
+                except Exception:  # noqa: BLE001 - astropy cannot read this input WCS: the output says so
+                    assert unreadable_ok and any("astropy cannot read the input WCS" in n for n in notes), (
+                        i,
+                        key,
+                        notes,
+                    )
+                    continue
+                sky, other = offsets((h_in.header, a), (h_out.header, b), h_in.data.shape, key)
+                assert sky < MAS and other < 1e-12, (i, key, sky, other)
+    return upscaled
 
 
 @pytest.mark.parametrize("path", IMAGE_FILES, ids=_name)
-def test_every_shipped_image_keeps_the_world_position_of_every_pixel(path: Path) -> None:
-    image, out, notes = upscaled(path)
-    assert_same_world(image, out, notes)
-    sr = out[1 if image.index else 0]
-    assert sr.data.shape[-2:] == tuple(S * n for n in image.data.shape[-2:])
-    assert [t.name for t in out[2 if image.index else 1 :]] == [t.name for t in image.tables]
-    assert isinstance(sr, fits.CompImageHDU) == (image.compression is not None)  # compressed in: out
-    if image.compression:
-        assert sr.compression_type == image.compression["compression_type"]
+def test_every_shipped_image_keeps_the_world_position_of_every_pixel(path: Path, tmp_path: Path) -> None:
+    """Every image HDU upscaled; the file's structure (HDU names, versions, compression) kept."""
+    written, notes = upscale(path, tmp_path / "out")
+    assert same_world(path, written, notes) >= 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a, b = fits.open(path), fits.open(written)
+    with a, b:
+        assert [(h.name, h.ver) for h in b] == [(h.name, h.ver) for h in a]
+        for h_in, h_out in zip(a, b, strict=True):
+            assert isinstance(h_out, fits.CompImageHDU) == isinstance(h_in, fits.CompImageHDU)
+            if isinstance(h_in, fits.CompImageHDU):  # compressed in: compressed out, the same way
+                assert h_out.compression_type == h_in.compression_type
 
 
 def header_on_a_small_image(path: Path, out: Path) -> Path:
@@ -167,7 +199,11 @@ def header_on_a_small_image(path: Path, out: Path) -> Path:
 @pytest.mark.parametrize("path", HEADER_FILES, ids=_name)
 def test_every_shipped_wcs_header_on_a_small_image(path: Path, tmp_path: Path) -> None:
     src = header_on_a_small_image(path, tmp_path / "img.fits")
-    assert_same_world(*upscaled(src), unreadable_ok=True)
+    try:
+        written, notes = upscale(src, tmp_path / "out")
+    except NotAnImage:
+        pytest.skip("no HDU the format upscales (a 1-D or 4-D image)")
+    assert same_world(src, written, notes, unreadable_ok=True) >= 1
 
 
 def test_the_shipped_files_cover_every_representation() -> None:
@@ -178,25 +214,22 @@ def test_the_shipped_files_cover_every_representation() -> None:
 
 
 # ----------------------------------------------------------------------------------------------- DSS
-def out_bytes(image: fits_io.FitsImage) -> bytes:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return fits_io.fits_output_bytes(image, nearest(image.data), S, {}, [], compress=False)
-
-
-def test_dss_plate_solution_is_rescaled_and_skew_copied_byte_for_byte() -> None:
-    image, out, notes = upscaled(DSS)
-    h = out[0].header
+def test_dss_plate_solution_is_rescaled_and_skew_copied_byte_for_byte(tmp_path: Path) -> None:
+    written, notes = upscale(DSS, tmp_path / "out")
+    header = fits.getheader(DSS)
+    with fits.open(written) as out:
+        h = out[0].header
     assert (h["CNPIX1"], h["CNPIX2"]) == (2 * 8860, 2 * 1708)
-    assert h["XPIXELSZ"] == pytest.approx(image.header["XPIXELSZ"] / 2)
-    assert h["AMDX2"] == image.header["AMDX2"] and h["PLTSCALE"] == image.header["PLTSCALE"]
-    assert h["CDELT1"] == pytest.approx(image.header["CDELT1"] / 2)  # PC + CDELT (wcslib) and CD (others)
-    assert h["CD1_2"] == pytest.approx(image.header["CD1_2"] / 2)
-    assert h["PC001002"] == image.header["PC001002"] and h["CROTA2"] == image.header["CROTA2"]
+    assert h["XPIXELSZ"] == pytest.approx(header["XPIXELSZ"] / 2)
+    assert h["AMDX2"] == header["AMDX2"] and h["PLTSCALE"] == header["PLTSCALE"]
+    assert h["CDELT1"] == pytest.approx(header["CDELT1"] / 2)  # PC + CDELT (wcslib) and CD (others)
+    assert h["CD1_2"] == pytest.approx(header["CD1_2"] / 2)
+    assert h["PC001002"] == header["PC001002"] and h["CROTA2"] == header["CROTA2"]
     with fits.open(DSS) as hdul:
         stored = fits_cards.raw_header(DSS, hdul, 0)
     skew = next(stored[i : i + 80] for i in range(0, len(stored), 80) if stored.startswith(b"SKEW ", i))
-    assert b"'" not in skew and skew in out_bytes(image), "the SKEW card is not byte-identical"
+    raw = format_fits.load(written)
+    assert b"'" not in skew and skew in raw, "the SKEW card is not byte-identical"
     assert any("card(s) SKEW copied byte for byte" in n for n in notes)
 
 
@@ -211,7 +244,7 @@ def drop(header: fits.Header, prefixes: tuple[str, ...]) -> fits.Header:
 @pytest.mark.parametrize("linear", [("CD", "PC0", "CDELT"), ("CD", "CDELT"), ("PC0", "CDELT")])
 def test_dss_linear_part_without_the_plate_solution(linear: tuple[str, ...]) -> None:
     """wcslib reads PC + CDELT where CD is there too, a reader without PC support CD: both stay right."""
-    h = fits_io.read_fits_image(DSS).header
+    h = fits.getheader(DSS)
     for key in [k for k in h if k.startswith(PLATE) or k.startswith(("CD", "PC0", "CDELT", "CROTA"))]:
         if key.startswith(PLATE) or not key.startswith(linear):
             del h[key]
@@ -262,29 +295,53 @@ def lookup_file(path: Path, scale_tables: float = 1.0) -> Path:
 
 
 def test_large_lookup_table_distortions_are_copied_and_rescaled(tmp_path: Path) -> None:
-    image, out, notes = upscaled(lookup_file(tmp_path / "lookup.fits"))
-    assert [(t.name, t.ver) for t in out[2:]] == [("WCSDVARR", 1), ("WCSDVARR", 2), ("D2IMARR", 1)]
-    assert out["WCSDVARR", 1].header["CDELT1"] == 8.0 and out["WCSDVARR", 1].header["CRVAL1"] == 0.5
-    assert out[1].header["CPERR1"] == 6.0
-    assert_same_world(image, out, notes)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        w = WCS(out[1].header, out)
-    assert w.cpdis1 is not None and w.det2im1 is not None and w.sip is not None
+    src = lookup_file(tmp_path / "lookup.fits")
+    written, notes = upscale(src, tmp_path / "out")
+    with fits.open(written) as out:
+        assert [(t.name, t.ver) for t in out[2:]] == [("WCSDVARR", 1), ("WCSDVARR", 2), ("D2IMARR", 1)]
+        assert out["WCSDVARR", 1].header["CDELT1"] == 8.0 and out["WCSDVARR", 1].header["CRVAL1"] == 0.5
+        assert out[1].header["CPERR1"] == 6.0
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            w = WCS(out[1].header, out)
+        assert w.cpdis1 is not None and w.det2im1 is not None and w.sip is not None
+    assert same_world(src, written, notes) == 1
+
+
+def test_lookup_table_distortions_are_rescaled_beside_their_image_and_its_error_map(tmp_path: Path) -> None:
+    src = lookup_file(tmp_path / "lookup.fits")
+    written, _ = upscale(src, tmp_path / "out", samples=2)
+    with fits.open(written) as b:
+        names = [(h.name, h.ver) for h in b]
+        assert names == [
+            ("PRIMARY", 1),
+            ("SCI", 1),
+            ("ERR", 1),
+            ("WCSDVARR", 1),
+            ("WCSDVARR", 2),
+            ("D2IMARR", 1),
+        ]
+        assert b["WCSDVARR", 1].header["CDELT1"] == 8.0 and b["SCI"].header["CPERR1"] == 6.0
+        assert b["ERR"].header["CPERR1"] == 6.0 and b["ERR"].header["CPDIS1"] == "Lookup"
 
 
 def test_an_unscaled_table_is_caught_on_read_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(fits_wcs, "rescale_wcs_table", lambda hdu, scale: hdu.copy())
     with pytest.raises(DataError, match=r"lookup\.fits\[1\]: the rescaled WCS moves pixel centres") as err:
-        upscaled(lookup_file(tmp_path / "lookup.fits"))
+        upscale(lookup_file(tmp_path / "lookup.fits"), tmp_path / "out")
     assert "\n" not in str(err.value)
+    assert not list((tmp_path / "out").glob("*")), "a refused output is not published"
 
 
-def test_tab_coordinates_keep_their_table() -> None:
-    image, out, notes = upscaled(ASTROPY / "wcs" / "tests" / "data" / "tab-time-last-axis.fits")
-    assert [h.name for h in out] == ["PRIMARY", "WCS-TABLE"]
-    np.testing.assert_array_equal(out["WCS-TABLE"].data["coordinates"], image.tables[0].data["coordinates"])
-    assert_same_world(image, out, notes)
+def test_tab_coordinates_keep_their_table(tmp_path: Path) -> None:
+    src = ASTROPY / "wcs" / "tests" / "data" / "tab-time-last-axis.fits"
+    written, notes = upscale(src, tmp_path / "out")
+    with fits.open(written) as out, fits.open(src) as a:
+        assert [h.name for h in out] == ["PRIMARY", "WCS-TABLE"]
+        np.testing.assert_array_equal(
+            out["WCS-TABLE"].data["coordinates"], a["WCS-TABLE"].data["coordinates"]
+        )
+    assert same_world(src, written, notes) == 1
 
 
 def test_polynomial_distortion_is_refused_naming_the_card(tmp_path: Path) -> None:
@@ -292,7 +349,7 @@ def test_polynomial_distortion_is_refused_naming_the_card(tmp_path: Path) -> Non
     h["CPDIS1"], h["DP1"] = "Polynomial", "NAXES: 2"
     fits.PrimaryHDU(np.ones((8, 8), np.float32), h).writeto(tmp_path / "poly.fits")
     with pytest.raises(DataError, match=r"poly\.fits\[0\]: CPDIS1 = 'Polynomial': .* the CPDIS1 and DP1\.\*"):
-        fits_io.read_fits_image(tmp_path / "poly.fits")
+        upscale(tmp_path / "poly.fits", tmp_path / "out")
 
 
 def test_a_representation_the_rescale_misses_is_refused(tmp_path: Path) -> None:
@@ -303,7 +360,7 @@ def test_a_representation_the_rescale_misses_is_refused(tmp_path: Path) -> None:
     h["CDELT1"], h["CDELT2"], h["PC3_1"] = -1e-4, 1e-4, 0.5
     fits.PrimaryHDU(np.ones((8, 8), np.float32), h).writeto(tmp_path / "slit.fits")
     with pytest.raises(DataError, match=r"slit\.fits\[0\]: the rescaled WCS moves pixel centres .* simplify"):
-        upscaled(tmp_path / "slit.fits")
+        upscale(tmp_path / "slit.fits", tmp_path / "out")
 
 
 # ----------------------------------------------------------------------------------------------- IRAF

@@ -1,9 +1,9 @@
-"""FITS helpers of `hpc-sr upscale`: WCS rescaling, HDU choice, BUNIT classes, reversible normalisation."""
+"""FITS helpers of `hpc-sr upscale`: WCS rescaling, BUNIT classes, reversible normalisation (the HDU choice:
+tests/apps/inference/test_format_fits.py)."""
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -158,49 +158,3 @@ def test_out_of_range_warning_names_the_file_and_fraction() -> None:
     norm = fits_io.Normalization("none")
     with pytest.warns(fits_io.UpscaleWarning, match=r"a\.fits: 25% of the pixels .* not clipped"):
         assert fits_io.warn_out_of_range(np.array([0.0, 0.5, 1.0, 1.5]), "a.fits", norm) == 0.25
-
-
-def write_hdus(path: Path, *hdus: fits.hdu.base.ExtensionHDU) -> Path:
-    fits.HDUList(list(hdus)).writeto(path)
-    return path
-
-
-def test_hdu_choice_extension_name_and_errors(tmp_path: Path) -> None:
-    img = np.arange(12, dtype=np.float32).reshape(3, 4)
-    path = write_hdus(
-        tmp_path / "ext.fits",
-        fits.PrimaryHDU(),
-        fits.ImageHDU(img, name="SCI"),
-        fits.ImageHDU(2 * img, name="ERR"),
-        fits.BinTableHDU.from_columns([fits.Column("a", "E", array=np.zeros(2))], name="CAT"),
-    )
-    first = fits_io.read_fits_image(path)
-    assert first.index == 1 and first.primary_header is not None and first.others == 2
-    np.testing.assert_array_equal(first.data, img)
-    err = fits_io.read_fits_image(path, hdu=fits_io.parse_hdu("ERR"))
-    assert err.index == 2 and err.header["EXTNAME"] == "ERR"
-    assert fits_io.read_fits_image(path, hdu=fits_io.parse_hdu("2")).index == 2
-    with pytest.raises(DataError, match=r"ext\.fits: HDU 'CAT' is not a 2-D .*3 CAT \(BinTableHDU"):
-        fits_io.read_fits_image(path, hdu="CAT")
-    with pytest.raises(DataError, match=r"ext\.fits: no HDU 'DQ'; HDUs: 0 PRIMARY"):
-        fits_io.read_fits_image(path, hdu="DQ")
-    table = write_hdus(
-        tmp_path / "table.fits",
-        fits.PrimaryHDU(),
-        fits.BinTableHDU.from_columns([fits.Column("a", "E", array=np.zeros(2))], name="CAT"),
-    )
-    with pytest.raises(
-        DataError,
-        match=r"table\.fits: no HDU holds a 2-D .*0 PRIMARY \(PrimaryHDU, no image "
-        r"data\), 1 CAT \(BinTableHDU",
-    ):
-        fits_io.read_fits_image(table)
-    cube = write_hdus(
-        tmp_path / "cube.fits",
-        fits.PrimaryHDU(np.zeros((2, 3, 4), np.float32)),
-        fits.ImageHDU(np.ones((1, 3, 4), np.float32), name="ONE"),
-    )
-    assert fits_io.read_fits_image(cube).index == 1  # (2, 3, 4) is skipped; (1, 3, 4) is an image
-    (tmp_path / "junk.fits").write_bytes(b"not a fits file")
-    with pytest.raises(DataError, match=r"junk\.fits: cannot read FITS"):
-        fits_io.read_fits_image(tmp_path / "junk.fits")

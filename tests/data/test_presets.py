@@ -11,9 +11,10 @@ from hpc_sr.errors import DataError
 
 
 def test_shipped_presets_are_named_by_their_keys_and_have_every_prior() -> None:
-    assert sorted(PRESETS) == ["deeplense_sr", "model_i", "wide"]
+    assert sorted(PRESETS) == ["deeplense_sr", "ground_space", "model_i", "randomized", "wide"]
     for name, preset in PRESETS.items():
         assert preset.name == name and len(preset.priors()) == len(SAMPLED_NAMES)
+    assert [n for n, p in sorted(PRESETS.items()) if not p.lr_is_mean] == ["ground_space", "randomized"]
 
 
 def test_resolve_preset_takes_a_name_or_a_preset() -> None:
@@ -24,7 +25,9 @@ def test_resolve_preset_takes_a_name_or_a_preset() -> None:
 
 def test_unknown_preset_names_it_and_the_valid_ones() -> None:
     with pytest.raises(
-        DataError, match="unknown lensing preset 'nope'; valid presets: deeplense_sr, model_i, wide"
+        DataError,
+        match="unknown lensing preset .nope.; valid presets: deeplense_sr, ground_space, model_i, "
+        "randomized, wide",
     ):
         resolve_preset("nope")
     with pytest.raises(DataError, match="pixel_scale=0.0 must be > 0"):

@@ -90,7 +90,11 @@ def test_quickstart_notebook_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         assert row in text, row
     gain_db = float(text.split("gain over bicubic")[1].split()[0])
     assert gain_db > 0, "the shipped model should beat bicubic on these images"
+    # the error map: a stochastic generator's sample mean and calibrated sigma, as --samples writes them
+    assert "exit status 0 | mean (4, 150, 150) | sigma (4, 150, 150)" in text
+    covered = float(text.split("HR within mean +- sigma:")[1].split("%")[0])
+    assert 30 < covered < 95, f"{covered} % of the pixels within one sigma"
     pngs = [o for o in outputs if "image/png" in o.get("data", {})]
-    assert len(pngs) >= 2, "expected the comparison picture and the power spectrum"
+    assert len(pngs) >= 3, "expected the comparison picture, the power spectrum and the error map"
     assert not list(work.iterdir()), "the notebook wrote into its working directory, not its temporary folder"
     print(f"notebook ran in {elapsed:.1f} s")

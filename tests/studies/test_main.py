@@ -12,7 +12,7 @@ from hpc_sr.cli import main as cli_main
 from hpc_sr.studies import STUDIES, main
 from tests.conftest import REPO, subprocess_env
 
-NAMES = ("ceiling", "downstream", "perception", "robustness", "zoo")
+NAMES = ("ceiling", "downstream", "instruments", "perception", "robustness", "zoo")
 
 
 def test_module_help_lists_every_study() -> None:

@@ -29,6 +29,19 @@ def test_bench_upscale_tiny(tmp_path: Path) -> None:
         "catalog" in res["errors"]
     )
     assert configs["stack b=2"]["ratio"] == 1.0 and all(r["cutouts_per_s"] > 0 for r in res["rows"])
+    # the model's forward alone on resident batches, per batch size (and the onnx session's when it runs)
+    assert {"resident b=2", "resident b=4"} <= set(configs)
+    assert ("resident onnx b=2" in configs) == ("onnx" in configs)
+    resident_of = {"files": "resident b=2", "stack b=2": "resident b=2", "stack b=4": "resident b=4",
+                   "catalog": "resident b=2", "onnx": "resident onnx b=2"}  # fmt: skip
+    for name, r in configs.items():  # each engine row over the resident row of its engine and batch size
+        assert ("of_resident" in r) == (name in resident_of), name
+        if name in resident_of:
+            want = r["cutouts_per_s"] / configs[resident_of[name]]["cutouts_per_s"]
+            assert r["of_resident"] is not None and abs(r["of_resident"] - want) <= 0.02 * want + 0.001, name
+    table = proc.stdout.splitlines()
+    header = next(line for line in table if line.startswith("config"))
+    assert "of resident" in header and any(line.startswith("resident b=4 ") for line in table)
     procs = {r["config"]: r for r in res["process_rows"]}
     assert set(procs) == {"1 rank", "2 ranks", "2 processes"} and procs["1 rank"]["ratio"] == 1.0
     assert all(r["cutouts_per_s"] > 0 for r in procs.values())

@@ -36,3 +36,21 @@ def test_best_psnr_and_state_round_trip() -> None:
     assert (q.step, q.best_psnr, q.bad_steps) == (3, 30.0, 0)
     q.load_state_dict({"step": 5})  # v1 checkpoints: counters absent
     assert (q.step, q.best_psnr) == (5, float("-inf"))
+
+
+def test_early_stop_count_min_delta_best_step_and_state_round_trip() -> None:
+    p = TrainProgress(step=2)
+    assert p.validated({"psnr": 30.0}) and (p.best_step, p.stale_validations) == (2, 0)
+    p.step = 4
+    assert not p.validated({"psnr": 30.05}, min_delta=0.1)  # a gain, but not more than min_delta
+    assert (p.best_psnr, p.best_step, p.stale_validations) == (30.05, 4, 1)
+    p.step = 6
+    assert not p.validated({"psnr": float("nan")}) and p.stale_validations == 2
+    assert p.patience_exhausted(2) and not p.patience_exhausted(3) and not p.patience_exhausted(0)
+    p.step = 8
+    assert p.validated({"psnr": 30.2}, min_delta=0.1) and p.stale_validations == 0
+    q = TrainProgress()
+    q.load_state_dict(p.state_dict())
+    assert (q.step, q.best_psnr, q.best_step, q.stale_validations) == (8, 30.2, 8, 0)
+    q.load_state_dict({"step": 5, "best_psnr": 31.0})  # written before early stopping: counts afresh
+    assert (q.best_step, q.stale_validations) == (0, 0)

@@ -1,6 +1,6 @@
 """Units through the model, batched across units, with reading and writing off the main thread.
 
-    engine = Engine(predict, opts, ledger, trained=payload.get("data_values"), history=lines)
+    engine = Engine(predict, opts, ledger, trained=payload.get("data_values"), history=lines, provenance=p)
     outcomes = engine.run(units, should_stop=flag.requested)      # engine.stopped: a stop was honoured
 
 - A small pool of reader threads runs ``Format.read`` on the next units (in order, a few ahead).
@@ -16,8 +16,9 @@
 - ``should_stop()`` is polled at every batch boundary: when it says so no more units are read, units not
   complete are dropped (a rerun does them) and the complete ones are written and recorded.
 - Warnings (:func:`hpc_sr.apps.fits_io.warn`) of every thread are collected
-  (:func:`~hpc_sr.apps.fits_io.collect_warnings`): passed to ``on_warning`` as they come, or warned at the
-  end of the run. The warnings module is one state for all threads, and astropy enters ``catch_warnings`` as
+  (:func:`~hpc_sr.apps.fits_io.collect_warnings`): passed to ``on_warning`` as they come (the runner's
+  :class:`~hpc_sr.apps.inference.report.WarningTally`, which counts repeats), or kept and warned at the end
+  of the run. The warnings module is one state for all threads, and astropy enters ``catch_warnings`` as
   it reads and writes: warnings of other threads vanish meanwhile, and two such blocks in two threads can
   leave the process with the wrong warning state for good. So the reads and writes of a format run one at a
   time unless it says ``concurrent_io = True`` (its code never touches the warnings state; numpy does).
@@ -95,10 +96,12 @@ class Engine:
         trained: dict[str, Any] | None = None,
         history: list[str] | None = None,
         on_warning: Callable[[str], None] | None = None,
+        provenance: dict[str, Any] | None = None,
     ) -> None:
         self.predict, self.opts, self.ledger = predict, opts, ledger
         self.trained, self.history, self.on_warning = trained, list(history or []), on_warning
-        self.notes: list[str] = []  # the run's UpscaleWarning messages, from every thread
+        self.provenance = dict(provenance or {})
+        self.notes: list[str] = []  # the run's UpscaleWarning messages, from every thread (no on_warning)
         self._notes_lock = threading.Lock()
         self._io_lock = threading.Lock()  # reads and writes of formats without concurrent_io, one at a time
         self.formats: dict[str, Any] = {}
@@ -159,7 +162,8 @@ class Engine:
         """Keep (and pass on) warnings collected in a thread; empties ``messages``."""
         with self._notes_lock:
             taken, messages[:] = list(messages), []
-            self.notes += taken
+            if self.on_warning is None:  # else not kept: a survey's run may warn once per image
+                self.notes += taken
         if self.on_warning is not None:
             for message in taken:
                 self.on_warning(message)
@@ -285,7 +289,7 @@ class Engine:
         if self.opts.samples > 0:
             sigma = [pixels.restore_sigma(job.sigma[i], p, scale) for i, p in enumerate(prep)]
         notes = [pixels.note(p, scale) for p in prep]
-        return Results(images, sigma, notes, list(self.history))
+        return Results(images, sigma, notes, list(self.history), dict(self.provenance))
 
     def _writer(self) -> None:
         while (job := self._write_q.get()) is not None:

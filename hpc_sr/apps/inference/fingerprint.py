@@ -3,9 +3,11 @@
     fp = run_fingerprint(opts, model, payload)
     differences(old, fp)     # ["options.tile (was 0, now 64)", "model.weights_sha256 (...)"]
 
-The model's identity is its generator spec (arch and options; ``arch`` alone for a bare module), its scale, a
-sha256 over the state_dict's names, types, shapes and bytes, the training value record (``data_values``) and
-the stored spread calibration: two runs whose fingerprints agree write the same outputs.
+``options.engine`` records the engine that ran (torch | onnx: their outputs agree within float rounding, not
+bit for bit, so a rerun with the other engine is refused). The model's identity is its generator spec (arch
+and options; ``arch`` alone for a bare module), its scale, a sha256 over the state_dict's names, types,
+shapes and bytes, the training value record (``data_values``) and the stored spread calibration (and the
+sha256 of a given ONNX file): two runs whose fingerprints agree write the same outputs.
 """
 
 from __future__ import annotations
@@ -51,11 +53,23 @@ def model_identity(model: nn.Module, payload: dict[str, Any] | None) -> dict[str
 
 
 def run_fingerprint(
-    opts: InferenceOptions, model: nn.Module, payload: dict[str, Any] | None
+    opts: InferenceOptions, model: nn.Module, payload: dict[str, Any] | None, onnx_sha256: str = ""
 ) -> dict[str, Any]:
-    """``{"hpc_sr", "options", "model"}`` as JSON values (tuples become lists)."""
-    fp = {"hpc_sr": __version__, "options": opts.fingerprint(), "model": model_identity(model, payload)}
+    """``{"hpc_sr", "options", "model"}`` as JSON values (tuples become lists). ``options.engine`` is the
+    engine that runs (torch | onnx); ``onnx_sha256``: that of a given ONNX file, recorded as
+    ``model.onnx_sha256`` (an export made by the engine's cache is a function of the weights recorded)."""
+    identity = model_identity(model, payload)
+    if onnx_sha256:
+        identity["onnx_sha256"] = onnx_sha256
+    fp = {"hpc_sr": __version__, "options": opts.fingerprint(), "model": identity}
     return json.loads(json.dumps(fp, sort_keys=True, default=str))
+
+
+def upgraded(fp: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A fingerprint recorded before engines were recorded (no ``options.engine``) reads as torch's."""
+    if fp is not None and isinstance(fp.get("options"), dict) and "engine" not in fp["options"]:
+        fp = {**fp, "options": {**fp["options"], "engine": "torch"}}
+    return fp
 
 
 def _flat(value: Any, prefix: str = "") -> dict[str, Any]:

@@ -4,22 +4,36 @@
   error lists them; none: :class:`NotAnImage`). The ids: a 1-D dataset of length N named ``ids`` beside it
   (or at the root); without one the ids are the row numbers. A ``BUNIT`` / ``unit(s)`` attribute of the
   images gives their flux mode (none: the level is kept unless ``flux`` says per-pixel).
-- Units: ``opts.catalog_rows`` rows each (id ``<rel>#rows=a:b``); a unit reads only its rows and publishes a
-  part file ``<out>/<stem><suffix>.parts/rows_<a>_<b>.h5`` (images in the input's layout, float64 kept and
-  other types as float32; its ids; ``sigma`` with samples; one value per row of each normalisation note).
-- ``finish``: once every part is there, one file ``<out>/<stem><suffix>.<ext>``: the images at the input's
-  dataset path (its attributes kept), the ids at theirs in the same order, ``sigma`` beside the images,
-  attributes ``hpc_sr_*`` on the images (version, factor, run history, each note common to all rows; a note
-  that varies is a per-row dataset ``hpc_sr/<note>``). Merged part by part (the memory of one part, whatever
-  the catalog's length) into a temporary file renamed into place, then the parts are removed. A merged file
-  that records the parts present (or, with the parts gone, holds every row) is left as it is.
+- Units: ``opts.catalog_rows`` rows each (id ``<rel>#rows=a:b``); a unit reads only its rows. Its SR images
+  (and ``sigma``) go straight into their rows of one data file per input,
+  ``<out>/<stem><suffix>.parts/data_<key>.h5``: an HDF5 file of the output's layout (contiguous datasets,
+  allocated when the file is created; the first rank to need it creates it, atomically: a hard link of a
+  complete temporary file, so exactly one creator wins), written with ``pwritev`` at the rows' byte offsets
+  and fdatasync'ed: disjoint byte ranges, so the ranks write side by side without HDF5 in between. The unit
+  then publishes a small part file ``rows_<a>_<b>.h5`` (its ids; one value per row of each normalisation
+  note; the run's provenance; the data file's name and nonce; the sha256 of the rows' image and sigma bytes),
+  whose checksum the ledger records. A unit redone (killed before its record) writes the same bytes again.
+- ``finish``: once every part is there, the data file becomes the output ``<out>/<stem><suffix>.<ext>``: the
+  ids written at their path in the same order, attributes ``hpc_sr_*`` on the images (the run's provenance as
+  plain values: version, model source, arch, spec and weights sha256, engine, normalisation asked for and
+  what it means, flux rule, tiling, sigma calibration; factor, run history, each note common to all rows; a
+  note that varies is a per-row dataset ``hpc_sr/<note>``), the input dataset's attributes; then it is
+  renamed into place and the parts folder removed. No image byte is copied (before: a merge copied every part
+  into a new file). The bytes of the data file outside its image and sigma data (its HDF5 metadata, a few
+  KiB) are saved first, so a finish killed half-way is undone by the next one (HDF5 files are not crash-safe
+  while they are modified). A merged file that records the parts
+  present (or, with the parts gone, holds every row) is left as it is.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import shutil
+import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -44,6 +58,8 @@ from hpc_sr.version import __version__
 
 NOTES = "hpc_sr"  # group of the per-row notes in the merged file
 UNIT_ATTRS = ("BUNIT", "bunit", "unit", "units")
+NONCE = "hpc_sr_data_nonce"  # root attribute of a data file: which file a part's rows went into
+IOV = 512  # buffers per pwritev call (the system's IOV_MAX is 1024 or more)
 
 
 def _h5py() -> Any:
@@ -120,8 +136,6 @@ class _Rows:
     """A unit's rows as read: where they go and what the part needs."""
 
     rows: tuple[int, int]
-    layout: int  # 3: (N, H, W); 4: (N, 1, H, W)
-    dtype: type  # the output type
     ids: np.ndarray | None
     ids_dtype: Any = None  # the ids' HDF5 type (variable-length strings included)
 
@@ -137,7 +151,7 @@ class Hdf5Format:
             raise DataError(f"catalog_rows={opts.catalog_rows}: need at least 1")
         with _open(src) as f:
             name = find_images(f, opts.dataset, src)
-            shape = f[name].shape
+            shape, dtype = f[name].shape, f[name].dtype
             ids = find_ids(f, name, shape[0], src)
         if shape[0] == 0:
             raise NotAnImage(f"{src}: {name} holds no rows")
@@ -145,7 +159,12 @@ class Hdf5Format:
         stem = merged.name[: -len(next(e for e in (".hdf5", ".h5") if merged.name.lower().endswith(e)))]
         parts = merged.with_name(f"{stem}.parts")
         pixels = int(shape[-2]) * int(shape[-1])
-        detail = {"dataset": name, "ids": ids, "total": int(shape[0]), "merged": merged, "parts": parts}
+        s = int(opts.scale)
+        row = (*shape[1:-2], s * int(shape[-2]), s * int(shape[-1]))  # an output row in the input's layout
+        detail = {
+            **{"dataset": name, "ids": ids, "total": int(shape[0]), "merged": merged, "parts": parts},
+            **{"row": tuple(int(n) for n in row), "dtype": np.dtype(_out_dtype(dtype)).newbyteorder("<").str},
+        }
         units = []
         for a in range(0, shape[0], opts.catalog_rows):
             b = min(a + opts.catalog_rows, shape[0])
@@ -172,25 +191,38 @@ class Hdf5Format:
         if ids is not None:
             labels = [f"{label} id={_text(v)}" for label, v in zip(labels, ids, strict=True)]
         images = [np.array(p, dtype=np.float32) for p in planes]
-        context = _Rows((a, b), block.ndim, _out_dtype(block.dtype), ids, ids_dtype)
+        context = _Rows((a, b), ids, ids_dtype)
         return ImageSet(unit, images, [flux] * len(images), labels, context)
 
     def write(self, images: ImageSet, results: Results, opts: InferenceOptions) -> list[Path]:
         rows: _Rows = images.context
-        n = rows.rows[1] - rows.rows[0]
+        unit, (a, b) = images.unit, rows.rows
+        n = b - a
         if len(results.images) != n or len(results.notes) != n:
-            raise DataError(f"{images.unit.id}: {len(results.images)} SR images / notes for {n} rows")
-        with atomic_open(images.unit.target, "w+b") as fh, _h5py().File(fh, "w") as part:
-            part.create_dataset("images", data=_layout(results.images, rows))
-            if results.sigma is not None:
-                part.create_dataset("sigma", data=_layout(results.sigma, rows))
+            raise DataError(f"{unit.id}: {len(results.images)} SR images / notes for {n} rows")
+        data = data_file(unit, results.sigma is not None)
+        digests = {}
+        fd = os.open(data.path, os.O_RDWR)
+        try:
+            for key, planes in (("images", results.images), ("sigma", results.sigma)):
+                if planes is not None:
+                    digests[key] = _pwrite_rows(fd, data, key, a, planes, unit)
+            os.fdatasync(fd)  # the rows are on disk before the part that says so
+        finally:
+            os.close(fd)
+        with atomic_open(unit.target, "w+b") as fh, _h5py().File(fh, "w") as part:
             if rows.ids is not None:
                 part.create_dataset("ids", data=rows.ids, dtype=rows.ids_dtype)
             for key, values in _note_columns(results.notes).items():
                 part.create_dataset(f"notes/{key}", data=values)
             part.attrs["rows"] = rows.rows
             part.attrs["history"] = json.dumps(list(results.history))
-        return [images.unit.target]
+            part.attrs["provenance"] = json.dumps(results.provenance, sort_keys=True)
+            part.attrs["data_file"] = data.path.name
+            part.attrs[NONCE] = data.nonce
+            for key, digest in digests.items():
+                part.attrs[f"{key}_sha256"] = digest
+        return [unit.target]
 
     def finish(self, units: list[Unit], opts: InferenceOptions) -> list[Path]:
         by_output: dict[Path, list[Unit]] = {}
@@ -209,9 +241,97 @@ def _text(value: Any) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
-def _layout(planes: list[np.ndarray], rows: _Rows) -> np.ndarray:
-    stack = np.stack(planes).astype(rows.dtype, copy=False)
-    return stack[:, None] if rows.layout == 4 else stack
+@dataclass(frozen=True)
+class DataFile:
+    """The data file of one input as a unit sees it: where each dataset's rows start, in bytes."""
+
+    path: Path
+    nonce: str
+    offsets: dict[str, int]  # "images" / "sigma" -> byte offset of row 0
+    row: tuple[int, ...]
+    dtype: str  # little-endian numpy type string ("<f4", "<f8")
+
+    @property
+    def row_bytes(self) -> int:
+        return int(np.prod(self.row, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+
+
+def _data_path(unit: Unit, sigma: bool) -> Path:
+    """``parts/data_<key>.h5``, the key naming the layout (another layout, another file)."""
+    d = unit.detail
+    layout = [d["dataset"], d["total"], list(d["row"]), d["dtype"], sigma]
+    key = hashlib.sha256(json.dumps(layout).encode()).hexdigest()[:16]
+    return Path(d["parts"]) / f"data_{key}.h5"
+
+
+def _sigma_name(name: str) -> str:
+    return f"{name.rsplit('/', 1)[0]}/sigma" if "/" in name else "sigma"
+
+
+def data_file(unit: Unit, sigma: bool) -> DataFile:
+    """The data file of ``unit``'s input, created when missing (module docstring)."""
+    d = unit.detail
+    path = _data_path(unit, sigma)
+    if not path.is_file():
+        _create_data_file(path, d["dataset"], (d["total"], *d["row"]), d["dtype"], sigma)
+    with _open(path) as f:  # read each time (~1 ms a unit): the file may have been replaced meanwhile
+        offsets = {"images": f[d["dataset"]].id.get_offset()}
+        if sigma:
+            offsets["sigma"] = f[_sigma_name(d["dataset"])].id.get_offset()
+        nonce = str(f.attrs[NONCE])
+    if any(v is None for v in offsets.values()):
+        raise DataError(f"{path}: a data file without allocated storage (not written by hpc_sr?)")
+    return DataFile(path, nonce, offsets, tuple(d["row"]), d["dtype"])
+
+
+def _create_data_file(path: Path, name: str, shape: tuple[int, ...], dtype: str, sigma: bool) -> None:
+    """An HDF5 file with ``name`` (and its sigma) of ``shape``: contiguous, its storage allocated now and
+    never filled (a sparse file until the rows arrive), under ``path`` unless another rank made it first."""
+    h5py = _h5py()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+        dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
+        with h5py.File(tmp, "w") as f:
+            for key in [name, _sigma_name(name)] if sigma else [name]:
+                f.create_dataset(key, shape, np.dtype(dtype), dcpl=dcpl)
+            f.attrs[NONCE] = uuid.uuid4().hex
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)  # exactly one creator wins; the others use its file
+        fsync_dir(path.parent)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _pwrite_rows(fd: int, data: DataFile, key: str, a: int, planes: list[np.ndarray], unit: Unit) -> str:
+    """Write ``planes`` (rows a, a+1, ...) at their offsets of ``key``; the sha256 of their bytes."""
+    want = data.row[-2:]
+    h = hashlib.sha256()
+    buffers = []
+    for i, plane in enumerate(planes):
+        if tuple(plane.shape) != want:
+            raise DataError(f"{unit.id}: SR row {a + i} of shape {tuple(plane.shape)}, expected {want}")
+        buf = np.ascontiguousarray(plane, dtype=data.dtype)
+        h.update(buf)
+        buffers.append(buf)
+    offset = data.offsets[key] + a * data.row_bytes
+    for lo in range(0, len(buffers), IOV):
+        chunk = buffers[lo : lo + IOV]
+        size = sum(buf.nbytes for buf in chunk)
+        done = os.pwritev(fd, chunk, offset)
+        if done != size:  # a short write (a full disk, a signal): write the rest the plain way
+            rest = b"".join(bytes(memoryview(buf).cast("B")) for buf in chunk)[done:]
+            while rest:
+                n = os.pwrite(fd, rest, offset + done)
+                rest, done = rest[n:], done + n
+        offset += size
+    return h.hexdigest()
 
 
 def _note_columns(notes: list[dict[str, Any]]) -> dict[str, np.ndarray]:
@@ -253,7 +373,7 @@ def _remove_parts(folder: Path, merged: Path) -> None:
 
 
 def _merge(merged: Path, units: list[Unit], opts: InferenceOptions) -> Path:
-    """Merge the parts of one input into ``merged`` (see the module docstring); returns its path."""
+    """Turn the data file of one input into ``merged`` (see the module docstring); returns its path."""
     detail = units[0].detail
     name, ids_name, total, folder = detail["dataset"], detail["ids"], detail["total"], detail["parts"]
     spans = [_rows(u) for u in units]
@@ -272,47 +392,104 @@ def _merge(merged: Path, units: list[Unit], opts: InferenceOptions) -> Path:
         missing = [p.name for p, ok in zip(parts, have, strict=True) if not ok]
         raise DataError(f"{merged}: {len(missing)} part(s) missing in {folder}: {', '.join(missing[:5])}")
     listing = _listing(parts)
+    h5py = _h5py()
+    with h5py.File(parts[0], "r", locking=False) as first:
+        data_name, nonce = str(first.attrs["data_file"]), str(first.attrs[NONCE])
+        columns = {key: (col.dtype, col[0]) for key, col in first.get("notes", {}).items()}
+        history = json.loads(str(first.attrs.get("history", "[]")))
+        about = json.loads(str(first.attrs.get("provenance", "{}")))  # parts of older runs: none
+    data = folder / data_name
+    for unit, path in zip(units, parts, strict=True):
+        with h5py.File(path, "r", locking=False) as part:
+            if tuple(part.attrs["rows"]) != _rows(unit):
+                raise DataError(f"{path}: holds rows {tuple(part.attrs['rows'])}, expected {_rows(unit)}")
+            if (str(part.attrs["data_file"]), str(part.attrs[NONCE])) != (data_name, nonce):
+                raise DataError(
+                    f"{merged}: the rows of {path.name} went into another data file than those of "
+                    f"{parts[0].name}; rerun with --overwrite"
+                )
     with _open(units[0].src) as f:
         attrs = dict(f[name].attrs)
         ids_dtype = f[ids_name].dtype if ids_name else None
-    h5py = _h5py()
-    with atomic_open(merged, "w+b") as fh, h5py.File(fh, "w") as out:
-        with h5py.File(parts[0], "r", locking=False) as first:
-            images, sigma = first["images"], first.get("sigma")
-            shape = (total, *images.shape[1:])
-            chunk = (1, *images.shape[1:])
-            ds = out.create_dataset(name, shape, images.dtype, chunks=chunk)
-            sig = None
-            if sigma is not None:
-                sig_name = f"{name.rsplit('/', 1)[0]}/sigma" if "/" in name else "sigma"
-                sig = out.create_dataset(sig_name, shape, sigma.dtype, chunks=chunk)
-            notes = {key: first["notes"][key] for key in first.get("notes", {})}
-            columns = {key: (col.dtype, col[0]) for key, col in notes.items()}
-            history = json.loads(str(first.attrs.get("history", "[]")))
-        ids = out.create_dataset(ids_name, (total,), ids_dtype) if ids_name else None
-        common = _common_notes(parts, columns)
-        per_row = {
-            key: out.create_dataset(f"{NOTES}/{key}", (total,), dtype)
-            for key, (dtype, _) in columns.items()
-            if key not in common
-        }
-        for unit, path in zip(units, parts, strict=True):  # one part in memory at a time
-            a, b = _rows(unit)
-            with h5py.File(path, "r", locking=False) as part:
-                if tuple(part.attrs["rows"]) != (a, b) or part["images"].shape[0] != b - a:
-                    raise DataError(f"{path}: holds rows {tuple(part.attrs['rows'])}, expected {a}:{b}")
-                ds[a:b] = part["images"][...]
-                if sig is not None:
-                    sig[a:b] = part["sigma"][...]
-                if ids is not None:
-                    ids[a:b] = part["ids"][...]
-                for key, column in per_row.items():
-                    column[a:b] = part["notes"][key][...]
-        for key, value in attrs.items():
-            ds.attrs[key] = value
-        ds.attrs.update(_provenance(opts, history, common, per_row, total, listing))
+    backup = _restore_or_save(data, name)
+    try:
+        with h5py.File(data, "r+", locking=False) as out:
+            if str(out.attrs.get(NONCE)) != nonce:
+                raise DataError(
+                    f"{data}: not the data file the parts were written into; rerun with --overwrite"
+                )
+            ds = out[name]
+            common = _common_notes(parts, columns)
+            ids = out.create_dataset(ids_name, (total,), ids_dtype) if ids_name else None
+            per_row = {
+                key: out.create_dataset(f"{NOTES}/{key}", (total,), dtype)
+                for key, (dtype, _) in columns.items()
+                if key not in common
+            }
+            for unit, path in zip(units, parts, strict=True):  # one part's ids and notes at a time
+                a, b = _rows(unit)
+                with h5py.File(path, "r", locking=False) as part:
+                    if ids is not None:
+                        ids[a:b] = part["ids"][...]
+                    for key, column in per_row.items():
+                        column[a:b] = part["notes"][key][...]
+            for key, value in attrs.items():
+                ds.attrs[key] = value
+            ds.attrs.update(_provenance(opts, history, about, common, per_row, total, listing))
+            del out.attrs[NONCE]
+        with open(data, "rb+") as fh:
+            os.fsync(fh.fileno())
+    except BaseException:
+        _restore(data, backup)  # as it was before: the next finish starts from the same file
+        raise
+    os.replace(data, merged)
+    fsync_dir(merged.parent)
     _remove_parts(folder, merged)
     return merged
+
+
+def _restore_or_save(data: Path, name: str) -> Path:
+    """The backup of ``data``'s bytes outside its image and sigma data (its HDF5 metadata): restored into it
+    when a finish was killed after saving it, else saved now (atomically). Returns the backup's path."""
+    backup = data.with_name(data.name + ".meta")
+    if backup.is_file() and _restore(data, backup):
+        return backup
+    with _open(data) as f:
+        spans = [(f[key].id.get_offset(), f[key].id.get_storage_size()) for key in (name, _sigma_name(name))
+                 if key in f]  # fmt: skip
+    size = data.stat().st_size
+    keep, pos = [], 0
+    for start, length in sorted(spans):
+        keep.append((pos, start - pos))
+        pos = start + length
+    keep.append((pos, size - pos))
+    with open(data, "rb") as fh:
+        pieces = [(start, os.pread(fh.fileno(), length, start)) for start, length in keep if length > 0]
+    head = {"inode": data.stat().st_ino, "size": size, "pieces": [[s, len(b)] for s, b in pieces]}
+    with atomic_open(backup, "wb") as out:
+        out.write(json.dumps(head).encode() + b"\n")
+        for _, chunk in pieces:
+            out.write(chunk)
+    return backup
+
+
+def _restore(data: Path, backup: Path) -> bool:
+    """Put the saved metadata bytes back into ``data`` and cut it to its saved size; False (nothing done)
+    when the backup is of another file (``data`` was made anew since)."""
+    with open(backup, "rb") as fh:
+        head = json.loads(fh.readline())
+        pieces = [(start, fh.read(length)) for start, length in head["pieces"]]
+    if head.get("inode") != data.stat().st_ino:
+        return False
+    fd = os.open(data, os.O_RDWR)
+    try:
+        for start, chunk in pieces:
+            os.pwrite(fd, chunk, start)
+        os.ftruncate(fd, int(head["size"]))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return True
 
 
 def _common_notes(parts: list[Path], columns: dict[str, tuple[Any, Any]]) -> dict[str, Any]:
@@ -335,19 +512,26 @@ def _common_notes(parts: list[Path], columns: dict[str, tuple[Any, Any]]) -> dic
 def _provenance(
     opts: InferenceOptions,
     history: list[str],
+    about: dict[str, Any],
     common: dict[str, Any],
     per_row: dict[str, Any],
     total: int,
     listing: str,
 ) -> dict[str, Any]:
-    """The ``hpc_sr_*`` attributes of the merged images."""
-    attrs: dict[str, Any] = {
-        "hpc_sr_version": __version__,
-        "hpc_sr_upscale": int(opts.scale),
-        "hpc_sr_history": history,
-        "hpc_sr_rows": total,
-        "hpc_sr_parts": listing,
-    }
+    """The ``hpc_sr_*`` attributes of the merged images: the run's provenance (``Results.provenance``, as the
+    first part recorded it: version, model, model_arch, model_spec, model_sha256, engine, normalize_option,
+    normalization, flux_option, tile, overlap, self_ensemble, sigma_calibration, ...), the factor, the
+    history lines, the notes and the rows."""
+    attrs: dict[str, Any] = {f"hpc_sr_{key}": value for key, value in about.items() if value is not None}
+    attrs.setdefault("hpc_sr_version", __version__)
+    attrs.update(
+        {
+            "hpc_sr_upscale": int(opts.scale),
+            "hpc_sr_history": history,
+            "hpc_sr_rows": total,
+            "hpc_sr_parts": listing,
+        }
+    )
     if opts.samples:
         attrs["hpc_sr_samples"] = int(opts.samples)
     for key, value in common.items():

@@ -5,11 +5,12 @@ publishes its outputs atomically.
     units = fmt.plan(path, rel, out_dir, opts)   # raises NotAnImage for a file that holds no image
     batch = fmt.read(unit, opts)                 # ImageSet: raw (H, W) float32 images + what write needs
     paths = fmt.write(batch, results, opts)      # atomic; returns the published paths (checksummed)
-    fmt.finish(units, opts)                      # once every unit of an input is done (merge parts)
+    fmt.finish(units, opts)                      # once every unit of an input is done (HDF5: the output)
 
-A unit is what one rank writes on its own: a whole file, or a row range of an HDF5 catalog (a part file,
-merged by ``finish``). Normalisation, the model, flux conservation and error maps are the engine's; a format
-only moves pixels and metadata between files and arrays.
+A unit is what one rank writes on its own: a whole file, or a row range of an HDF5 catalog (its rows written
+into the input's data file, a part file published; ``finish`` turns the data file into the output).
+Normalisation, the model, flux conservation and error maps are the engine's; a format only moves pixels and
+metadata between files and arrays.
 """
 
 from __future__ import annotations
@@ -43,13 +44,16 @@ class InferenceOptions:
     hdus: tuple[str, ...] = ()  # FITS: EXTNAME[,EXTVER] or index selections; () = every image HDU
     dataset: str = ""  # HDF5 catalog: the image dataset ("" = the one (N,H,W) / (N,1,H,W) dataset)
     catalog_rows: int = 1024  # rows per unit of an HDF5 catalog
+    engine: str = "torch"  # torch | onnx | auto (resolved before the run: the ledger records torch or onnx)
     # runtime only (not part of the fingerprint): how, not what
     batch_size: int = 16
     device: str = "cpu"
     on_error: str = "skip"  # skip | stop
     compile: bool = False  # torch.compile the generator (CUDA: worth it for long runs)
+    onnx_model: str = ""  # engine onnx: this .onnx file (its sha256 goes into the fingerprint's model)
+    onnx_cache: str = ""  # engine onnx: the export cache ("" = onnx_engine.default_cache())
 
-    RUNTIME = ("batch_size", "device", "on_error", "compile")
+    RUNTIME = ("batch_size", "device", "on_error", "compile", "onnx_model", "onnx_cache")
 
     def fingerprint(self) -> dict[str, Any]:
         return {k: v for k, v in vars(self).items() if k not in self.RUNTIME}
@@ -87,6 +91,7 @@ class Results:
     sigma: list[np.ndarray] | None = None  # per-pixel standard deviation, input units (samples > 0)
     notes: list[dict[str, Any]] = field(default_factory=list)  # normalize/offset/scale/flux per image
     history: list[str] = field(default_factory=list)  # run provenance (version, arch, checkpoint, choices)
+    provenance: dict[str, Any] = field(default_factory=dict)  # the same as plain values (runner.provenance)
 
 
 class Format(Protocol):

@@ -16,6 +16,7 @@
   world size): a unit is done when any record says so, else skipped, else failed. A torn last line (a
   process killed mid-append) is ignored, and cut off when its rank reopens the file.
 - ``lock``: an flock for the few read-modify-write steps ranks share (the report, merging parts).
+- ``warnings_XXXXX.json``: a rank's warnings counted by kind (the runner's; summed into the report).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from hpc_sr.apps.inference.fingerprint import differences
+from hpc_sr.apps.inference.fingerprint import differences, upgraded
 from hpc_sr.atomic import atomic_write_text, fsync_dir
 from hpc_sr.errors import LedgerError
 
@@ -132,7 +133,7 @@ class Ledger:
             fresh = not self.exists()
             if overwrite and self.rank == 0:
                 atomic_write_text(self.root / RUN_FILE, text)
-                for stale in self.root.glob("rank_*.jsonl"):
+                for stale in [*self.root.glob("rank_*.jsonl"), *self.root.glob("warnings_*.json")]:
                     if stale != self.path and _rank_of(stale) >= world:
                         stale.unlink(missing_ok=True)
             else:
@@ -140,9 +141,9 @@ class Ledger:
         if overwrite:
             self._open_file(truncate=True)
             return fresh
-        old = self.fingerprint()
-        if old != fingerprint:
-            diff = differences(old or {}, fingerprint)
+        old, new = upgraded(self.fingerprint()), upgraded(fingerprint)
+        if old != new:
+            diff = differences(old or {}, new or {})
             raise LedgerError(
                 f"{self.out_dir} holds the outputs of a run with other settings: {'; '.join(diff)}. "
                 "Pass --overwrite to redo everything, or choose another --out"

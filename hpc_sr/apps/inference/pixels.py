@@ -39,22 +39,28 @@ class Prepared:
 def prepare(
     image: np.ndarray, label: str, flux: str, normalize: str, trained: dict[str, Any] | None
 ) -> Prepared:
-    """Normalise one raw (H, W) image (see the module docstring)."""
+    """Normalise one raw (H, W) image (see the module docstring). An image without blank pixels (the
+    common case) takes no masked copies, and ``none`` no arithmetic: the same values, fewer passes."""
+    if image.size and np.isfinite(image.min()) and np.isfinite(image.max()):  # min/max propagate NaN
+        norm = fits_io.choose_normalization(image, normalize, label, trained)
+        x = image if norm.method == "none" else norm.apply(image)
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        fits_io.warn_out_of_range(x, label, norm)
+        return Prepared(x, norm, None, flux, label)
     blank = ~np.isfinite(image)
     if blank.all():
         fits_io.warn(f"{label}: every pixel is blank (NaN/inf); the output is blank")
         return Prepared(None, None, blank, flux, label)
     good = image[~blank]
     norm = fits_io.choose_normalization(good, normalize, label, trained)
-    if blank.any():
-        fits_io.warn(
-            f"{label}: {int(blank.sum())} blank (NaN/inf) pixel(s) filled with the median for the "
-            f"model; they stay blank in the output"
-        )
-        image = np.where(blank, np.float32(np.median(good)), image)
+    fits_io.warn(
+        f"{label}: {int(blank.sum())} blank (NaN/inf) pixel(s) filled with the median for the "
+        f"model; they stay blank in the output"
+    )
+    image = np.where(blank, np.float32(np.median(good)), image)
     x = np.ascontiguousarray(norm.apply(image), dtype=np.float32)
     fits_io.warn_out_of_range(x[~blank], label, norm)
-    return Prepared(x, norm, blank if blank.any() else None, flux, label)
+    return Prepared(x, norm, blank, flux, label)
 
 
 def _flux_divisor(prep: Prepared, scale: int) -> int:

@@ -8,7 +8,8 @@ than ``batch_size`` is padded to it: CPU and GPU kernels choose their algorithm 
 runs at the same one and a unit's output does not depend on which units shared its batch (an interrupted
 and resumed run writes the same bytes as an uninterrupted one). On CUDA: pinned host memory, non-blocking
 copies, channels_last and bf16 autocast; ``opts.compile`` wraps the model in ``torch.compile``. With
-``opts.samples`` the batch is one unit's and its noise comes from ``seed`` (no padding, no autocast).
+``opts.samples`` the batch is one unit's and its noise comes from ``seed`` (no padding, no autocast). The
+onnx engine (:mod:`~hpc_sr.apps.inference.onnx_engine`) runs the same batches through onnxruntime.
 """
 
 from __future__ import annotations
@@ -25,20 +26,31 @@ from hpc_sr.apps.tiling import upscale_array
 
 
 class Predictor:
-    """The generator on ``opts.device``, ready for batches (see the module docstring)."""
+    """The generator on ``opts.device``, ready for batches (see the module docstring).
+
+    ``net``: what runs the batches instead of ``model`` (the onnx engine's
+    :class:`~hpc_sr.apps.inference.onnx_engine.OnnxGenerator`: host tensors in and out, no autocast)."""
 
     def __init__(
-        self, model: nn.Module, opts: InferenceOptions, calibration: Any = None, label: str = ""
+        self,
+        model: nn.Module,
+        opts: InferenceOptions,
+        calibration: Any = None,
+        label: str = "",
+        net: nn.Module | None = None,
     ) -> None:
         self.opts, self.calibration, self.label = opts, calibration, label
         self.device = torch.device(opts.device)
         self.scale = int(opts.scale)
-        self.cuda = self.device.type == "cuda"
+        self.cuda = self.device.type == "cuda" and net is None
+        self.model = model
+        if net is not None:
+            self.net: nn.Module = net
+            return
         model.to(self.device).eval()
         if self.cuda:
             model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-        self.model = model
-        self.net: nn.Module = torch.compile(model) if opts.compile else model  # type: ignore[assignment]
+        self.net = torch.compile(model) if opts.compile else model  # type: ignore[assignment]
 
     def _to_device(self, x: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[:, None]

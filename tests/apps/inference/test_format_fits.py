@@ -13,7 +13,7 @@ import pytest
 fits = pytest.importorskip("astropy.io.fits")
 from astropy.wcs import WCS  # noqa: E402
 
-from hpc_sr.apps import fits_wcs  # noqa: E402
+from hpc_sr.apps import fits_io, fits_wcs  # noqa: E402
 from hpc_sr.apps.inference import format_fits  # noqa: E402
 from hpc_sr.apps.inference.format_fits import Cards, FitsFormat, card_images  # noqa: E402
 from hpc_sr.apps.inference.formats import InferenceOptions, NotAnImage, Results, format_for  # noqa: E402
@@ -127,6 +127,49 @@ def test_a_missing_or_non_image_hdu_is_an_error_and_a_table_only_file_not_an_ima
     (tmp_path / "junk.fits").write_bytes(b"not fits" * 400)
     with pytest.raises(DataError, match="not a FITS file"):
         FMT.plan(tmp_path / "junk.fits", Path("junk.fits"), tmp_path, InferenceOptions())
+
+
+def test_hdu_choice_by_default_by_extname_and_index_and_messages_list_the_hdus(tmp_path: Path) -> None:
+    """By default the science images (an ERR stays at the input's resolution); named by EXTNAME (any case) or
+    index; a refusal names the file and lists its HDUs; cubes are stacks, (1, H, W) one image."""
+    img = np.arange(12, dtype=np.float32).reshape(3, 4)
+    table = fits.BinTableHDU.from_columns([fits.Column("a", "E", array=np.zeros(2))], name="CAT")
+    src = tmp_path / "ext.fits"
+    fits.HDUList(
+        [fits.PrimaryHDU(), fits.ImageHDU(img, name="SCI"), fits.ImageHDU(2 * img, name="ERR"), table]
+    ).writeto(src)
+
+    def chosen(path: Path, *hdus: str) -> tuple[list[int], Any]:
+        opts = InferenceOptions(hdus=hdus, flux="surface-brightness")
+        (unit,) = FMT.plan(path, Path(path.name), tmp_path / "out", opts)
+        return unit.detail["hdus"], FMT.read(unit, opts)
+
+    hdus, images = chosen(src)
+    assert hdus == [1]
+    np.testing.assert_array_equal(images.images[0], img)
+    for name in ("ERR", "err", "2", "ERR,1"):
+        hdus, images = chosen(src, name)
+        assert hdus == [2], name
+        np.testing.assert_array_equal(images.images[0], 2 * img)
+    listing = r"HDUs: 0 PRIMARY \(header only, no image data\), 1 SCI \(image \(3, 4\)\), 2 ERR"
+    with pytest.raises(DataError, match=r"ext\.fits: no HDU 'DQ'; " + listing):
+        chosen(src, "DQ")
+    with pytest.raises(DataError, match=r"ext\.fits: HDU 'CAT' is not a 2-D image .*: 3 CAT \(BINTABLE, no"):
+        chosen(src, "CAT")
+    only_table = tmp_path / "table.fits"
+    fits.HDUList([fits.PrimaryHDU(), table.copy()]).writeto(only_table)
+    with pytest.raises(NotAnImage, match=r"table\.fits: holds no image HDU: 0 PRIMARY .*1 CAT \(BINTABLE"):
+        chosen(only_table)
+    cube = tmp_path / "cube.fits"
+    fits.HDUList(
+        [fits.PrimaryHDU(np.zeros((2, 3, 4), np.float32)), fits.ImageHDU(np.ones((1, 3, 4)), name="ONE")]
+    ).writeto(cube)
+    hdus, images = chosen(cube)
+    assert hdus == [0, 1] and [x.shape for x in images.images] == [(3, 4)] * 3
+    (tmp_path / "junk.fits").write_bytes(b"not a fits file")
+    with pytest.raises(DataError, match=r"junk\.fits: not a FITS file"):
+        chosen(tmp_path / "junk.fits")
+    assert (fits_io.parse_hdu("2"), fits_io.parse_hdu(" SCI "), fits_io.parse_hdu(None)) == (2, "SCI", None)
 
 
 def test_a_cube_is_a_stack_and_per_plane_normalisations_go_to_history(tmp_path: Path) -> None:
@@ -268,82 +311,3 @@ def test_cards_header_api_as_fits_wcs_uses_it() -> None:
     ours.remove("LONGSTR")
     ours["NEW"] = (1.25, "added before HISTORY")
     assert ours.keys()[-2:] == ["NEW", "HISTORY"] and ours.header()["NEW"] == 1.25
-
-
-# -------------------------------------------------------------------------------------------- archive headers
-def same_world(src: Path, written: Path, unreadable_ok: bool = False) -> None:
-    """Every upscaled HDU of ``written`` puts each input pixel centre where ``src`` does (every WCS key)."""
-    from tests.apps.test_fits_archive_headers import MAS, offsets
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        a, b = fits.open(src), fits.open(written)
-    with a, b:
-        assert len(a) == len(b)
-        for i, (h_in, h_out) in enumerate(zip(a, b, strict=True)):
-            if h_in.name in fits_wcs.LOOKUP_TABLES or not h_in.is_image or h_in.data is None:
-                continue
-            assert h_out.data.shape[-2:] == tuple(2 * n for n in h_in.data.shape[-2:]), i
-            for key in fits_wcs.wcs_keys(h_in.header):
-                try:
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore")
-                        WCS(h_in.header, fobj=a, key=key or " ")
-                except Exception:  # noqa: BLE001 - astropy cannot read this input WCS
-                    assert unreadable_ok, (i, key)
-                    continue
-                sky, other = offsets((h_in.header, a), (h_out.header, b), h_in.data.shape, key)
-                assert sky < MAS and other < 1e-12, (i, key, sky, other)
-
-
-def archive_cases() -> list[Any]:
-    try:
-        from tests.apps.test_fits_archive_headers import HEADER_FILES, IMAGE_FILES, _name
-    except Exception:  # noqa: BLE001 - astropy's test data is not installed
-        return []
-    return [pytest.param(p, False, id=_name(p)) for p in IMAGE_FILES] + [
-        pytest.param(p, True, id=_name(p)) for p in HEADER_FILES
-    ]
-
-
-@pytest.mark.parametrize(("path", "header_only"), archive_cases())
-def test_every_shipped_archive_header_keeps_the_world_position_of_every_pixel(
-    path: Path, header_only: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """astropy's test images and WCS headers (SIP, TPV, DSS plates, lookup tables, -TAB, alternates,
-    compressed, scaled) through the format, every image HDU upscaled, each checked (not from a memo)."""
-    from tests.apps.test_fits_archive_headers import header_on_a_small_image
-
-    monkeypatch.setattr(format_fits, "_VERIFIED", {})
-    src = header_on_a_small_image(path, tmp_path / "img.fits") if header_only else path
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            written, _ = run(src, tmp_path / "out")
-        except NotAnImage:
-            pytest.skip("no HDU the format upscales (a 1-D or 4-D image)")
-    same_world(src, written, unreadable_ok=header_only)
-
-
-def test_lookup_table_distortions_are_rescaled_beside_their_image(tmp_path: Path) -> None:
-    from tests.apps.test_fits_archive_headers import lookup_file
-
-    src = lookup_file(tmp_path / "lookup.fits")
-    written, images = run(src, tmp_path / "out", samples=2)
-    assert len(images.images) == 1  # the lookup tables are not images to upscale
-    with fits.open(written) as b:
-        names = [(h.name, h.ver) for h in b]
-        assert names == [
-            ("PRIMARY", 1),
-            ("SCI", 1),
-            ("ERR", 1),
-            ("WCSDVARR", 1),
-            ("WCSDVARR", 2),
-            ("D2IMARR", 1),
-        ]
-        assert b["WCSDVARR", 1].header["CDELT1"] == 8.0 and b["SCI"].header["CPERR1"] == 6.0
-        assert b["ERR"].header["CPERR1"] == 6.0 and b["ERR"].header["CPDIS1"] == "Lookup"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        run(src, tmp_path / "plain")
-    same_world(src, tmp_path / "plain" / "lookup_sr.fits")

@@ -235,3 +235,123 @@ def test_merge_memory_does_not_grow_with_the_catalog(tmp_path: Path) -> None:
     assert grow_big < 40_000, (
         f"finish of 1000 rows grew the peak RSS by {grow_big} KiB (100 rows: {grow_small})"
     )
+
+
+def test_rows_go_straight_into_the_output_file_with_their_checksums(tmp_path: Path) -> None:
+    """Units written in any order fill one data file that finish renames into place (no image byte copied);
+    each part records the sha256 of its rows' bytes; a unit written twice writes the same bytes."""
+    import hashlib
+
+    src = catalog(tmp_path / "cat.h5", n=10)
+    opts = InferenceOptions(catalog_rows=4, samples=4)
+    units = FMT.plan(src, Path(src.name), tmp_path / "out", opts)
+    for unit in [units[2], units[0], units[1], units[0]]:
+        process(unit, opts, sigma=True)
+    (data,) = units[0].detail["parts"].glob("data_*.h5")
+    inode = data.stat().st_ino
+    (merged,) = FMT.finish(units, opts)
+    assert merged.stat().st_ino == inode and not units[0].detail["parts"].exists()
+    with h5py.File(src) as a, h5py.File(merged) as b:
+        np.testing.assert_array_equal(b["cutouts/lr"][...], np.kron(a["cutouts/lr"][...], np.ones((2, 2))))
+        assert b["cutouts/lr"].chunks is None and format_hdf5.NONCE not in b.attrs
+        rows = b["cutouts/lr"][4:8].astype("<f4").tobytes()
+    units = FMT.plan(src, Path(src.name), tmp_path / "again", opts)
+    process(units[1], opts, sigma=True)
+    with h5py.File(units[1].target) as part:
+        assert part.attrs["images_sha256"] == hashlib.sha256(rows).hexdigest()
+        assert part.attrs["sigma_sha256"] == hashlib.sha256(np.full(4 * 12 * 16, 0.5, "<f4")).hexdigest()
+        assert "images" not in part and "sigma" not in part and "ids" in part
+
+
+def test_a_finish_killed_while_it_edits_the_data_file_is_undone_by_the_next(tmp_path: Path) -> None:
+    src = catalog(tmp_path / "cat.h5", n=10)
+    opts = InferenceOptions(catalog_rows=4)
+    units = FMT.plan(src, Path(src.name), tmp_path / "out", opts)
+    for unit in units:
+        process(unit, opts)
+    (data,) = units[0].detail["parts"].glob("data_*.h5")
+    before = data.read_bytes()
+    format_hdf5._restore_or_save(data, "cutouts/lr")  # what finish does first; then it is killed mid-edit
+    with h5py.File(data, "r+") as f:
+        f.create_dataset("half/written", data=np.zeros(1000))
+        f["cutouts/lr"].attrs["hpc_sr_rows"] = -1
+    assert data.read_bytes() != before
+    (merged,) = FMT.finish(units, opts)
+    with h5py.File(src) as a, h5py.File(merged) as b:
+        assert "half" not in b and b["cutouts/lr"].attrs["hpc_sr_rows"] == 10
+        np.testing.assert_array_equal(b["cutouts/lr"][...], np.kron(a["cutouts/lr"][...], np.ones((2, 2))))
+        np.testing.assert_array_equal(b["cutouts/ids"][...], a["cutouts/ids"][...])
+
+
+def test_rows_written_into_a_data_file_that_was_replaced_are_refused_at_finish(tmp_path: Path) -> None:
+    src = catalog(tmp_path / "cat.h5", n=8)
+    opts = InferenceOptions(catalog_rows=4)
+    units = FMT.plan(src, Path(src.name), tmp_path / "out", opts)
+    process(units[0], opts)
+    (data,) = units[0].detail["parts"].glob("data_*.h5")
+    data.unlink()  # removed behind the run's back: the rows of units[0] are gone
+    process(units[1], opts)
+    with pytest.raises(DataError, match=r"rows of rows_4_8\.h5 went into another data file .*--overwrite"):
+        FMT.finish(units, opts)
+
+
+def test_a_run_records_the_model_version_engine_and_normalisation_as_plain_attributes(tmp_path: Path) -> None:
+    """Through the runner with real (tiny) generators: what made the output, readable without parsing."""
+    import json
+
+    from hpc_sr.apps.inference.fingerprint import weights_sha256
+    from hpc_sr.apps.inference.formats import InferenceOptions as Opts
+    from hpc_sr.apps.inference.ledger import LEDGER_DIR
+    from hpc_sr.apps.inference.runner import execute
+    from hpc_sr.eval.recalibration import SpreadScales
+    from hpc_sr.models.artifacts import CALIBRATION_FORMAT, CALIBRATION_KEY, load_generator
+    from hpc_sr.version import __version__
+    from tests.apps.inference.test_runner import export, generator
+    from tests.models.test_stochastic import tiny
+
+    src = catalog(tmp_path / "cat.h5", n=6)
+    ckpt = export(generator(), tmp_path / "G.pt")
+    g, payload = load_generator(ckpt)
+    opts = Opts(normalize="max", catalog_rows=4, batch_size=4)
+    out = tmp_path / "out"
+    assert execute(g, payload, [str(src)], out, opts, progress=False, model_label=str(ckpt)).status == 0
+    run = json.loads((out / LEDGER_DIR / "run.json").read_text())
+    with h5py.File(out / "cat_sr.h5") as f:
+        attrs = dict(f["cutouts/lr"].attrs)
+    assert attrs["hpc_sr_version"] == __version__ and attrs["hpc_sr_upscale"] == 2
+    assert attrs["hpc_sr_model"] == str(ckpt) and attrs["hpc_sr_model_arch"] == "srresnet"
+    assert attrs["hpc_sr_model_sha256"] == weights_sha256(g) == run["model"]["weights_sha256"]
+    assert json.loads(attrs["hpc_sr_model_spec"]) == run["model"]["generator"]
+    assert attrs["hpc_sr_model_step"] == 0 and attrs["hpc_sr_engine"] == "torch"
+    assert (attrs["hpc_sr_normalize_option"], attrs["hpc_sr_normalization"]) == ("max", "max for every image")
+    assert (
+        attrs["hpc_sr_normalize"] == "max" and attrs["hpc_sr_flux_option"] == "auto"
+    )  # the rows' own, all max
+    assert (attrs["hpc_sr_tile"], attrs["hpc_sr_self_ensemble"]) == (0, False)
+    assert "hpc_sr_sigma_calibration" not in attrs and "hpc_sr_samples" not in attrs
+
+    # samples of a stochastic generator: how sigma was calibrated, as an attribute and in the history
+    scales = SpreadScales(edges=(0.05, 0.1, 0.2), scales=(0.5, 2.0, 3.0, 4.0))
+    fit = {"data": "/data/lenses.h5", "date": "2025-01-02T03:04:05+00:00", "antithetic": False}
+    record = {
+        "format": CALIBRATION_FORMAT,
+        "spread_scales": scales.to_dict(),
+        "fit": fit,
+        "check": {"split": "val"},
+    }
+    samples = Opts(normalize="max", catalog_rows=4, samples=2)
+    for name, about in (("raw", {}), ("cal", {CALIBRATION_KEY: record})):
+        assert (
+            execute(tiny("srresnet", 1), about, [str(src)], tmp_path / name, samples, progress=False).status
+            == 0
+        )
+    with h5py.File(tmp_path / "raw" / "cat_sr.h5") as raw, h5py.File(tmp_path / "cal" / "cat_sr.h5") as cal:
+        assert raw["cutouts/sigma"].shape == cal["cutouts/sigma"].shape == (6, 12, 16)
+        a, b = dict(raw["cutouts/lr"].attrs), dict(cal["cutouts/lr"].attrs)
+    assert a["hpc_sr_samples"] == 2 and a["hpc_sr_model"] == a["hpc_sr_model_arch"] == "srresnet"
+    assert a["hpc_sr_sigma_calibration"].startswith("none: the raw standard deviation")
+    assert b["hpc_sr_sigma_calibration"] == (
+        "spread scales stored with the model (data /data/lenses.h5, split val, date "
+        "2025-01-02T03:04:05+00:00)"
+    )
+    assert f"hpc_sr sigma calibration: {b['hpc_sr_sigma_calibration']}" in list(b["hpc_sr_history"])

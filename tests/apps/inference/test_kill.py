@@ -28,9 +28,11 @@ from tests.conftest import PYTHON, REPO, random_seed, subprocess_env
 FILES, PER_FILE, SIDE = 40, 50, 16  # 2,000 cutouts
 
 
-def start(rank: int, ckpt: Path, src: Path, out: Path, log: Path) -> subprocess.Popen[bytes]:
+def start(
+    rank: int, ckpt: Path, src: Path, out: Path, log: Path, extra: tuple[str, ...] | list[str] = ()
+) -> subprocess.Popen[bytes]:
     env = subprocess_env(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_PORT="29500")
-    argv = [PYTHON, "-m", "hpc_sr", "upscale", "--checkpoint", str(ckpt), "--device", "cpu"]
+    argv = [PYTHON, "-m", "hpc_sr", "upscale", "--checkpoint", str(ckpt), "--device", "cpu", *extra]
     with open(log, "ab") as fh:
         return subprocess.Popen([*argv, "--out", str(out), str(src)], cwd=REPO, env=env, stdout=fh, stderr=fh)
 
@@ -108,3 +110,54 @@ def test_a_killed_rank_resumes_to_the_bytes_of_an_uninterrupted_run(tmp_path: Pa
     report = json.loads((out / "upscale_report.json").read_text())
     assert report["counts"]["done"] == FILES and report["counts"]["pending"] == 0
     assert os.path.getsize(out / LEDGER_DIR / "run.json") > 0
+
+
+@pytest.mark.slow
+def test_a_killed_rank_resumes_an_hdf5_catalog_to_the_bytes_of_an_uninterrupted_run(tmp_path: Path) -> None:
+    """The catalog's rows go straight into one data file written by both ranks (pwrite): a rank SIGKILLed
+    mid-run and the job rerun end with the images, ids and sigma of an uninterrupted run, each unit done
+    once, and nothing of the parts left."""
+    import h5py
+    import numpy as np
+
+    rng = random.Random(random_seed("kill moments hdf5"))
+    ckpt = export(generator(), tmp_path / "G.pt")
+    src = tmp_path / "in" / "cat.h5"
+    src.parent.mkdir()
+    lr = np.random.default_rng(0).uniform(0, 1, (FILES * PER_FILE, SIDE, SIDE)).astype(np.float32)
+    with h5py.File(src, "w") as f:
+        f.create_dataset("lr", data=lr)
+        f.create_dataset("ids", data=np.arange(len(lr))[::-1])
+    model, payload = load_generator(ckpt)
+    opts = InferenceOptions(catalog_rows=PER_FILE)
+    ref = tmp_path / "ref"
+    assert run_inference(model, payload, [str(src)], ref, opts, progress=False) == 0
+
+    out, log = tmp_path / "out", tmp_path / "job.log"
+    extra = ["--catalog-rows", str(PER_FILE)]
+    victim = rng.choice((0, 1))
+    procs = [start(r, ckpt, src, out, log, extra) for r in (0, 1)]
+    target = rng.randint(2, FILES // 4)
+    deadline = time.monotonic() + 60
+    while records(out, victim) < target and procs[victim].poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    time.sleep(rng.uniform(0, 0.05))
+    procs[victim].send_signal(signal.SIGKILL)
+    assert wait(procs[victim], log) in (0, -signal.SIGKILL), log.read_text()[-3000:]
+    assert wait(procs[1 - victim], log) in (0, 1), log.read_text()[-3000:]  # 1: the input is not complete
+    procs = [start(r, ckpt, src, out, log, extra) for r in (0, 1)]
+    assert [wait(p, log) for p in procs] == [0, 0], log.read_text()[-3000:]
+
+    with h5py.File(ref / "cat_sr.h5") as a, h5py.File(out / "cat_sr.h5") as b:
+        for name in ("lr", "ids", "hpc_sr/scale"):
+            if name in a:
+                assert a[name][...].tobytes() == b[name][...].tobytes(), name
+        assert b["lr"].attrs["hpc_sr_rows"] == len(lr)
+    done = Counter(
+        r["unit"]
+        for path in (out / LEDGER_DIR).glob("rank_*.jsonl")
+        for r in parse_lines(path.read_bytes())
+        if r["status"] == "done"
+    )
+    assert len(done) == FILES and set(done.values()) == {1}
+    assert sorted(p.name for p in out.iterdir()) == [".hpc_sr_ledger", "cat_sr.h5", "upscale_report.json"]

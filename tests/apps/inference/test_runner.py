@@ -19,7 +19,7 @@ from hpc_sr.apps.inference.runner import execute, run_inference
 from hpc_sr.cli import main
 from hpc_sr.dist.signals import REQUEUE_EXIT_CODE
 from hpc_sr.errors import LedgerError
-from hpc_sr.models.artifacts import generator_payload
+from hpc_sr.models.artifacts import generator_payload, load_generator
 from hpc_sr.models.checkpoint_layout import atomic_torch_save
 from hpc_sr.models.registry import build_generator
 
@@ -111,7 +111,7 @@ def test_bad_files_are_reported_and_the_good_ones_done(
     err = capsys.readouterr().err
     assert "skipped: " in err and "notes.txt" in err and "3 of 6 unit(s) done" in err and "3 failed" in err
     report = json.loads((out / "upscale_report.json").read_text())
-    assert sorted(d["unit"] for d in report["done"]) == ["s00.npy", "s01.npy", "s02.npy"]
+    assert report["done"]["units"] == 3 and report["done"]["outputs"] == 3 and report["done"]["images"] == 6
     failed = {f["unit"]: f["reason"] for f in report["failed"]}
     assert "cannot read" in failed["corrupt.npy"] and "is not an image" in failed["rank5.npy"]
     assert "blank" in failed["allnan.npy"]
@@ -191,3 +191,59 @@ def _limit(argv: list[str]) -> int:
     from hpc_sr.apps.inference.runner import requeue_limit
 
     return requeue_limit()
+
+
+def test_the_same_warning_of_many_files_is_counted_not_repeated(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fits = pytest.importorskip("astropy.io.fits")
+    import warnings
+
+    from hpc_sr.apps.fits_io import UpscaleWarning
+
+    ckpt = export(generator(), tmp_path / "G.pt")
+    src = tmp_path / "in"
+    src.mkdir()
+    rng = np.random.default_rng(3)
+
+    def write(i: int) -> None:  # an unknown BUNIT and blank pixels (as many as i + 1): two warnings per file
+        img = rng.uniform(0, 1, (6, 6)).astype(np.float32)
+        img.reshape(-1)[: i + 1] = np.nan
+        fits.PrimaryHDU(img, header=fits.Header([("BUNIT", "furlong")])).writeto(src / f"f{i:02d}.fits")
+
+    for i in range(8):
+        write(i)
+    out = tmp_path / "out"
+    argv = ["upscale", "--checkpoint", str(ckpt), "--device", "cpu", "--out", str(out), str(src)]
+    assert main(argv) == 0
+    err = capsys.readouterr().err.splitlines()
+    furlong = [line for line in err if "furlong" in line]
+    blank = [line for line in err if "blank (NaN/inf)" in line]
+    assert len(furlong) == 2 and len(blank) == 2  # the first one as it came, then one line counting them all
+    assert "f00.fits" in furlong[0] and "8 warnings" not in furlong[0]
+    assert (
+        "8 warnings \"BUNIT 'furlong'" in furlong[1]
+        and "f00.fits" in furlong[1]
+        and "and 5 more" in furlong[1]
+    )
+    assert "1 blank (NaN/inf) pixel(s)" in blank[0] and '8 warnings "# blank (NaN/inf) pixel(s)' in blank[1]
+    assert "16 warning(s)" in err[-1]  # the summary line
+    report = json.loads((out / "upscale_report.json").read_text())
+    w = report["warnings"]
+    assert w["total"] == 16 and [k["count"] for k in w["kinds"]] == [8, 8] and w["other"] == 0
+    assert all(len(k["examples"]) == 3 and "f00.fits" in k["message"] for k in w["kinds"])
+
+    for i in range(8, 12):  # a rerun over more files: the counts of both runs add up
+        write(i)
+    assert main(argv) == 0
+    assert sum("furlong" in line for line in capsys.readouterr().err.splitlines()) == 2
+    report = json.loads((out / "upscale_report.json").read_text())
+    assert report["warnings"]["total"] == 24 and report["counts"]["done"] == 12
+
+    g, _ = load_generator(ckpt)  # the library path (no on_warning): warned at the end, once per kind + counts
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = execute(g, None, [str(src)], tmp_path / "lib", InferenceOptions(), progress=False)
+    assert result.status == 0
+    messages = [str(c.message) for c in caught if issubclass(c.category, UpscaleWarning)]
+    assert len(messages) == 4 and sum(m.startswith("12 warnings ") for m in messages) == 2

@@ -56,8 +56,11 @@ def test_calibrated_sigma_is_the_spread_of_evaluates_scaled_samples(antithetic: 
     evaluate_sampler.draw(lr())
     scaled = evaluate_sampler.last  # what evaluate --spread-scales scores
     assert scaled is not None
-    record = {"format": CALIBRATION_FORMAT, "spread_scales": SCALES.to_dict(),
-              "fit": {"antithetic": antithetic}}
+    record = {
+        "format": CALIBRATION_FORMAT,
+        "spread_scales": SCALES.to_dict(),
+        "fit": {"antithetic": antithetic},
+    }
     mean, sigma = sample_mean_and_sigma(g, lr(), 8, record, seed=5)  # antithetic: from the record's fit
     torch.testing.assert_close(sigma, scaled.double().std(0).float(), rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(mean, scaled.double().mean(0).float(), rtol=1e-5, atol=1e-7)
