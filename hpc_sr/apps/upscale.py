@@ -200,6 +200,14 @@ def add_upscale_arguments(parser: argparse.ArgumentParser) -> None:
         "~/.cache/hpc_sr/onnx" + d,
     )
     parser.add_argument(
+        "--durability",
+        choices=("batch", "file"),
+        default="batch",
+        help="how outputs become durable before the ledger records them: batch (a batch of units' files "
+        "synced together by a committer thread, then renamed, each folder synced once: ~5x faster for many "
+        "small files) or file (each file synced and renamed on its own); both exactly once" + d,
+    )
+    parser.add_argument(
         "--overwrite",
         action="store_true",
         help="redo everything: clear the output folder's ledger and replace existing outputs (without it a "
@@ -249,6 +257,7 @@ def options_from_args(args: argparse.Namespace, scale: int) -> InferenceOptions:
         engine=args.engine,
         onnx_model=args.onnx_model,
         onnx_cache=args.onnx_cache,
+        durability=args.durability,
     )
 
 

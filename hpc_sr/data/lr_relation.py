@@ -25,6 +25,7 @@ __all__ = [
     "MEAN_TOLERANCE",
     "LRRelation",
     "lr_relation",
+    "lr_is_mean",
     "lr_relation_of",
     "measure_lr_relation",
     "preset_lr_relation",
@@ -128,3 +129,10 @@ def lr_relation_of(data: Any) -> LRRelation | None:
         return lr_relation(data.path)
     except (DataError, OSError):
         return None
+
+
+def lr_is_mean(data: Any) -> bool:
+    """False only when a training config's data are known not to have LR = the block mean of HR (all pairs);
+    True when they do or when it cannot be known (``lr_relation_of``)."""
+    relation = lr_relation_of(data)
+    return relation is None or relation.is_mean is True

@@ -19,6 +19,7 @@ HR, and their LR residual through the LR instrument model:
 * ``pretrain``: on the endless simulated stream (``data.source: simulate``), no pair reused;
 * ``folds``: on WORK/few, fold k of ``--folds``: from scratch and fine-tuned from ``pretrain``
   (``train.init_g``, half the learning rate, early stopping on val PSNR); mean and std over folds;
+* ``zoo``: the zoo's other archs (hpc_sr.studies.zoo sizes) on all the train pairs, same recipe and budget;
 * ``downstream``: the Einstein-radius / ellipticity regressor (hpc_sr.studies.downstream) on WORK/gs with the
   pretrained, the best fine-tuned fold and the 6,000-pair model.
 
@@ -51,13 +52,14 @@ from hpc_sr.eval.physics import per_image_physics
 from hpc_sr.imaging import psf_kernels_2d
 from hpc_sr.studies.ceiling import read_split
 from hpc_sr.studies.common import add_limit, add_out, load_model, study_parser, upscale, write_json
+from hpc_sr.studies.zoo import ZOO
 from hpc_sr.train.checkpoint import best_checkpoint
 from hpc_sr.train.entry import run_training
 
 __all__ = ["PARTS", "PRESET", "RECIPE", "main", "markdown", "overrides", "score", "scored_baselines"]
 
 PRESET = "ground_space"
-PARTS = ("baselines", "scratch", "pretrain", "folds", "downstream")
+PARTS = ("baselines", "scratch", "pretrain", "folds", "zoo", "downstream")
 RECIPE: dict[str, Any] = {"arch": "rrdb", "options": {"channels": 32, "blocks": 1, "growth": 16}}
 
 
@@ -90,7 +92,7 @@ def train_once(cfg: list[str], run: Path, steps: int) -> Path:
 def score(sr: torch.Tensor, t: dict[str, Any]) -> dict:
     """Of SR clamped to [0, 1] on the test images ``t``: mean per-image PSNR (and pooled) and SSIM vs HR and
     vs the noise-free HR, the LR residual through the LR instrument model, the flux error, the arc-region
-    PSNR and the Einstein-ring radius error against the true theta_E (pixels; hpc_sr.eval.physics)."""
+    PSNR and the error of the ring radius against the noise-free image's (pixels; hpc_sr.eval.physics)."""
     sr = sr.float().clamp(0, 1)
     vs_hr, vs_clean = MetricAccumulator(), MetricAccumulator()
     vs_hr.update(sr, t["hr"].float())
@@ -102,7 +104,7 @@ def score(sr: torch.Tensor, t: dict[str, Any]) -> dict:
         "n": a["n"], "psnr": a["psnr"], "psnr_pooled": a["psnr_pooled"], "ssim": a["ssim"],
         "psnr_clean": c["psnr"], "ssim_clean": c["ssim"], "lr_residual": float(phys["lr_residual"].mean()),
         "flux_err": a["flux_err"], "arc_psnr": float(arc.mean()) if len(arc) else math.nan,
-        "ring_err_px": float((phys["ring_sr"] - phys["theta_e"]).abs().mean()),
+        "ring_err_px": float((phys["ring_sr"] - phys["ring_clean"]).abs().mean()),
     }  # fmt: skip
 
 
@@ -208,7 +210,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"{result['steps']} steps of 16 LR patches of 24.",
         "",
         "| input | PSNR mean / pooled (dB) | SSIM | PSNR vs noise-free HR | SSIM vs noise-free | "
-        "LR residual via LR model | arc PSNR | ring radius err (px) | gain vs bicubic |",
+        "LR residual via LR model | arc PSNR | ring radius err vs noise-free (px) | gain vs bicubic |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in rows.items():
@@ -337,6 +339,14 @@ def run_part(
             per[tuned].append(scored_model(src, t))
             runs_of[f"{tuned} fold {k}"] = str(src)
         rows.update({name: _fold_summary(s) for name, s in per.items()})
+    elif part == "zoo":  # the zoo's other archs, same data (all train pairs), steps and recipe
+        for arch in [x for x in a.zoo.split(",") if x and x != RECIPE["arch"]]:
+            options = ZOO[arch]
+            name = f"zoo_{arch}"
+            cfg = overrides(runs, name, a.steps, f"data.path={gs}", *memory, f"model.g.arch={arch}",
+                            f"model.g.options={json.dumps(options)}")  # fmt: skip
+            src = train_once(cfg, runs / name, a.steps)
+            rows[f"{arch} on 6000 (zoo)"], runs_of[f"{arch} on 6000 (zoo)"] = scored_model(src, t), str(src)
     elif part == "downstream":
         from hpc_sr.studies.downstream import run as downstream_run
 
@@ -368,12 +378,17 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     ap.add_argument("--scratch", default="100,300,1000,6000", help="N of the scratch rows (train pairs)")
     ap.add_argument("--parts", default=",".join(PARTS), help=f"any of {', '.join(PARTS)}")
     ap.add_argument("--downstream-steps", type=int, default=600)
+    ap.add_argument("--zoo", default=",".join(a for a in ZOO if a != RECIPE["arch"]),
+                    help="archs of the zoo part")  # fmt: skip
     add_limit(ap, 200, "test images scored")
     a = ap.parse_args(argv)
     parts = [p for p in a.parts.split(",") if p]
     unknown = [p for p in parts if p not in PARTS]
     if unknown:
         ap.error(f"--parts {a.parts!r}: unknown {unknown}; valid: {', '.join(PARTS)}")
+    bad = [x for x in a.zoo.split(",") if x and x not in ZOO]
+    if bad:
+        ap.error(f"--zoo {a.zoo!r}: unknown archs {bad}; valid: {', '.join(ZOO)}")
     torch.set_num_threads(1)
     gs, few, runs = a.out / "gs", a.out / "few", a.out / "runs"
     if not (gs / "manifest.json").is_file():

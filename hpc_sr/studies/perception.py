@@ -5,9 +5,11 @@ A sharper output is not a better one when the detail above the LR Nyquist freque
 deeplense_sr sets: docs/RESULTS.md). The trivial way to gain high-band power is to add noise, so a GAN is
 judged against that baseline. On a simulated split (its shards carry the simulator's parameters: the
 noise-free image and the noise model) the study evaluates bicubic, the PSNR model, the PSNR model + noise at
-each scale, every GAN, and for reference the ceiling (the noise-free image made consistent with LR) and a
-sample of HR given LR (the ceiling plus the noise LR does not reveal). The noise added has each LR block's
-mean removed (LR consistency is kept); with --iid-noise it is plain. A GAN earns its place if, at its ratio,
+each scale, every GAN, and for reference the ceiling (the noise-free image made consistent with LR; on a
+two-instrument set, whose LR reveals none of HR's noise, the noise-free image itself) and a sample of HR given
+LR (the ceiling plus the noise LR does not reveal). The noise added has each LR block's mean removed (LR
+consistency is kept) where LR is the block mean of HR; with --iid-noise, or on two-instrument data, it is
+plain. A GAN earns its place if, at its ratio,
 its PSNR and arc PSNR beat the baseline's and its PSNR and SSIM are at or above bicubic's.
 
     python -m hpc_sr.studies perception DATA --psnr NAME=RUN --gan NAME=RUN [--gan ...] [--limit N]
@@ -47,11 +49,17 @@ from tqdm import tqdm
 
 from hpc_sr.atomic import atomic_write_text
 from hpc_sr.data.shards import load_manifest
-from hpc_sr.data.truth import clean_images, noise_rms_from_params, noise_variance
+from hpc_sr.data.truth import (
+    ceiling_from_clean,
+    clean_images,
+    mean_lr_pairs,
+    noise_rms_from_params,
+    noise_variance,
+)
 from hpc_sr.errors import HpcSrError
 from hpc_sr.eval.images import check_images
 from hpc_sr.eval.metrics import bicubic_upscale, per_image_metrics, psnr_from_mse
-from hpc_sr.eval.morphology import ARC_K, arc_mask, lr_consistent_projection, masked_psnr
+from hpc_sr.eval.morphology import ARC_K, arc_mask, masked_psnr
 from hpc_sr.eval.spectra import band_power_ratios
 from hpc_sr.studies.ceiling import read_split, split_preset
 from hpc_sr.studies.common import (
@@ -393,8 +401,9 @@ def evaluate(
         sigma = noise_variance(p, clean).sqrt()
         rms = noise_rms_from_params(p)
         sr = {name: upscale(g, lr, device=device).cpu().double() for name, g in models.items()}
-        ceiling = lr_consistent_projection(clean, lr, scale)
-        lr_scale = None if iid_noise else scale
+        ceiling = ceiling_from_clean(clean, lr, p, scale)  # no projection onto an instrument's LR
+        # block means removed only where LR is the block mean of HR (two instruments: plain noise)
+        lr_scale = None if iid_noise or not bool(mean_lr_pairs(p).all()) else scale
         outs = {"bicubic": bicubic_upscale(lr, scale).double(), CEILING: ceiling}
         outs[SAMPLE] = noise_baseline(ceiling, sigma, 1.0, torch.Generator().manual_seed(seed + b), lr_scale)
         for s in scales:  # the same noise at every scale: one smooth curve

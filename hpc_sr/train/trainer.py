@@ -24,6 +24,7 @@ import torch
 
 from hpc_sr.config import Config, config_to_dict, save_config
 from hpc_sr.data.folds import PAIRS_FILE, describe_pairs, selects_pairs, write_pairs
+from hpc_sr.data.lr_relation import lr_is_mean
 from hpc_sr.data.streams import make_train_stream, make_val_loader
 from hpc_sr.data.values import loader_values
 from hpc_sr.dist import collectives
@@ -151,6 +152,7 @@ class Trainer:
             every=t.val_every,
             image_every=cfg.log.image_every,
             last_step=t.steps,
+            lr_is_mean=lr_is_mean(cfg.data),
         )
         record = RunRecord(
             config=config_to_dict(cfg),

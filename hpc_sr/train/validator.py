@@ -37,9 +37,13 @@ class Validator:
         every: int,
         image_every: int,
         last_step: int,
+        lr_is_mean: bool = True,
     ) -> None:
         self.loader, self.scale, self.device, self.is_main, self.log = loader, scale, device, is_main, log
         self.every, self.image_every, self.last_step = every, image_every, last_step
+        # lr_residual measures |avg_pool(SR) - LR|: meaningless where LR is not the block mean of HR (two
+        # instruments, hpc_sr.data.lr_relation), so it is left out of the logs there
+        self.lr_is_mean = lr_is_mean
 
     def due(self, step: int) -> bool:
         return self.loader is not None and due(step, self.every, self.last_step)
@@ -69,6 +73,8 @@ class Validator:
         finally:
             model.train(was_training)
         phys = {k: acc.compute() for k, acc in physics.items()}
+        if not self.lr_is_mean:
+            phys = {k: {m: v for m, v in d.items() if m != "lr_residual"} for k, d in phys.items()}
         m, bic = res.model, res.bicubic
         self.log.record("val", step, {"model": m, "bicubic": bic, "physics": phys})
         self.log.scalars("val_physics", step, phys["model"])

@@ -20,7 +20,12 @@ from astropy.wcs import WCS  # noqa: E402
 
 import hpc_sr  # noqa: E402
 from hpc_sr.apps.fits_io import UpscaleWarning  # noqa: E402
-from hpc_sr.apps.upscale import add_upscale_arguments, run_upscale, upscale_paths  # noqa: E402
+from hpc_sr.apps.upscale import (  # noqa: E402
+    add_upscale_arguments,
+    options_from_args,
+    run_upscale,
+    upscale_paths,
+)
 from hpc_sr.errors import DataError  # noqa: E402
 from hpc_sr.models.layers import bicubic  # noqa: E402
 from hpc_sr.models.registry import build_generator  # noqa: E402
@@ -337,9 +342,15 @@ def test_cli_options_and_run(
             str(src.parent),
         ]
     )
+    assert args.durability == "batch" and options_from_args(args, 2).durability == "batch"
     assert run_upscale(args) == 0
     out = tmp_path / "out" / "lens_sr.fits"
     assert abs(fits.getdata(out).sum() / fits.getdata(src).sum() - 1) < 0.01
+    by_file = parser.parse_args(["--durability", "file", "--checkpoint", str(tmp_path / "G.pt"),
+                                 "--out", str(tmp_path / "out_file"), "--tile", "8", "--overlap", "4",
+                                 "--hdu", "0", str(src.parent)])  # fmt: skip
+    assert options_from_args(by_file, 2).durability == "file" and run_upscale(by_file) == 0
+    assert (fits.getdata(tmp_path / "out_file" / "lens_sr.fits") == fits.getdata(out)).all()
     assert str(tmp_path / "G.pt") in "".join(str(c) for c in fits.getheader(out)["HISTORY"])
     assert "wrote 1 file(s)" in capsys.readouterr().err
     assert math.isclose(fits.getheader(out)["CRPIX1"], 2 * (fits.getheader(src)["CRPIX1"] - 0.5) + 0.5)

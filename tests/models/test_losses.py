@@ -38,6 +38,24 @@ def test_pixel_loss() -> None:
     assert pixel_loss(sr, hr, "mse").item() == pytest.approx(5.0 / 3.0)
 
 
+def test_the_psnr_kind_is_minus_the_mean_per_image_psnr_and_weighs_easy_images_up() -> None:
+    from hpc_sr.eval.metrics import per_image_metrics
+
+    g = torch.Generator().manual_seed(0)
+    hr = torch.rand(3, 1, 16, 16, generator=g)
+    noise = torch.randn(3, 1, 16, 16, generator=g) * torch.tensor([0.01, 0.05, 0.2]).reshape(3, 1, 1, 1)
+    sr = (hr + noise).requires_grad_()
+    loss = pixel_loss(sr, hr, "psnr")
+    psnr = per_image_metrics(sr.detach().clamp(0, 1), hr)["psnr"]  # unclamped here: compare unclamped
+    mse = (sr.detach() - hr).square().flatten(1).mean(1)
+    assert loss.item() == pytest.approx(float((10 * torch.log10(mse)).mean()), rel=1e-6)
+    assert -loss.item() == pytest.approx(float(psnr.mean()), abs=0.5)  # the clamp moves it a little
+    loss.backward()
+    per_image = sr.grad.flatten(1).norm(dim=1) / noise.flatten(1).norm(dim=1)  # type: ignore[union-attr]
+    assert per_image[0] > per_image[1] > per_image[2]  # 1 / MSE: the easy image counts most
+    assert torch.isfinite(pixel_loss(hr, hr, "psnr"))  # an exact match: the floor keeps it finite
+
+
 @pytest.mark.parametrize(
     "call",
     [
@@ -179,7 +197,7 @@ def test_registry_lists_terms_and_builds_weighted_terms() -> None:
     [
         ([{"term": "pixl"}], r"train\.losses\[0\]\.term: unknown loss term 'pixl' \(did you mean 'pixel'"),
         ([{"term": "pixel", "knd": "l1"}], r"train\.losses\[0\]\(pixel\)\.knd; did you mean 'kind'"),
-        ([{"term": "pixel", "kind": "l3"}], r"kind: 'l3' is not one of \['l1', 'mse'\]"),
+        ([{"term": "pixel", "kind": "l3"}], r"kind: 'l3' is not one of \['l1', 'mse', 'psnr'\]"),
         ([{"term": "pixel"}, {"term": "pixel"}], r"listed twice"),
         ([{"weight": 1}], r"expected a mapping with a 'term' key"),
         ([{"term": "flux", "weight": "heavy"}], r"train\.losses\[0\]\.weight: expected a number"),

@@ -45,3 +45,36 @@ def test_bench_upscale_tiny(tmp_path: Path) -> None:
     procs = {r["config"]: r for r in res["process_rows"]}
     assert set(procs) == {"1 rank", "2 ranks", "2 processes"} and procs["1 rank"]["ratio"] == 1.0
     assert all(r["cutouts_per_s"] > 0 for r in procs.values())
+    assert "fits io only" in configs and "fits io only, durability=file" in configs
+    assert res["durability_ratio"]["of_medians"] > 0
+
+
+def bench(*argv: str) -> tuple[dict, list[str]]:
+    proc = subprocess.run([PYTHON, str(REPO / "tools" / "bench_upscale.py"), *argv], cwd=REPO,
+                          env=subprocess_env(), capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    return json.loads(lines[-1]), lines
+
+
+def test_bench_upscale_io_only_compares_batch_and_file_durability_of_fits_cutouts() -> None:
+    pytest.importorskip("astropy")
+    res, table = bench("--io-only", "--num", "6", "--side", "12", "--rounds", "2", "--window", "0.01")
+    configs = {r["config"]: r for r in res["rows"]}
+    assert set(configs) == {"io only", "catalog io only", "fits io only", "fits io only, durability=file"}
+    assert res["checkpoint"] is None and res["process_rows"] == [] and configs["io only"]["ratio"] == 1.0
+    ratio = res["durability_ratio"]
+    want = (
+        configs["fits io only"]["cutouts_per_s"] / configs["fits io only, durability=file"]["cutouts_per_s"]
+    )
+    assert len(ratio["per_round"]) == 2 and abs(ratio["of_medians"] - want) <= 0.02 * want
+    assert any(line.startswith("fits io only, batch over file durability:") for line in table)
+
+
+def test_bench_upscale_memory_runs_each_catalog_in_a_fresh_process() -> None:
+    res, table = bench("--memory", "--memory-rows", "300,600", "--memory-side", "8")
+    rows = res["rows"]
+    assert [r["rows"] for r in rows] == [300, 600] and [r["done_rows"] for r in rows] == [300, 600]
+    assert all(r["peak_rss_mib"] >= r["rss_before_mib"] > 0 for r in rows) and rows[0]["peak_ratio"] == 1.0
+    assert rows[1]["peak_ratio"] == round(rows[1]["peak_rss_mib"] / rows[0]["peak_rss_mib"], 3)
+    assert any("peak RSS MiB" in line for line in table)

@@ -67,3 +67,24 @@ def test_a_better_model_scores_higher_than_bicubic(tmp_path: Path) -> None:
 
     m = make(tmp_path, data).run(5, Oracle(), contextlib.nullcontext)
     assert m["psnr"] > 35
+
+
+def test_the_block_mean_residual_is_left_out_where_lr_is_not_the_mean(tmp_path: Path) -> None:
+    """lr_residual = |avg_pool(SR) - LR| only means something where LR is the block mean of HR: a run on
+    two-instrument data (the trainer passes lr_is_mean from hpc_sr.data.lr_relation) logs no such figure."""
+    from hpc_sr.config import DataConfig
+    from hpc_sr.data.lr_relation import lr_is_mean
+
+    assert lr_is_mean(DataConfig(source="simulate", options={"preset": "deeplense_sr"}))
+    assert not lr_is_mean(DataConfig(source="simulate", options={"preset": "ground_space"}))
+    assert not lr_is_mean(DataConfig(source="simulate", options={"preset": "randomized"}))  # a mixture
+    assert lr_is_mean(DataConfig(source="shards", path=str(tmp_path / "none")))  # unknown: not withheld
+    for mean, sub in ((True, "mean"), (False, "instrument")):
+        log = RunLogger(LogConfig(tensorboard=False), tmp_path / sub, rank=0, world_size=1)
+        v = Validator(batches(), scale=2, device=torch.device("cpu"), is_main=True, log=log, every=5,
+                      image_every=10, last_step=12, lr_is_mean=mean)  # fmt: skip
+        v.run(5, Bicubic(), contextlib.nullcontext)
+        log.close()
+        row = json.loads((tmp_path / sub / "metrics.jsonl").read_text().splitlines()[-1])
+        assert ("lr_residual" in row["physics"]["model"]) is mean
+        assert "flux_err" in row["physics"]["model"]

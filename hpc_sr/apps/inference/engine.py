@@ -9,7 +9,13 @@
   Predictor`), whatever units they came from. When too many units wait on partly filled queues, the queues
   of the oldest are run. With ``samples`` each unit runs on its own (its noise seeded by its id).
 - A unit whose images are all done goes to the writer thread: ``Format.write`` publishes its outputs
-  (atomically), then the ledger records it ``done``.
+  (atomically), then the ledger records it ``done``. With ``durability="batch"`` (the default) the writer
+  writes the outputs of the units waiting for it to their temporary names (up to ``publish.BATCH_UNITS``;
+  handed over sooner when no unit is waiting and the committer is idle) and a committer thread makes each
+  such batch durable and visible together and records its units with one append, while the writer goes on
+  with the next (:mod:`~hpc_sr.apps.inference.publish`); ``"file"``: each output fsynced and renamed on its
+  own, each record fsynced on its own. Complete units wait for the writer up to ``WRITE_QUEUE`` units and
+  ``WRITE_BYTES`` of pixels (one unit always): memory does not grow with the catalog.
 - A bad unit (unreadable, not an image layout, every pixel blank, the model or the write failing) is recorded
   ``failed`` with its reason and the run goes on (``on_error="skip"``), or the units read before it are
   finished and the error is raised (``"stop"``). A unit whose format says :class:`NotAnImage` is ``skipped``.
@@ -39,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from hpc_sr.apps import fits_io
-from hpc_sr.apps.inference import pixels
+from hpc_sr.apps.inference import pixels, publish
 from hpc_sr.apps.inference.formats import FORMATS, ImageSet, InferenceOptions, NotAnImage, Results, Unit
 from hpc_sr.apps.inference.ledger import Ledger
 from hpc_sr.apps.inference.predict import Predictor
@@ -49,6 +55,10 @@ READERS = 2  # reader threads
 READ_AHEAD = 6  # units read ahead of the one the model needs
 MAX_OPEN = 64  # units waiting on partly filled queues before the oldest one's queues run anyway
 WRITE_QUEUE = 16  # complete units waiting for the writer
+COMMITS_AHEAD = 1  # batches waiting for the committer thread while it publishes one (durability="batch")
+COMMIT_WAIT = 0.05  # seconds the writer waits for another unit before it hands over what it staged
+WRITE_BYTES = 16 << 20  # ... and their pixels (LR, normalised, SR, sigma), at most (one unit always): the
+# writer's backlog bounded in bytes whatever the unit size (1,024 catalog rows of 75 x 75 are ~140 MB)
 
 
 @dataclass
@@ -71,6 +81,7 @@ class _Open:
     sr: list[np.ndarray | None]
     sigma: list[np.ndarray | None]
     waiting: int
+    nbytes: int = 0  # its pixels when handed to the writer (WRITE_BYTES)
 
 
 def _reason(unit: Unit, exc: BaseException) -> str:
@@ -110,7 +121,11 @@ class Engine:
         self._open: OrderedDict[str, _Open] = OrderedDict()
         self._queues: dict[tuple[int, int], list[tuple[_Open, int]]] = {}
         self._write_q: queue.Queue[_Open | None] = queue.Queue(WRITE_QUEUE)
+        self._queued = threading.Condition()  # guards _queued_bytes: pixels handed to the writer
+        self._queued_bytes = 0
+        self._commit_q: queue.Queue[tuple[publish.Staged, list[Outcome]] | None] = queue.Queue(COMMITS_AHEAD)
         self._write_error: BaseException | None = None
+        self._fatal = False  # the writer's own error (the ledger): nothing staged is published after it
 
     # ----------------------------------------------------------------------------------------------- run
     def run(self, units: list[Unit], should_stop: Callable[[], bool] = lambda: False) -> list[Outcome]:
@@ -278,9 +293,27 @@ class Engine:
                 job.sigma[i] = sigma[k]
             job.waiting -= 1
             if job.waiting == 0 and self._open.pop(job.images.unit.id, None) is not None:
-                self._write_q.put(job)
+                self._hand_over(job)
 
     # ----------------------------------------------------------------------------------------------- writing
+    def _hand_over(self, job: _Open) -> None:
+        """Queue a complete unit for the writer, waiting while the units queued hold WRITE_BYTES of pixels."""
+        normalised = [p.x for p, img in zip(job.prepared, job.images.images, strict=True) if p.x is not img]
+        arrays = [*job.images.images, *normalised, *job.sr, *job.sigma]
+        job.nbytes = sum(a.nbytes for a in arrays if a is not None)
+        with self._queued:
+            self._queued.wait_for(
+                lambda: self._queued_bytes == 0 or self._queued_bytes + job.nbytes <= WRITE_BYTES
+            )
+            self._queued_bytes += job.nbytes
+        self._write_q.put(job)
+
+    def _written(self, job: _Open) -> None:
+        """The writer is done with ``job``'s pixels."""
+        with self._queued:
+            self._queued_bytes -= job.nbytes
+            self._queued.notify_all()
+
     def _results(self, job: _Open) -> Results:
         scale = int(self.opts.scale)
         prep = job.prepared
@@ -292,29 +325,92 @@ class Engine:
         return Results(images, sigma, notes, list(self.history), dict(self.provenance))
 
     def _writer(self) -> None:
-        while (job := self._write_q.get()) is not None:
-            if self._write_error is None:  # after a fatal error nothing more is published (the queue drains)
-                with fits_io.collect_warnings() as notes:
-                    try:
-                        self._write(job)
-                    except BaseException as exc:  # noqa: BLE001 - the ledger itself failing: the run stops
-                        self._write_error = exc
-                    finally:
-                        self._note(notes)
+        batch = publish.Batch() if self.opts.durability == "batch" else None
+        staged: list[Outcome] = []  # the units of the batch (done once committed): no pixels kept
+        committer = None
+        if batch is not None:  # publishes a batch and records it while the next one is staged
+            committer = threading.Thread(
+                target=self._committer, args=(batch,), name="hpc_sr-commit", daemon=True
+            )
+            committer.start()
+        try:
+            while True:
+                try:  # units staged: hand them over when no other unit comes soon
+                    job = self._write_q.get(timeout=COMMIT_WAIT if staged else None)
+                except queue.Empty:
+                    self._guarded(self._commit, batch, staged)
+                    continue
+                if job is None:
+                    break
+                if self._write_error is None:  # after an error nothing more is published (the queue drains)
+                    self._guarded(self._publish, batch, job, staged)
+                self._written(job)
+                del job  # its pixels go now, not when the next unit comes
+            if batch is not None and staged and not self._fatal:  # staged before a stop or a unit's error
+                self._guarded(self._commit, batch, staged)
+        finally:
+            if committer is not None:
+                self._commit_q.put(None)
+                committer.join()
+            if batch is not None:
+                batch.close()  # anything not handed over is removed
 
-    def _write(self, job: _Open) -> None:
+    def _guarded(self, step: Callable[..., None], *args: Any) -> None:
+        """A step of the writer, its warnings collected; an error of its own (the ledger failing) stops the
+        run."""
+        with fits_io.collect_warnings() as notes:
+            try:
+                step(*args)
+            except BaseException as exc:  # noqa: BLE001 - raised by run() once the readers have stopped
+                self._write_error, self._fatal = exc, True
+            finally:
+                self._note(notes)
+
+    def _publish(self, batch: publish.Batch | None, job: _Open, staged: list[Outcome]) -> None:
         unit, n = job.images.unit, len(job.prepared)
         fmt = self.formats[unit.format]
         try:
             results = self._results(job)
-            with self._io(fmt):
+            one_unit = batch.unit() if batch is not None else contextlib.nullcontext()
+            with self._io(fmt), publish.staging(batch), one_unit:
                 outputs = fmt.write(job.images, results, self.opts)
         except Exception as exc:  # noqa: BLE001 - a unit that cannot be written is that unit's failure
-            reason = _reason(unit, exc)
-            self.ledger.record(unit.id, "failed", reason=reason, images=n)
-            self.outcomes.append(Outcome(unit, "failed", reason=reason, images=n))
-            if self.opts.on_error == "stop":
-                self._write_error = exc if isinstance(exc, HpcSrError) else DataError(reason)
+            self._unit_failed(unit, n, exc)
             return
-        self.ledger.record(unit.id, "done", outputs=outputs, images=n)
-        self.outcomes.append(Outcome(unit, "done", list(outputs), images=n))
+        if batch is None:  # durability="file": each output was published on its own; record the unit now
+            self.ledger.record(unit.id, "done", outputs=outputs, images=n)
+            self.outcomes.append(Outcome(unit, "done", list(outputs), images=n))
+            return
+        staged.append(Outcome(unit, "done", list(outputs), images=n))  # written to temporary names
+        if batch.full(len(staged)) or (self._write_q.empty() and self._commit_q.empty()):
+            self._commit(batch, staged)
+
+    def _commit(self, batch: publish.Batch, staged: list[Outcome]) -> None:
+        """Hand the staged units to the committer (waits while it holds COMMITS_AHEAD batches)."""
+        units, staged[:] = list(staged), []
+        self._commit_q.put((batch.take(), units))
+
+    def _committer(self, batch: publish.Batch) -> None:
+        while (item := self._commit_q.get()) is not None:
+            taken, units = item
+            if not self._fatal:  # after the ledger failed nothing more is published
+                self._guarded(self._publish_taken, batch, taken, units)
+            taken.discard()  # what was not published (nothing, unless it failed)
+
+    def _publish_taken(self, batch: publish.Batch, taken: publish.Staged, units: list[Outcome]) -> None:
+        """Make the outputs durable and visible together, then record their units (one append)."""
+        try:
+            batch.publish(taken)
+        except Exception as exc:  # noqa: BLE001 - outputs that cannot be made durable: their units failed
+            for o in units:
+                self._unit_failed(o.unit, o.images, exc)
+            return
+        self.ledger.record_many([(o.unit.id, "done", o.outputs, "", o.images) for o in units])
+        self.outcomes += units
+
+    def _unit_failed(self, unit: Unit, images: int, exc: BaseException) -> None:
+        reason = _reason(unit, exc)
+        self.ledger.record(unit.id, "failed", reason=reason, images=images)
+        self.outcomes.append(Outcome(unit, "failed", reason=reason, images=images))
+        if self.opts.on_error == "stop":
+            self._write_error = exc if isinstance(exc, HpcSrError) else DataError(reason)

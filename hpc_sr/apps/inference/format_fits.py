@@ -39,6 +39,7 @@ import numpy as np
 
 from hpc_sr.apps import fits_cards, fits_io, fits_wcs
 from hpc_sr.apps.fits_cards import CARD
+from hpc_sr.apps.inference import publish
 from hpc_sr.apps.inference.formats import (
     FORMATS,
     ImageSet,
@@ -48,7 +49,6 @@ from hpc_sr.apps.inference.formats import (
     Unit,
     output_name,
 )
-from hpc_sr.atomic import atomic_open
 from hpc_sr.errors import DataError
 
 BLOCK = 2880
@@ -694,7 +694,7 @@ class FitsFormat:
                 hdul[0].close()
         if unit.src.name.lower().endswith(".gz"):
             data = gzip.compress(data, mtime=0)
-        with atomic_open(unit.target, "wb") as fh:
+        with publish.output(unit.target, "wb") as fh:
             fh.write(data)
         return [unit.target]
 

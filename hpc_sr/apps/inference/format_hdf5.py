@@ -9,10 +9,12 @@
   ``<out>/<stem><suffix>.parts/data_<key>.h5``: an HDF5 file of the output's layout (contiguous datasets,
   allocated when the file is created; the first rank to need it creates it, atomically: a hard link of a
   complete temporary file, so exactly one creator wins), written with ``pwritev`` at the rows' byte offsets
-  and fdatasync'ed: disjoint byte ranges, so the ranks write side by side without HDF5 in between. The unit
-  then publishes a small part file ``rows_<a>_<b>.h5`` (its ids; one value per row of each normalisation
-  note; the run's provenance; the data file's name and nonce; the sha256 of the rows' image and sigma bytes),
-  whose checksum the ledger records. A unit redone (killed before its record) writes the same bytes again.
+  and fdatasync'ed (``durability="batch"``: once per batch of units, before any of its parts is published,
+  :mod:`~hpc_sr.apps.inference.publish`): disjoint byte ranges, so the ranks write side by side without
+  HDF5 in between. The unit then publishes a small part file ``rows_<a>_<b>.h5`` (its ids; one value per row
+  of each normalisation note; the run's provenance; the data file's name and nonce; the sha256 of the rows'
+  image and sigma bytes), whose checksum the ledger records. A unit redone (killed before its record) writes
+  the same bytes again.
 - ``finish``: once every part is there, the data file becomes the output ``<out>/<stem><suffix>.<ext>``: the
   ids written at their path in the same order, attributes ``hpc_sr_*`` on the images (the run's provenance as
   plain values: version, model source, arch, spec and weights sha256, engine, normalisation asked for and
@@ -43,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from hpc_sr.apps import fits_io
+from hpc_sr.apps.inference import publish
 from hpc_sr.apps.inference.formats import (
     FORMATS,
     ImageSet,
@@ -207,10 +210,10 @@ class Hdf5Format:
             for key, planes in (("images", results.images), ("sigma", results.sigma)):
                 if planes is not None:
                     digests[key] = _pwrite_rows(fd, data, key, a, planes, unit)
-            os.fdatasync(fd)  # the rows are on disk before the part that says so
+            publish.written_in_place(fd, data.path)  # the rows are on disk before the part that says so
         finally:
             os.close(fd)
-        with atomic_open(unit.target, "w+b") as fh, _h5py().File(fh, "w") as part:
+        with publish.output(unit.target, "w+b") as fh, _h5py().File(fh, "w") as part:
             if rows.ids is not None:
                 part.create_dataset("ids", data=rows.ids, dtype=rows.ids_dtype)
             for key, values in _note_columns(results.notes).items():

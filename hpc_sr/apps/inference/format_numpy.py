@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from hpc_sr.apps import fits_io
+from hpc_sr.apps.inference import publish
 from hpc_sr.apps.inference.formats import (
     FORMATS,
     ImageSet,
@@ -25,7 +26,6 @@ from hpc_sr.apps.inference.formats import (
     output_name,
     tagged_path,
 )
-from hpc_sr.atomic import atomic_open
 from hpc_sr.data.sources import as_image
 from hpc_sr.errors import DataError
 
@@ -150,7 +150,7 @@ class NumpyFormat:
             if clash:
                 raise DataError(f"{unit.src}: key(s) {', '.join(clash)} clash with the sigma keys")
             arrays.update({k + SIGMA: v for k, v in sigmas.items()})
-        with atomic_open(unit.target, "wb") as fh:
+        with publish.output(unit.target, "wb") as fh:
             np.savez(fh, **arrays)  # type: ignore[arg-type]
         return [unit.target]
 
@@ -159,6 +159,6 @@ class NumpyFormat:
 
 
 def _save(path: Path, array: np.ndarray) -> Path:
-    with atomic_open(path, "wb") as fh:
+    with publish.output(path, "wb") as fh:
         np.save(fh, array)
     return path

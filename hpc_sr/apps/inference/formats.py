@@ -52,8 +52,9 @@ class InferenceOptions:
     compile: bool = False  # torch.compile the generator (CUDA: worth it for long runs)
     onnx_model: str = ""  # engine onnx: this .onnx file (its sha256 goes into the fingerprint's model)
     onnx_cache: str = ""  # engine onnx: the export cache ("" = onnx_engine.default_cache())
+    durability: str = "batch"  # batch | file: outputs made durable a batch of units at a time (publish.py)
 
-    RUNTIME = ("batch_size", "device", "on_error", "compile", "onnx_model", "onnx_cache")
+    RUNTIME = ("batch_size", "device", "on_error", "compile", "onnx_model", "onnx_cache", "durability")
 
     def fingerprint(self) -> dict[str, Any]:
         return {k: v for k, v in vars(self).items() if k not in self.RUNTIME}

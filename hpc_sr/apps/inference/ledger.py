@@ -9,7 +9,8 @@
   first rank to start (a hard link of a complete temporary file: exactly one creator wins). A later run whose
   fingerprint differs is refused naming every differing key, unless ``overwrite``: then rank 0 replaces
   ``run.json`` and drops the rank files of ranks the new run does not have, and every rank empties its own.
-- ``rank_XXXXX.jsonl``: one append-only file per rank, one fsynced JSON line per finished unit:
+- ``rank_XXXXX.jsonl``: one append-only file per rank, one JSON line per finished unit (fsynced alone, or
+  a batch of lines with one write and one fsync: :meth:`Ledger.record_many`):
   ``{"unit", "status": "done"|"failed"|"skipped", "outputs": [{"path", "sha256"}], "reason", "images"}``
   (paths relative to the output folder). A unit's outputs are published (atomically) before its record, so a
   unit without a record is simply redone. Reading is the union of every rank file (a rerun may have another
@@ -89,6 +90,7 @@ class Ledger:
         self.path = rank_file(self.root, rank)
         self._fd: int | None = None
         self._lock = threading.Lock()  # the engine's threads record from one handle
+        self._out_abs: tuple[Path, Path] | None = None  # out_dir absolute, and resolved (_rel)
 
     # ------------------------------------------------------------------------------------------- run.json
     def exists(self) -> bool:
@@ -187,9 +189,33 @@ class Ledger:
         images: int = 0,
     ) -> dict[str, Any]:
         """Append one fsynced record (the outputs hashed here, after they were published)."""
+        return self.record_many([(unit, status, outputs, reason, images)])[0]
+
+    def record_many(
+        self, entries: Iterable[tuple[str, str, Iterable[Path], str, int]]
+    ) -> list[dict[str, Any]]:
+        """Append the records of ``(unit, status, outputs, reason, images)`` entries in one write and one
+        fsync (a batch of published units). A kill mid-write tears at most the last line: the units whose
+        lines are not complete are simply redone."""
+        recs = [self._record(*entry) for entry in entries]
+        if not recs:
+            return recs
+        data = b"".join((json.dumps(rec, sort_keys=True) + "\n").encode() for rec in recs)
+        with self._lock:
+            if self._fd is None:
+                raise RuntimeError("ledger not open")
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view) :]
+            os.fsync(self._fd)
+        return recs
+
+    def _record(
+        self, unit: str, status: str, outputs: Iterable[Path], reason: str, images: int
+    ) -> dict[str, Any]:
         if status not in STATUSES:
             raise ValueError(f"status {status!r}: one of {STATUSES}")
-        rec = {
+        return {
             "unit": unit,
             "status": status,
             "outputs": [{"path": self._rel(p), "sha256": file_sha256(Path(p))} for p in outputs],
@@ -198,18 +224,17 @@ class Ledger:
             "rank": self.rank,
             "time": round(time.time(), 3),
         }
-        line = (json.dumps(rec, sort_keys=True) + "\n").encode()
-        with self._lock:
-            if self._fd is None:
-                raise RuntimeError("ledger not open")
-            os.write(self._fd, line)
-            os.fsync(self._fd)
-        return rec
 
     def _rel(self, path: Path) -> str:
+        """``path`` relative to the output folder (as spelled first: the outputs are paths under ``out_dir``;
+        else with the links resolved), or as it is when outside it."""
         p = Path(path)
+        if self._out_abs is None:
+            self._out_abs = (self.out_dir.absolute(), self.out_dir.resolve())
+        with contextlib.suppress(ValueError):
+            return p.absolute().relative_to(self._out_abs[0]).as_posix()
         try:
-            return p.resolve().relative_to(self.out_dir.resolve()).as_posix()
+            return p.resolve().relative_to(self._out_abs[1]).as_posix()
         except ValueError:
             return str(p)
 

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import glob
 import heapq
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,31 +51,51 @@ class _Candidate:
     direct: bool  # named as such on the command line (not found in a folder or by a pattern)
 
 
-def _is_within(path: Path, folder: Path) -> bool:
+class _Resolver:
+    """``Path.resolve`` for many paths of few folders: each folder resolved once, then one ``lstat`` a path
+    (a name that is itself a symbolic link, or a path through "..", is resolved in full)."""
+
+    def __init__(self) -> None:
+        self._folders: dict[str, str] = {}
+
+    def __call__(self, path: Path) -> Path:
+        if ".." in Path(path).parts:  # "link/.." is the link target's parent: resolved the long way
+            return Path(path).resolve()
+        parent, name = os.path.split(os.path.abspath(path))
+        if not name:
+            return Path(parent).resolve()
+        real = self._folders.get(parent)
+        if real is None:
+            real = self._folders[parent] = os.path.realpath(parent)
+        full = os.path.join(real, name)
+        return Path(os.path.realpath(full) if os.path.islink(full) else full)
+
+
+def _is_within(path: Path, folder: Path, resolve: Callable[[Path], Path] = Path.resolve) -> bool:
     try:
-        path.resolve().relative_to(folder.resolve())
+        resolve(path).relative_to(resolve(folder))
         return True
     except ValueError:
         return False
 
 
-def _expand(spec: str, out_dir: Path) -> Iterator[_Candidate]:
+def _expand(spec: str, out_dir: Path, resolve: _Resolver) -> Iterator[_Candidate]:
     path = Path(spec)
     if not path.exists() and any(c in spec for c in "*?["):
         matches = sorted(glob.glob(spec, recursive=True))
         if not matches:
             raise DataError(f"{spec}: the pattern matches no file")
         for m in matches:
-            yield from _expand_path(Path(m), out_dir, direct=False)
+            yield from _expand_path(Path(m), out_dir, False, resolve)
         return
     if not path.exists():
         raise DataError(f"{spec}: no such file or folder")
-    yield from _expand_path(path, out_dir, direct=True)
+    yield from _expand_path(path, out_dir, True, resolve)
 
 
-def _expand_path(path: Path, out_dir: Path, direct: bool) -> Iterator[_Candidate]:
+def _expand_path(path: Path, out_dir: Path, direct: bool, resolve: _Resolver) -> Iterator[_Candidate]:
     if not path.is_dir():
-        if not _is_within(path, out_dir) or direct:
+        if not _is_within(path, out_dir, resolve) or direct:
             yield _Candidate(path, Path(path.name), direct)
         return
     found = sorted(
@@ -82,7 +103,7 @@ def _expand_path(path: Path, out_dir: Path, direct: bool) -> Iterator[_Candidate
         for p in path.rglob("*")
         if p.is_file()
         and not any(part.startswith(".") for part in p.relative_to(path).parts)
-        and not _is_within(p, out_dir)
+        and not _is_within(p, out_dir, resolve)
     )
     if not found and direct:
         raise DataError(f"{path}: the folder holds no file")
@@ -114,20 +135,21 @@ def plan_units(inputs: list[str], out_dir: str | Path, opts: InferenceOptions) -
         raise DataError("no input given")
     plan = Plan([])
     by_target: dict[Path, Unit] = {}
+    resolve = _Resolver()
     for spec in inputs:
-        for c in _expand(str(spec), out_dir):
+        for c in _expand(str(spec), out_dir, resolve):
             for unit in _plan_file(c, out_dir, opts, plan):
-                key = unit.target.resolve()
+                key = resolve(unit.target)
                 first = by_target.get(key)
                 if first is not None:
-                    if first.src.resolve() == unit.src.resolve() and first.id == unit.id:
+                    if resolve(first.src) == resolve(unit.src) and first.id == unit.id:
                         continue  # the same file named twice
                     raise DataError(f"{first.src} and {unit.src} would both write {unit.target}")
                 by_target[key] = unit
                 plan.units.append(unit)
-    sources = {u.src.resolve() for u in plan.units}
+    sources = {resolve(u.src) for u in plan.units}
     for unit in plan.units:
-        if unit.target.resolve() in sources:
+        if resolve(unit.target) in sources:
             raise DataError(f"{unit.src}: its output {unit.target} is an input (change --out or --suffix)")
     plan.units.sort(key=lambda u: u.id)
     for a, b in zip(plan.units, plan.units[1:]):

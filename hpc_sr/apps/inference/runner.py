@@ -52,6 +52,7 @@ from hpc_sr.apps.inference.pixels import normalization_note
 from hpc_sr.apps.inference.plan import Plan, plan_units, shard
 from hpc_sr.apps.inference.predict import Predictor
 from hpc_sr.apps.inference.progress import JobProgress
+from hpc_sr.apps.inference.publish import DURABILITY
 from hpc_sr.apps.inference.report import (
     REPORT,
     WarningTally,
@@ -82,6 +83,8 @@ def check_options(opts: InferenceOptions) -> None:
         raise DataError(f"flux={opts.flux!r}: choose one of {', '.join(fits_io.FLUX_MODES)}")
     if opts.on_error not in ON_ERROR:
         raise HpcSrError(f"on_error={opts.on_error!r}: choose one of {', '.join(ON_ERROR)}")
+    if opts.durability not in DURABILITY:
+        raise HpcSrError(f"durability={opts.durability!r}: choose one of {', '.join(DURABILITY)}")
     if opts.engine not in ENGINES:
         raise HpcSrError(f"engine={opts.engine!r}: choose one of {', '.join(ENGINES)}")
     bad_tile = opts.tile < 0 or opts.overlap < 0 or (opts.tile and opts.overlap >= opts.tile)

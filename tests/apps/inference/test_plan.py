@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from hpc_sr.apps.inference.formats import InferenceOptions, Unit
-from hpc_sr.apps.inference.plan import plan_units, shard
+from hpc_sr.apps.inference.plan import _Resolver, plan_units, shard
 from hpc_sr.errors import DataError
 
 OPTS = InferenceOptions()
@@ -88,3 +88,19 @@ def test_shard_ties_go_to_the_lower_rank() -> None:
     assert [u.id for u in shard(four, 2, 3)] == ["u002"]
     with pytest.raises(ValueError, match="outside world size"):
         shard(four, 3, 3)
+
+
+def test_the_planning_resolver_agrees_with_path_resolve(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Folders resolved once, one lstat a path: the same answers as Path.resolve, links and ".." included."""
+    (tmp_path / "a" / "real").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "a" / "real")
+    (tmp_path / "a" / "real" / "f").write_text("x")
+    (tmp_path / "fl").symlink_to(tmp_path / "a" / "real" / "f")
+    monkeypatch.chdir(tmp_path / "link")
+    resolve = _Resolver()
+    paths = [Path("."), Path(".."), Path("f"), Path("../fl"), Path("/"), Path("sub/new"),
+             tmp_path / "link" / "f", tmp_path / "link" / "new", tmp_path / "link" / ".." / "x"]  # fmt: skip
+    for path in paths + paths:  # twice: from the cache
+        assert resolve(path) == path.resolve(), path
