@@ -495,7 +495,10 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     out = a.out
     out.mkdir(parents=True, exist_ok=True)
     n = res["rows"]["bicubic"]["n"]
-    noise = "iid" if a.iid_noise else "LR-block-mean-free"
+    from hpc_sr.data.lr_relation import lr_relation
+
+    plain = a.iid_noise or lr_relation(a.data).is_mean is not True  # two instruments: plain noise (evaluate)
+    noise = "iid" if plain else "LR-block-mean-free"
     weights = "raw weights" if a.no_ema else "EMA weights"
     title = f"Perception-distortion, {a.split} split, {n} images ({noise} baseline noise, {weights})"
     doc = {

@@ -23,8 +23,6 @@
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import hashlib
 import json
 import os
@@ -37,13 +35,12 @@ from pathlib import Path
 from typing import Any
 
 from hpc_sr.apps.inference.fingerprint import differences, upgraded
-from hpc_sr.atomic import atomic_write_text, fsync_dir
+from hpc_sr.atomic import atomic_write_text, exclusive_lock, fsync_dir
 from hpc_sr.errors import LedgerError
 
 LEDGER_DIR = ".hpc_sr_ledger"
 RUN_FILE = "run.json"
 STATUSES = ("done", "skipped", "failed")  # precedence when a unit has several records
-_NO_LOCKS = frozenset({errno.ENOLCK, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS})
 
 
 def rank_file(root: Path, rank: int) -> Path:
@@ -252,17 +249,8 @@ class Ledger:
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
         """An exclusive flock on ``lock`` (skipped on file systems without locks)."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            except OSError as exc:
-                if exc.errno not in _NO_LOCKS:
-                    raise
+        with exclusive_lock(self.root / "lock"):
             yield
-        finally:
-            os.close(fd)  # releases the flock
 
 
 def _rank_of(path: Path) -> int:

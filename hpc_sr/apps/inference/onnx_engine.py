@@ -24,14 +24,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import errno
-import fcntl
 import hashlib
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +37,7 @@ from torch import nn
 
 from hpc_sr.apps.inference.fingerprint import model_identity
 from hpc_sr.apps.inference.formats import InferenceOptions
+from hpc_sr.atomic import exclusive_lock
 from hpc_sr.errors import HpcSrError
 from hpc_sr.version import __version__
 
@@ -49,7 +46,6 @@ EXTRA = "pip install 'hpc-sr[export]'"  # onnx, onnxruntime, onnxscript
 OPSET = 18
 CACHE_VAR = "HPC_SR_ONNX_CACHE"
 PARITY_ATOL = 1e-4  # a given .onnx against the PyTorch generator, relative to the output's size above 1
-_NO_LOCKS = frozenset({errno.ENOLCK, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS})
 
 
 class EngineError(HpcSrError):
@@ -127,21 +123,6 @@ def cache_key(model: nn.Module, payload: dict[str, Any] | None) -> str:
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
 
 
-@contextlib.contextmanager
-def _flock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except OSError as exc:
-            if exc.errno not in _NO_LOCKS:
-                raise
-        yield
-    finally:
-        os.close(fd)
-
-
 def cached_export(model: nn.Module, payload: dict[str, Any] | None, cache: Path) -> Path:
     """The ONNX export of ``model`` in ``cache`` (exported now when missing or unreadable)."""
     from hpc_sr.apps.export import export_onnx
@@ -149,7 +130,7 @@ def cached_export(model: nn.Module, payload: dict[str, Any] | None, cache: Path)
     key = cache_key(model, payload)
     arch = str(getattr(model, "arch", None) or type(model).__name__).lower()
     path = cache / f"{arch}-x{int(getattr(model, 'scale', 0) or 0)}-{key[:24]}.onnx"
-    with _flock(cache / f".{path.name}.lock"):
+    with exclusive_lock(cache / f".{path.name}.lock"):
         if path.is_file() and _stored_key(path) == key:
             return path
         export_onnx(model, path, opset=OPSET, meta={"hpc_sr_cache_key": key})
