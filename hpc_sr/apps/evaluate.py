@@ -109,6 +109,7 @@ def format_table(result: dict[str, Any]) -> str:
                 prow.append((label, fmt.format(phys["model"][key]), fmt.format(phys["bicubic"][key])))
         w = [max(len(r[i]) for r in prow) for i in range(3)]
         lines += ["", *("  ".join(c.rjust(x) for c, x in zip(r, w)) for r in prow)]
+        lines += [f"{key}: {note}" for key, note in result.get("physics_notes", {}).items()]
     cal = result.get("calibration")
     if cal:
         lines.append(
@@ -138,6 +139,7 @@ class ScienceMetrics:
 
     def __init__(self, data: str | Path, split: str, mine: list[int], scale: int) -> None:
         from hpc_sr.data.lensing import is_simulator_layout
+        from hpc_sr.data.lr_relation import lr_relation
         from hpc_sr.data.shards import load_manifest, read_split_params
         from hpc_sr.eval.metrics import MetricAccumulator
         from hpc_sr.eval.physics import PhysicsAccumulator
@@ -149,6 +151,14 @@ class ScienceMetrics:
         self.preset = str(manifest.provenance.get("preset", "deeplense_sr"))
         self.param_names = list(manifest.param_names)
         self.scale, self.seen = scale, 0
+        # lr_residual compares avg_pool(SR) with LR: kept where LR is the block mean of HR or a recorded LR
+        # instrument gives the LR model (simulated two-instrument sets); absent, with the reason, otherwise
+        relation = lr_relation(data)
+        self.lr_residual_note = (
+            None
+            if relation.is_mean is True or self.params is not None
+            else f"absent: {relation.describe()}, and the set records no LR instrument to model LR with"
+        )
         self.model, self.bicubic = PhysicsAccumulator(scale), PhysicsAccumulator(scale)
         self.ceiling = MetricAccumulator() if self.params is not None else None
 
@@ -177,7 +187,12 @@ class ScienceMetrics:
 
         for acc in (self.model, self.bicubic):
             reduce_accumulator(acc, device)
-        out: dict[str, Any] = {"physics": {"model": self.model.compute(), "bicubic": self.bicubic.compute()}}
+        physics = {"model": self.model.compute(), "bicubic": self.bicubic.compute()}
+        out: dict[str, Any] = {"physics": physics}
+        if self.lr_residual_note is not None:
+            out["physics"] = {k: {m: v for m, v in d.items() if m != "lr_residual"}
+                              for k, d in physics.items()}  # fmt: skip
+            out["physics_notes"] = {"lr_residual": self.lr_residual_note}
         if self.ceiling is not None:
             reduce_accumulator(self.ceiling, device)
             ceiling = self.ceiling.compute()

@@ -240,3 +240,32 @@ def test_pack_measures_the_relation_of_a_two_instrument_set(
     assert "LR vs HR: LR is NOT the block mean of HR" in text and "refused" in text
     saved = json.loads((tmp_path / "blurred_out" / "manifest.json").read_text())
     assert saved["provenance"]["lr_relation"]["residual"] > MEAN_TOLERANCE
+
+
+def test_evaluate_leaves_the_block_mean_residual_out_of_a_packed_two_instrument_set(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A packed set whose LR is not the block mean of HR records no instrument to model LR with: evaluate
+    reports no lr_residual there and says why; on a simulated two-instrument set it is computed through the
+    recorded instrument."""
+    from hpc_sr.apps.evaluate import evaluate
+
+    sim = LensingSimulator("ground_space", hr_size=32)
+    batch = sim.sample(10, generator=torch.Generator().manual_seed(2))
+    src = tmp_path / "pairs"
+    (src / "HR").mkdir(parents=True)
+    (src / "LR").mkdir()
+    for i in range(10):
+        np.save(src / "HR" / f"p{i}.npy", batch.hr[i, 0].numpy())
+        np.save(src / "LR" / f"p{i}.npy", batch.lr[i, 0].numpy())
+    pack_to_shards("deeplense", src, tmp_path / "packed", shard_size=8, split=(0.5, 0.0, 0.5))
+    capsys.readouterr()
+    packed = evaluate("deeplense-small", tmp_path / "packed", split="test")
+    assert "lr_residual" not in packed["physics"]["model"]
+    assert "NOT the block mean" in packed["physics_notes"]["lr_residual"]
+    assert "lr_residual: absent" in capsys.readouterr().out
+    simulate_to_shards(
+        tmp_path / "sim", num=10, preset="ground_space", seed=0, hr_size=32, split=(0.5, 0.0, 0.5)
+    )
+    simulated = evaluate("deeplense-small", tmp_path / "sim", split="test", quiet=True)
+    assert "lr_residual" in simulated["physics"]["model"] and "physics_notes" not in simulated
