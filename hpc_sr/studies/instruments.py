@@ -3,7 +3,7 @@ on N pairs, simulation pre-training and few-pair fine-tuning with k-fold cross-v
 "Two instruments: ground to space").
 
     python -m hpc_sr.studies instruments --out WORK [--steps 1000] [--folds 5] [--limit 200]
-        [--parts baselines,scratch,pretrain,folds,downstream] [--device cpu]
+        [--parts baselines,scratch,pretrain,folds,zoo,downstream] [--scratch 100,1000,6000]
 
 Data (made once, ``hpc-sr simulate``): WORK/gs, ``--num`` pairs of ``ground_space`` at ``--hr-size``
 (80/10/10: train 6,000 of 7,500 by default; the common test split of every row), and WORK/few, ``--few``
@@ -375,7 +375,11 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         "--pretrain-steps", type=int, default=0, help="steps of the simulation pre-training (0: --steps)"
     )
     ap.add_argument("--folds", type=int, default=5)
-    ap.add_argument("--scratch", default="100,300,1000,6000", help="N of the scratch rows (train pairs)")
+    ap.add_argument(
+        "--scratch",
+        default="100,1000,6000",
+        help="N of the scratch rows (train pairs of WORK/gs; the few-pair scratch row is the folds')",
+    )
     ap.add_argument("--parts", default=",".join(PARTS), help=f"any of {', '.join(PARTS)}")
     ap.add_argument("--downstream-steps", type=int, default=600)
     ap.add_argument("--zoo", default=",".join(a for a in ZOO if a != RECIPE["arch"]),
