@@ -153,10 +153,13 @@ class ScienceMetrics:
         self.scale, self.seen = scale, 0
         # lr_residual compares avg_pool(SR) with LR: kept where LR is the block mean of HR or a recorded LR
         # instrument gives the LR model (simulated two-instrument sets); absent, with the reason, otherwise
-        relation = lr_relation(data)
+        try:
+            relation = None if self.params is not None else lr_relation(data)
+        except (DataError, OSError):
+            relation = None  # not known: the residual stays, as before the relation was recorded
         self.lr_residual_note = (
             None
-            if relation.is_mean is True or self.params is not None
+            if relation is None or relation.is_mean is True
             else f"absent: {relation.describe()}, and the set records no LR instrument to model LR with"
         )
         self.model, self.bicubic = PhysicsAccumulator(scale), PhysicsAccumulator(scale)

@@ -96,7 +96,8 @@ def measure_lr_relation(hr: np.ndarray, lr: np.ndarray, scale: int, where: str) 
 
 
 def lr_relation(root: str | Path, sample: int = 64) -> LRRelation:
-    """The relation of a packed set: its manifest's record, else measured on up to ``sample`` train pairs."""
+    """The relation of a packed set: its manifest's record, else measured on up to ``sample`` pairs of its
+    first non-empty split (train, val, test)."""
     from hpc_sr.data.shards import load_manifest
 
     m = load_manifest(root)
@@ -107,7 +108,10 @@ def lr_relation(root: str | Path, sample: int = 64) -> LRRelation:
         return preset_lr_relation(str(m.provenance.get("preset", "deeplense_sr")))
     from hpc_sr.data.dataset import ShardDataset
 
-    ds = ShardDataset(root, split="train", verify=False)
+    split = next((name for name in ("train", "val", "test") if len(m.split.get(name, ()))), None)
+    if split is None:
+        raise DataError(f"{root}: no pairs in any split to measure LR against HR on")
+    ds = ShardDataset(root, split=split, verify=False)
     try:
         pos = np.unique(np.linspace(0, len(ds) - 1, min(sample, len(ds))).round().astype(int))
         pairs = [ds[int(i)] for i in pos]
@@ -115,7 +119,7 @@ def lr_relation(root: str | Path, sample: int = 64) -> LRRelation:
         ds.close()
     lr = np.stack([p[0].numpy() for p in pairs])
     hr = np.stack([p[1].numpy() for p in pairs])
-    return measure_lr_relation(hr, lr, m.scale, f"{Path(root)} (train split)")
+    return measure_lr_relation(hr, lr, m.scale, f"{Path(root)} ({split} split)")
 
 
 def lr_relation_of(data: Any) -> LRRelation | None:

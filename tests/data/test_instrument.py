@@ -269,3 +269,22 @@ def test_evaluate_leaves_the_block_mean_residual_out_of_a_packed_two_instrument_
     )
     simulated = evaluate("deeplense-small", tmp_path / "sim", split="test", quiet=True)
     assert "lr_residual" in simulated["physics"]["model"] and "physics_notes" not in simulated
+
+
+def test_an_old_packed_set_is_measured_on_its_first_non_empty_split(tmp_path: Path) -> None:
+    """A set packed before the relation was recorded is measured on read, also when it has no train split."""
+    rng = np.random.default_rng(1)
+    src = tmp_path / "pairs"
+    (src / "HR").mkdir(parents=True)
+    (src / "LR").mkdir()
+    for i in range(4):
+        hr = rng.random((16, 16)).astype(np.float32)
+        np.save(src / "HR" / f"p{i}.npy", hr)
+        np.save(src / "LR" / f"p{i}.npy", gaussian_filter(hr.reshape(8, 2, 8, 2).mean(axis=(1, 3)), 1.0))
+    m = pack_to_shards("deeplense", src, tmp_path / "test_only", shard_size=4, split=(0.0, 0.0, 1.0))
+    manifest = tmp_path / "test_only" / "manifest.json"
+    doc = json.loads(manifest.read_text())
+    del doc["provenance"]["lr_relation"]  # as written before this record existed
+    manifest.write_text(json.dumps(doc))
+    rel = lr_relation(tmp_path / "test_only")
+    assert m.count == 4 and rel.is_mean is False and "(test split)" in rel.source
