@@ -90,6 +90,7 @@ from hpc_sr.data.presets import (
 )
 from hpc_sr.errors import DataError
 from hpc_sr.imaging import (
+    FWHM_PER_SIGMA,
     blur_valid,
     blur_with_kernels,
     fft_blur,
@@ -102,9 +103,11 @@ __all__ = [
     "PARAM_NAMES",
     "LensingSimulator",
     "lr_kernels",
+    "mean_lr_pairs",
     "param_names_of",
     "SimBatch",
     "WindowBatch",
+    "hr_kernels",
     "is_simulator_layout",
     "simulate",
 ]
@@ -126,6 +129,20 @@ def is_simulator_layout(param_names: object) -> bool:
     return names in (list(PARAM_NAMES), [*PARAM_NAMES, *INSTRUMENT_NAMES])
 
 
+def mean_lr_pairs(params: Tensor) -> Tensor:
+    """(N,) bool: whether each pair's LR is the block mean of its HR: every pair of params without the
+    INSTRUMENT_NAMES columns; with them, the pairs an instrument left as means (lr_psf_fwhm 0)."""
+    if params.shape[1] < len(PARAM_NAMES) + len(INSTRUMENT_NAMES):
+        return torch.ones(params.shape[0], dtype=torch.bool, device=params.device)
+    return params[:, _IDX["lr_psf_fwhm"]] <= 0
+
+
+def hr_kernels(params: Tensor, pixel_scale: float) -> Tensor:
+    """(N, K, K) HR PSFs on the HR grid from recorded params: Gaussians of FWHM psf_fwhm / pixel_scale."""
+    fwhm = params[:, _IDX["psf_fwhm"]] / pixel_scale
+    return psf_kernels_2d(fwhm, torch.zeros_like(fwhm))
+
+
 def lr_kernels(params: Tensor, pixel_scale: float, scale: int, radius: int | None = None) -> Tensor:
     """(N, K, K) LR-instrument PSFs on the HR grid from recorded params (columns as ``param_names_of``):
     FWHM lr_psf_fwhm / pixel_scale HR pixels, Moffat index lr_psf_beta (0: Gaussian), centred at the LR
@@ -138,13 +155,11 @@ def lr_kernels(params: Tensor, pixel_scale: float, scale: int, radius: int | Non
         )
     fwhm = params[:, _IDX["lr_psf_fwhm"]] / pixel_scale
     shift = torch.stack((params[:, _IDX["lr_shift_y"]], params[:, _IDX["lr_shift_x"]]), dim=1) * scale
-    mean_pairs = fwhm <= 0
-    shift = shift.masked_fill(mean_pairs[:, None], 0.0)
-    k = psf_kernels_2d(fwhm.clamp_min(1e-3), params[:, _IDX["lr_psf_beta"]], shift, radius)
-    return k
+    shift = shift.masked_fill(mean_lr_pairs(params)[:, None], 0.0)
+    return psf_kernels_2d(fwhm.clamp_min(1e-3), params[:, _IDX["lr_psf_beta"]], shift, radius)
 
 
-_FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
+_FWHM_TO_SIGMA = 1.0 / FWHM_PER_SIGMA
 _CHUNK_ELEMENTS = 1 << 17  # supersampled pixels rendered at once: keeps the working set in cache
 # Peak locator of the window path (LensingSimulator._peak_corners); figures in the module docstring.
 _PEAK_STRIDE = 3  # HR pixels between the points of the coarse (unblurred, point-sampled) image
@@ -706,10 +721,9 @@ class LensingSimulator:
             out["psf_lr"] = gaussian_kernels(sigma_px / self.scale)
         elif self.lr_mode == "instrument":
             out["psf_lr2d"] = lr_kernels(p, self.preset.pixel_scale, self.scale)
-            names = ("lr_psf_fwhm", "lr_exposure_time", "lr_background_rms")
-            lr = {name: _bc(p[:, _IDX[name]]) for name in names}
-            out.update(lr_t=lr["lr_exposure_time"], lr_bkg2=lr["lr_background_rms"] ** 2,
-                       lr_mean=lr["lr_psf_fwhm"] <= 0)  # fmt: skip
+            out.update(lr_t=_bc(p[:, _IDX["lr_exposure_time"]]),
+                       lr_bkg2=_bc(p[:, _IDX["lr_background_rms"]] ** 2),
+                       lr_mean=_bc(mean_lr_pairs(p)))  # fmt: skip
         return out
 
     def _render_clean(self, c: dict[str, Tensor], x: Tensor | None = None, y: Tensor | None = None) -> Tensor:

@@ -19,10 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from hpc_sr.data.lensing import PARAM_NAMES, lr_kernels, noise_free_hr
+from hpc_sr.data.lensing import PARAM_NAMES, hr_kernels, lr_kernels, noise_free_hr
+from hpc_sr.data.lensing import mean_lr_pairs as lensing_mean_lr_pairs
 from hpc_sr.data.presets import INSTRUMENT_NAMES, LensPreset, resolve_preset
 from hpc_sr.errors import DataError
-from hpc_sr.imaging import block_residual, matching_kernels, psf_kernels_2d
+from hpc_sr.imaging import block_residual, matching_kernels
 
 __all__ = [
     "SimTruth",
@@ -42,9 +43,7 @@ _P = {name: i for i, name in enumerate((*PARAM_NAMES, *INSTRUMENT_NAMES))}
 _KNOWN_LAYOUTS = (list(PARAM_NAMES), [*PARAM_NAMES, *INSTRUMENT_NAMES])
 
 
-def _check_params(
-    params: Tensor, param_names: Sequence[str] | None = None, rendered: bool = True
-) -> Tensor:
+def _check_params(params: Tensor, param_names: Sequence[str] | None = None, rendered: bool = True) -> Tensor:
     """params (N, len(PARAM_NAMES)) or, with an LR instrument, (N, len(PARAM_NAMES) + len(INSTRUMENT_NAMES))
     as float64, checked (``rendered``: with their hr_peak_flux): a DataError naming what is wrong."""
     if param_names is not None and list(param_names) not in _KNOWN_LAYOUTS:
@@ -155,10 +154,7 @@ def ceiling_from_clean(
 def mean_lr_pairs(params: Tensor) -> Tensor:
     """(N,) bool: whether each pair's LR is the block mean of its HR (every pair without an LR instrument;
     with one, the pairs it left as means: lr_psf_fwhm 0)."""
-    p = _check_params(params, rendered=False)
-    if p.shape[1] == len(PARAM_NAMES):
-        return torch.ones(p.shape[0], dtype=torch.bool, device=p.device)
-    return p[:, _P["lr_psf_fwhm"]] <= 0
+    return lensing_mean_lr_pairs(_check_params(params, rendered=False))
 
 
 def lr_model_kernels(params: Tensor, preset: str | LensPreset, scale: int) -> Tensor | None:
@@ -171,9 +167,7 @@ def lr_model_kernels(params: Tensor, preset: str | LensPreset, scale: int) -> Te
     if bool(mean_pairs.all()):
         return None
     ps = resolve_preset(preset).pixel_scale
-    k_lr = lr_kernels(p, ps, scale)
-    fwhm_hr = p[:, _P["psf_fwhm"]] / ps
-    k_hr = psf_kernels_2d(fwhm_hr, torch.zeros_like(fwhm_hr))
+    k_lr, k_hr = lr_kernels(p, ps, scale), hr_kernels(p, ps)
     if k_hr.shape[-1] > k_lr.shape[-1]:
         pad = (k_hr.shape[-1] - k_lr.shape[-1]) // 2
         k_lr = F.pad(k_lr, (pad, pad, pad, pad))

@@ -42,14 +42,13 @@ import torch
 from hpc_sr.apps.runs import read_run
 from hpc_sr.atomic import atomic_write_text
 from hpc_sr.config import load_config
-from hpc_sr.data.lensing import lr_kernels
-from hpc_sr.data.presets import SAMPLED_NAMES, resolve_preset
+from hpc_sr.data.lensing import hr_kernels, lr_kernels
+from hpc_sr.data.presets import resolve_preset
 from hpc_sr.data.shards import simulate_to_shards
 from hpc_sr.data.truth import simulation_truth
 from hpc_sr.eval.deconvolution import estimate_noise_var, richardson_lucy, richardson_lucy_path, wiener
 from hpc_sr.eval.metrics import MetricAccumulator, bicubic_upscale
 from hpc_sr.eval.physics import per_image_physics
-from hpc_sr.imaging import psf_kernels_2d
 from hpc_sr.studies.ceiling import read_split
 from hpc_sr.studies.common import add_limit, add_out, load_model, study_parser, upscale, write_json
 from hpc_sr.studies.zoo import ZOO
@@ -114,11 +113,10 @@ def split_images(data: Path, split: str, limit: int) -> dict[str, Any]:
     lr, hr, params, scale = read_split(str(data), split, limit)
     p = params.double()
     ps = resolve_preset(PRESET).pixel_scale
-    fwhm_hr = p[:, SAMPLED_NAMES.index("psf_fwhm")] / ps
     return {
         "lr": lr, "hr": hr, "params": p, "scale": scale,
         "truth": simulation_truth(p, PRESET, hr.shape[-1], scale=scale),
-        "psf_lr": lr_kernels(p, ps, scale), "psf_hr": psf_kernels_2d(fwhm_hr, torch.zeros_like(fwhm_hr)),
+        "psf_lr": lr_kernels(p, ps, scale), "psf_hr": hr_kernels(p, ps),
     }  # fmt: skip
 
 

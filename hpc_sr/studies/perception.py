@@ -395,6 +395,7 @@ def evaluate(
     pictures: dict[str, list[torch.Tensor]] = {}
     hr_size = hr_all.shape[-1]
     starts = range(0, len(lr_all), batch)
+    plain_noise = False  # whether some batch's baseline noise was plain (its LR block means not removed)
     for b, i in enumerate(tqdm(starts, desc="perception-distortion", unit="batch", file=sys.stderr)):
         lr, hr, p = lr_all[i : i + batch].float(), hr_all[i : i + batch].double(), params_all[i : i + batch]
         clean = clean_images(p, preset, hr_size, names)
@@ -404,6 +405,7 @@ def evaluate(
         ceiling = ceiling_from_clean(clean, lr, p, scale)  # no projection onto an instrument's LR
         # block means removed only where LR is the block mean of HR (two instruments: plain noise)
         lr_scale = None if iid_noise or not bool(mean_lr_pairs(p).all()) else scale
+        plain_noise = plain_noise or lr_scale is None
         outs = {"bicubic": bicubic_upscale(lr, scale).double(), CEILING: ceiling}
         outs[SAMPLE] = noise_baseline(ceiling, sigma, 1.0, torch.Generator().manual_seed(seed + b), lr_scale)
         for s in scales:  # the same noise at every scale: one smooth curve
@@ -427,6 +429,7 @@ def evaluate(
         "verdicts": verdicts,
         "pictures": {k: torch.cat(v) for k, v in pictures.items()},
         "scale": scale,
+        "plain_noise": plain_noise,
     }
 
 
@@ -495,10 +498,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     out = a.out
     out.mkdir(parents=True, exist_ok=True)
     n = res["rows"]["bicubic"]["n"]
-    from hpc_sr.data.lr_relation import lr_relation
-
-    plain = a.iid_noise or lr_relation(a.data).is_mean is not True  # two instruments: plain noise (evaluate)
-    noise = "iid" if plain else "LR-block-mean-free"
+    noise = "iid" if res["plain_noise"] else "LR-block-mean-free"
     weights = "raw weights" if a.no_ema else "EMA weights"
     title = f"Perception-distortion, {a.split} split, {n} images ({noise} baseline noise, {weights})"
     doc = {
