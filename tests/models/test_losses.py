@@ -56,6 +56,26 @@ def test_the_psnr_kind_is_minus_the_mean_per_image_psnr_and_weighs_easy_images_u
     assert torch.isfinite(pixel_loss(hr, hr, "psnr"))  # an exact match: the floor keeps it finite
 
 
+def test_the_rmse_kind_weighs_images_between_pooled_mse_and_psnr() -> None:
+    g = torch.Generator().manual_seed(0)
+    hr = torch.rand(2, 1, 16, 16, generator=g)
+    noise = torch.randn(2, 1, 16, 16, generator=g) * torch.tensor([0.01, 0.1]).reshape(2, 1, 1, 1)
+    weights = {}
+    for kind in ("mse", "rmse", "psnr"):
+        sr = (hr + noise).requires_grad_()
+        loss = pixel_loss(sr, hr, kind)
+        if kind == "rmse":
+            mse = noise.square().flatten(1).mean(1)
+            assert loss.item() == pytest.approx(float(mse.sqrt().mean()), rel=1e-5)
+        loss.backward()
+        per_image = sr.grad.flatten(1).norm(dim=1) / noise.flatten(1).norm(dim=1)  # type: ignore[union-attr]
+        weights[kind] = float(per_image[0] / per_image[1])  # easy image's weight over the hard one's
+    # pooled MSE weighs both alike, psnr by 1 / MSE (100x here), rmse by 1 / sqrt(MSE) (about 10x)
+    assert weights["mse"] == pytest.approx(1.0, rel=1e-4)
+    assert 5 < weights["rmse"] < 20 < weights["psnr"]
+    assert torch.isfinite(pixel_loss(hr, hr, "rmse"))
+
+
 @pytest.mark.parametrize(
     "call",
     [
@@ -197,7 +217,7 @@ def test_registry_lists_terms_and_builds_weighted_terms() -> None:
     [
         ([{"term": "pixl"}], r"train\.losses\[0\]\.term: unknown loss term 'pixl' \(did you mean 'pixel'"),
         ([{"term": "pixel", "knd": "l1"}], r"train\.losses\[0\]\(pixel\)\.knd; did you mean 'kind'"),
-        ([{"term": "pixel", "kind": "l3"}], r"kind: 'l3' is not one of \['l1', 'mse', 'psnr'\]"),
+        ([{"term": "pixel", "kind": "l3"}], r"kind: 'l3' is not one of \['l1', 'mse', 'rmse', 'psnr'\]"),
         ([{"term": "pixel"}, {"term": "pixel"}], r"listed twice"),
         ([{"weight": 1}], r"expected a mapping with a 'term' key"),
         ([{"term": "flux", "weight": "heavy"}], r"train\.losses\[0\]\.weight: expected a number"),

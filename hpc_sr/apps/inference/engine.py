@@ -70,6 +70,7 @@ class Outcome:
     outputs: list[Path] = field(default_factory=list)
     reason: str = ""
     images: int = 0
+    checksums: dict[Path, str] = field(default_factory=dict)  # sha256 of outputs as written (until recorded)
 
 
 @dataclass
@@ -372,16 +373,17 @@ class Engine:
         try:
             results = self._results(job)
             one_unit = batch.unit() if batch is not None else contextlib.nullcontext()
-            with self._io(fmt), publish.staging(batch), one_unit:
+            with self._io(fmt), publish.staging(batch), publish.checksums() as sums, one_unit:
                 outputs = fmt.write(job.images, results, self.opts)
         except Exception as exc:  # noqa: BLE001 - a unit that cannot be written is that unit's failure
             self._unit_failed(unit, n, exc)
             return
         if batch is None:  # durability="file": each output was published on its own; record the unit now
-            self.ledger.record(unit.id, "done", outputs=outputs, images=n)
+            self.ledger.record(unit.id, "done", outputs=outputs, images=n, checksums=sums)
             self.outcomes.append(Outcome(unit, "done", list(outputs), images=n))
             return
-        staged.append(Outcome(unit, "done", list(outputs), images=n))  # written to temporary names
+        outcome = Outcome(unit, "done", list(outputs), images=n, checksums=sums)
+        staged.append(outcome)  # written to temporary names
         if batch.full(len(staged)) or (self._write_q.empty() and self._commit_q.empty()):
             self._commit(batch, staged)
 
@@ -405,7 +407,10 @@ class Engine:
             for o in units:
                 self._unit_failed(o.unit, o.images, exc)
             return
-        self.ledger.record_many([(o.unit.id, "done", o.outputs, "", o.images) for o in units])
+        sums = {path: digest for o in units for path, digest in o.checksums.items()}
+        self.ledger.record_many([(o.unit.id, "done", o.outputs, "", o.images) for o in units], sums)
+        for o in units:
+            o.checksums = {}  # recorded: not kept for the run's length
         self.outcomes += units
 
     def _unit_failed(self, unit: Unit, images: int, exc: BaseException) -> None:

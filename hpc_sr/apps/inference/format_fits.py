@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import gzip
 import io
+import math
 import mmap
 import os
 import re
@@ -212,6 +213,24 @@ class Cards:
         self._first = None
         self._values.clear()
 
+    def _inserted(self, at: int, images: list[str]) -> None:
+        """Keep the key index after ``images`` were inserted at ``at`` (headers gain their cards one at a
+        time: no rebuild of the whole index for each)."""
+        first = self._first
+        if first is None:
+            return
+        n = len(images)
+        if at < len(self.images) - n:  # cards after ``at`` moved
+            for k, i in first.items():
+                if i >= at:
+                    first[k] = i + n
+        for j, image in enumerate(images):
+            k = image[:8].rstrip()
+            i = first.get(k)
+            if i is None or i > at + j:
+                first[k] = at + j
+                self._values.pop(k, None)
+
     def keys(self) -> list[str]:
         return [image[:8].rstrip() for image in self.images if not image.startswith("CONTINUE")]
 
@@ -275,14 +294,15 @@ class Cards:
         while at > 0 and self.images[at - 1][:8].rstrip() in _COMMENTARY:
             at -= 1
         self.images[at:at] = images
-        self._edited()
+        self._inserted(at, images)
 
     def insert_after(self, after: str, key: str, value: Any, comment: str = "") -> None:
         """A new card right after the last card whose key matches the regular expression ``after``."""
         found = [i + 1 for i, image in enumerate(self.images) if re.match(after, image[:8].rstrip())]
         at = max(found, default=len(self.images))
-        self.images[at:at] = card_images(key, value, comment)
-        self._edited()
+        images = card_images(key, value, comment)
+        self.images[at:at] = images
+        self._inserted(at, images)
 
     def remove(self, key: str, ignore_missing: bool = False, remove_all: bool = False) -> None:
         """Drop the first card of ``key`` (every one with ``remove_all``) and its CONTINUE cards."""
@@ -299,8 +319,9 @@ class Cards:
 
     def extend(self, images: list[str]) -> None:
         """Card images added at the end."""
+        at = len(self.images)
         self.images += images
-        self._edited()
+        self._inserted(at, images)
 
 
 # ----------------------------------------------------------------------------------------------- HDUs
@@ -369,7 +390,7 @@ def _data_size(cards: Cards) -> int:
     dims = [int(cards.get(f"NAXIS{i}", 0)) for i in range(1, naxis + 1)]
     if cards.get("GROUPS") is True and dims[0] == 0:
         dims = dims[1:]
-    n = int(np.prod(dims, dtype=np.int64))
+    n = math.prod(dims)
     return abs(int(cards["BITPIX"])) // 8 * int(cards.get("GCOUNT", 1)) * (int(cards.get("PCOUNT", 0)) + n)
 
 
@@ -408,25 +429,36 @@ def scan(raw: bytes, path: Path) -> list[Hdu]:
     return hdus
 
 
-def load(path: Path) -> bytes:
-    """The bytes of a FITS file (gunzipped when gzipped); DataError naming the file."""
+def _gunzipped(raw: bytes, path: Path) -> bytes:
     try:
-        raw = path.read_bytes()
         return gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
     except (OSError, EOFError, zlib.error) as exc:
         raise DataError(f"{path}: cannot read: {exc}") from None
 
 
-def _headers(path: Path) -> list[Hdu]:
-    """The HDUs of a file, reading only its headers when it is large and not gzipped (memory-mapped)."""
+def load(path: Path) -> bytes:
+    """The bytes of a FITS file (gunzipped when gzipped); DataError naming the file."""
     try:
-        with open(path, "rb") as fh:
-            if os.fstat(fh.fileno()).st_size > MMAP_FROM and fh.read(2) != b"\x1f\x8b":
-                with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-                    return scan(mm, path)  # type: ignore[arg-type]
+        raw = path.read_bytes()
     except OSError as exc:
         raise DataError(f"{path}: cannot read: {exc}") from None
-    return scan(load(path), path)
+    return _gunzipped(raw, path)
+
+
+def _headers(path: Path) -> list[Hdu]:
+    """The HDUs of a file (one open and read), reading only its headers when it is large and not gzipped
+    (memory-mapped)."""
+    try:
+        with open(path, "rb") as fh:
+            if os.fstat(fh.fileno()).st_size > MMAP_FROM:
+                if fh.read(2) != b"\x1f\x8b":
+                    with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+                        return scan(mm, path)  # type: ignore[arg-type]
+                fh.seek(0)
+            raw = fh.read()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read: {exc}") from None
+    return scan(_gunzipped(raw, path), path)
 
 
 def _summary(hdus: list[Hdu]) -> str:
@@ -597,7 +629,7 @@ class FitsFormat:
     def plan(self, src: Path, rel: Path, out_dir: Path, opts: InferenceOptions) -> list[Unit]:
         hdus = _headers(src)
         chosen = select(hdus, tuple(opts.hdus), src)
-        pixels = sum(int(np.prod(h.stack_shape() or (), dtype=np.int64)) for h in chosen)
+        pixels = sum(math.prod(h.stack_shape() or ()) for h in chosen)
         target = out_dir / rel.parent / output_name(rel.name, opts.suffix)
         return [Unit(rel.as_posix(), src, "fits", target, pixels, {"hdus": [h.index for h in chosen]})]
 

@@ -8,6 +8,7 @@ type comes out as float32. With samples, the per-pixel sigma goes to ``x_sr_sigm
 
 from __future__ import annotations
 
+import io
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,7 +159,28 @@ class NumpyFormat:
         return []  # one unit per file: nothing to merge
 
 
+def npy_header(array: np.ndarray) -> bytes | None:
+    """The header ``np.save`` writes for ``array`` when it is C-ordered plain data and its header fits
+    format 1.0 (np.save's first choice), else None."""
+    if not array.flags.c_contiguous or array.dtype.hasobject:
+        return None
+    buf = io.BytesIO()
+    try:
+        np.lib.format.write_array_header_1_0(buf, np.lib.format.header_data_from_array_1_0(array))
+    except ValueError:  # a header too long for 1.0: np.save picks another version
+        return None
+    return buf.getvalue()
+
+
 def _save(path: Path, array: np.ndarray) -> Path:
+    """``np.save``'s bytes: its header, then the data as stored in two writes (no copy of the data; hashed as
+    written, :func:`hpc_sr.apps.inference.publish.checksums`); np.save itself for other arrays."""
+    array = np.asarray(array)
+    header = npy_header(array)
     with publish.output(path, "wb") as fh:
-        np.save(fh, array)
+        if header is None:
+            np.save(fh, array)
+        else:
+            fh.write(header)
+            fh.write(memoryview(array.reshape(-1).view(np.uint8)))
     return path

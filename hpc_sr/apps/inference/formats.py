@@ -15,6 +15,7 @@ metadata between files and arrays.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -113,16 +114,26 @@ class Format(Protocol):
 FORMATS: Registry[Any] = Registry("file format", package="hpc_sr.apps.inference", noun="format")
 
 
+_BY_LENGTH: dict[tuple[tuple[str, tuple[str, ...]], ...], list[tuple[str, str]]] = {}
+
+
+def _suffixes() -> list[tuple[str, str]]:
+    """(format, suffix) of every registered format, longest suffix first (ties: in the formats' order)."""
+    key = tuple((fmt, tuple(FORMATS[fmt].cls.suffixes)) for fmt in FORMATS.names())
+    found = _BY_LENGTH.get(key)
+    if found is None:
+        pairs = [(fmt, suffix) for fmt, suffixes in key for suffix in suffixes]
+        found = _BY_LENGTH[key] = sorted(pairs, key=lambda p: -len(p[1]))
+    return found
+
+
 def _match(path: str | Path) -> tuple[str, str] | None:
     """(format, suffix) of the longest registered suffix that ends ``path`` (case-insensitive), or None."""
-    name = Path(path).name.lower()
-    best: tuple[str, str] | None = None
-    for fmt in FORMATS.names():
-        for suffix in FORMATS[fmt].cls.suffixes:
-            longer = best is None or len(suffix) > len(best[1])
-            if name.endswith(suffix) and len(name) > len(suffix) and longer:
-                best = (fmt, suffix)
-    return best
+    name = os.path.basename(os.fspath(path).rstrip(os.sep)).lower()
+    for fmt, suffix in _suffixes():
+        if len(name) > len(suffix) and name.endswith(suffix):
+            return fmt, suffix
+    return None
 
 
 def format_for(path: Path) -> str | None:

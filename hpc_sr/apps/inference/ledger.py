@@ -12,10 +12,12 @@
 - ``rank_XXXXX.jsonl``: one append-only file per rank, one JSON line per finished unit (fsynced alone, or
   a batch of lines with one write and one fsync: :meth:`Ledger.record_many`):
   ``{"unit", "status": "done"|"failed"|"skipped", "outputs": [{"path", "sha256"}], "reason", "images"}``
-  (paths relative to the output folder). A unit's outputs are published (atomically) before its record, so a
-  unit without a record is simply redone. Reading is the union of every rank file (a rerun may have another
-  world size): a unit is done when any record says so, else skipped, else failed. A torn last line (a
-  process killed mid-append) is ignored, and cut off when its rank reopens the file.
+  (paths relative to the output folder; each sha256 that of the bytes as the format wrote them when the engine
+  hands it over, :func:`hpc_sr.apps.inference.publish.checksums`, else read back from the file). A unit's
+  outputs are published (atomically) before its record, so a unit without a record is simply redone. Reading
+  is the union of every rank file (a rerun may have another world size): a unit is done when any record says
+  so, else skipped, else failed. A torn last line (a process killed mid-append) is ignored, and cut off when
+  its rank reopens the file.
 - ``lock``: an flock for the few read-modify-write steps ranks share (the report, merging parts).
 - ``warnings_XXXXX.json``: a rank's warnings counted by kind (the runner's; summed into the report).
 """
@@ -30,7 +32,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -184,17 +186,23 @@ class Ledger:
         outputs: Iterable[Path] = (),
         reason: str = "",
         images: int = 0,
+        checksums: Mapping[Path, str] | None = None,
     ) -> dict[str, Any]:
-        """Append one fsynced record (the outputs hashed here, after they were published)."""
-        return self.record_many([(unit, status, outputs, reason, images)])[0]
+        """Append one fsynced record (the outputs hashed here, after they were published, unless
+        ``checksums`` has their sha256)."""
+        return self.record_many([(unit, status, outputs, reason, images)], checksums)[0]
 
     def record_many(
-        self, entries: Iterable[tuple[str, str, Iterable[Path], str, int]]
+        self,
+        entries: Iterable[tuple[str, str, Iterable[Path], str, int]],
+        checksums: Mapping[Path, str] | None = None,
     ) -> list[dict[str, Any]]:
         """Append the records of ``(unit, status, outputs, reason, images)`` entries in one write and one
-        fsync (a batch of published units). A kill mid-write tears at most the last line: the units whose
-        lines are not complete are simply redone."""
-        recs = [self._record(*entry) for entry in entries]
+        fsync (a batch of published units). An output's sha256 is taken from ``checksums`` (the digest of the
+        bytes as written, :func:`hpc_sr.apps.inference.publish.checksums`), else read from the file. A kill
+        mid-write tears at most the last line: the units whose lines are not complete are simply redone."""
+        sums = checksums or {}
+        recs = [self._record(*entry, sums) for entry in entries]
         if not recs:
             return recs
         data = b"".join((json.dumps(rec, sort_keys=True) + "\n").encode() for rec in recs)
@@ -208,14 +216,22 @@ class Ledger:
         return recs
 
     def _record(
-        self, unit: str, status: str, outputs: Iterable[Path], reason: str, images: int
+        self,
+        unit: str,
+        status: str,
+        outputs: Iterable[Path],
+        reason: str,
+        images: int,
+        sums: Mapping[Path, str],
     ) -> dict[str, Any]:
         if status not in STATUSES:
             raise ValueError(f"status {status!r}: one of {STATUSES}")
         return {
             "unit": unit,
             "status": status,
-            "outputs": [{"path": self._rel(p), "sha256": file_sha256(Path(p))} for p in outputs],
+            "outputs": [
+                {"path": self._rel(p), "sha256": sums.get(Path(p)) or file_sha256(Path(p))} for p in outputs
+            ],
             "reason": reason,
             "images": int(images),
             "rank": self.rank,
@@ -225,9 +241,13 @@ class Ledger:
     def _rel(self, path: Path) -> str:
         """``path`` relative to the output folder (as spelled first: the outputs are paths under ``out_dir``;
         else with the links resolved), or as it is when outside it."""
-        p = Path(path)
         if self._out_abs is None:
             self._out_abs = (self.out_dir.absolute(), self.out_dir.resolve())
+        text = os.fspath(path)
+        for base in (str(self.out_dir), str(self._out_abs[0])):  # as spelled: a prefix of its string
+            if len(text) > len(base) + 1 and text.startswith(base) and text[len(base)] == os.sep:
+                return Path(text[len(base) + 1 :]).as_posix()
+        p = Path(path)
         with contextlib.suppress(ValueError):
             return p.absolute().relative_to(self._out_abs[0]).as_posix()
         try:

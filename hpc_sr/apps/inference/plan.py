@@ -20,7 +20,7 @@ from __future__ import annotations
 import glob
 import heapq
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,56 +59,85 @@ class _Resolver:
         self._folders: dict[str, str] = {}
 
     def __call__(self, path: Path) -> Path:
-        if ".." in Path(path).parts:  # "link/.." is the link target's parent: resolved the long way
-            return Path(path).resolve()
-        parent, name = os.path.split(os.path.abspath(path))
+        return Path(self.text(path))
+
+    def text(self, path: Path | str) -> str:
+        """The resolved path as a string (no Path objects made: the planner's keys)."""
+        spec = os.fspath(path)
+        if ".." in spec.split(os.sep):  # "link/.." is the link target's parent: resolved the long way
+            return str(Path(spec).resolve())
+        parent, name = os.path.split(os.path.abspath(spec))
         if not name:
-            return Path(parent).resolve()
+            return str(Path(parent).resolve())
         real = self._folders.get(parent)
         if real is None:
             real = self._folders[parent] = os.path.realpath(parent)
         full = os.path.join(real, name)
-        return Path(os.path.realpath(full) if os.path.islink(full) else full)
+        return os.path.realpath(full) if os.path.islink(full) else full
 
 
-def _is_within(path: Path, folder: Path, resolve: Callable[[Path], Path] = Path.resolve) -> bool:
-    try:
-        resolve(path).relative_to(resolve(folder))
-        return True
-    except ValueError:
-        return False
+class _Within:
+    """Whether a path lies within ``folder`` once both are resolved (links followed), for many paths: the
+    folder resolved once, then a string prefix test of each resolved path."""
+
+    def __init__(self, folder: Path, resolve: _Resolver) -> None:
+        self._resolve = resolve
+        self._folder = resolve.text(folder)
+        self._prefix = self._folder.rstrip(os.sep) + os.sep
+
+    def __call__(self, path: Path) -> bool:
+        real = self._resolve.text(path)
+        return real == self._folder or real.startswith(self._prefix)
 
 
-def _expand(spec: str, out_dir: Path, resolve: _Resolver) -> Iterator[_Candidate]:
+def _files(folder: Path) -> Iterator[tuple[str, ...]]:
+    """The parts (relative to ``folder``) of every file under it, as ``Path.rglob("*")`` + ``is_file``
+    finds them (symbolic links to files followed, to folders not), hidden entries and their contents left
+    out, and folders it may not read skipped (as ``rglob`` skips them); one ``scandir`` a folder."""
+    todo: list[tuple[str, tuple[str, ...]]] = [(str(folder), ())]
+    while todo:
+        here, parts = todo.pop()
+        try:
+            with os.scandir(here) as it:
+                entries = list(it)
+        except PermissionError:
+            continue
+        for e in entries:
+            if e.name.startswith("."):
+                continue
+            if e.is_dir() and not e.is_symlink():
+                todo.append((e.path, (*parts, e.name)))
+            elif e.is_file():
+                yield (*parts, e.name)
+
+
+def _expand(spec: str, within: _Within) -> Iterator[_Candidate]:
     path = Path(spec)
     if not path.exists() and any(c in spec for c in "*?["):
         matches = sorted(glob.glob(spec, recursive=True))
         if not matches:
             raise DataError(f"{spec}: the pattern matches no file")
         for m in matches:
-            yield from _expand_path(Path(m), out_dir, False, resolve)
+            yield from _expand_path(Path(m), False, within)
         return
     if not path.exists():
         raise DataError(f"{spec}: no such file or folder")
-    yield from _expand_path(path, out_dir, True, resolve)
+    yield from _expand_path(path, True, within)
 
 
-def _expand_path(path: Path, out_dir: Path, direct: bool, resolve: _Resolver) -> Iterator[_Candidate]:
+def _expand_path(path: Path, direct: bool, within: _Within) -> Iterator[_Candidate]:
     if not path.is_dir():
-        if not _is_within(path, out_dir, resolve) or direct:
+        if direct or not within(path):
             yield _Candidate(path, Path(path.name), direct)
         return
-    found = sorted(
-        p
-        for p in path.rglob("*")
-        if p.is_file()
-        and not any(part.startswith(".") for part in p.relative_to(path).parts)
-        and not _is_within(p, out_dir, resolve)
-    )
+    found = []
+    for parts in sorted(_files(path)):  # the order of sorted Paths: part by part
+        p = path.joinpath(*parts)
+        if not within(p):
+            found.append(_Candidate(p, Path(*parts), False))
     if not found and direct:
         raise DataError(f"{path}: the folder holds no file")
-    for p in found:
-        yield _Candidate(p, p.relative_to(path), False)
+    yield from found
 
 
 def _plan_file(c: _Candidate, out_dir: Path, opts: InferenceOptions, plan: Plan) -> list[Unit]:
@@ -134,22 +163,27 @@ def plan_units(inputs: list[str], out_dir: str | Path, opts: InferenceOptions) -
     if not inputs:
         raise DataError("no input given")
     plan = Plan([])
-    by_target: dict[Path, Unit] = {}
+    by_target: dict[str, Unit] = {}  # resolved target -> its unit
     resolve = _Resolver()
+    within = _Within(out_dir, resolve)
+    sources: dict[Path, str] = {}  # a source as planned -> resolved (each once)
     for spec in inputs:
-        for c in _expand(str(spec), out_dir, resolve):
+        for c in _expand(str(spec), within):
             for unit in _plan_file(c, out_dir, opts, plan):
-                key = resolve(unit.target)
+                key = resolve.text(unit.target)
+                real = sources.get(unit.src)
+                if real is None:
+                    real = sources[unit.src] = resolve.text(unit.src)
                 first = by_target.get(key)
                 if first is not None:
-                    if resolve(first.src) == resolve(unit.src) and first.id == unit.id:
+                    if sources[first.src] == real and first.id == unit.id:
                         continue  # the same file named twice
                     raise DataError(f"{first.src} and {unit.src} would both write {unit.target}")
                 by_target[key] = unit
                 plan.units.append(unit)
-    sources = {resolve(u.src) for u in plan.units}
-    for unit in plan.units:
-        if resolve(unit.target) in sources:
+    real_sources = set(sources.values())
+    for key, unit in by_target.items():
+        if key in real_sources:
             raise DataError(f"{unit.src}: its output {unit.target} is an input (change --out or --suffix)")
     plan.units.sort(key=lambda u: u.id)
     for a, b in zip(plan.units, plan.units[1:]):

@@ -22,6 +22,10 @@ together by :meth:`Batch.commit`:
 2. then each is renamed onto its target, and every folder holding one is fsynced once;
 3. only then does the engine record the batch's units in the ledger (one append, one fsync).
 
+Checksums: within :func:`checksums`, an output written front to back in ``"wb"`` mode (FITS, .npy) is hashed
+(sha256) as its bytes are written, and the ledger records that digest instead of reading the file back; an
+output its format seeks in or reads (HDF5 parts, .npz) is hashed by the ledger from the file, as before.
+
 So a unit is in the ledger only when its outputs are durable and visible, a visible output is always complete
 (a rename of a synced file), and a kill at any moment leaves at most temporary files (removed by the next run)
 or outputs published but not recorded (redone, with the same bytes, by the next run). A unit whose write fails
@@ -31,6 +35,7 @@ takes only its own staged files with it (:meth:`Batch.unit`).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 import threading
@@ -58,6 +63,53 @@ def _mode() -> int:
         _UMASK = os.umask(0)
         os.umask(_UMASK)
     return 0o666 & ~_UMASK
+
+
+class _Hashing:
+    """A binary file written front to back, hashed as written: ``write`` and ``flush`` pass through, and
+    anything else (``seek``, ``tell``, ``read``, ``name``...) too, but then the hash is dropped (the ledger
+    reads the file)."""
+
+    def __init__(self, fh: IO[bytes]) -> None:
+        self._fh = fh
+        self._hash: Any = hashlib.sha256()
+
+    def write(self, data: Any) -> int:
+        n = self._fh.write(data)
+        if self._hash is not None:
+            view = memoryview(data)
+            if n == view.nbytes and view.c_contiguous:
+                self._hash.update(view)
+            else:  # a short write (the caller writes the rest), or bytes not in one piece: read back
+                self._hash = None
+        return n
+
+    def flush(self) -> None:
+        self._fh.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        self._hash = None
+        return getattr(self._fh, name)
+
+    def hexdigest(self) -> str | None:
+        """The sha256 of every byte written, or None when the file was used otherwise."""
+        return None if self._hash is None else self._hash.hexdigest()
+
+
+@contextlib.contextmanager
+def _hashed(fh: IO[Any], mode: str, target: Path) -> Iterator[IO[Any]]:
+    """``fh`` wrapped in :class:`_Hashing` when :func:`checksums` is active and ``mode`` is ``"wb"``; the
+    digest is noted for ``target`` once the block ends without an error."""
+    sums = getattr(_local, "sums", None)
+    if sums is None or mode != "wb":
+        yield fh
+        return
+    sums.pop(target, None)
+    wrapped = _Hashing(fh)
+    yield wrapped  # type: ignore[misc]
+    digest = wrapped.hexdigest()
+    if digest is not None:
+        sums[target] = digest
 
 
 @dataclass(frozen=True)
@@ -103,11 +155,15 @@ class Batch:
     # ----------------------------------------------------------------------------------------------- staging
     @contextlib.contextmanager
     def output(self, path: Path, mode: str) -> Iterator[IO[Any]]:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:  # the folder made only when it is missing (most outputs go to folders that exist by then)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        except FileNotFoundError:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
             with os.fdopen(fd, mode) as fh:
-                yield fh
+                with _hashed(fh, mode, path) as out:
+                    yield out
                 fh.flush()
                 os.fchmod(fh.fileno(), self._mode)  # mkstemp creates 0600: the usual permissions
         except BaseException:
@@ -212,11 +268,24 @@ def output(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
     """``with output(p, "wb") as fh: ...``: ``p`` published atomically, now or at the batch's commit."""
     batch = current()
     if batch is None:
-        with atomic_open(path, mode) as fh:
-            yield fh
+        with atomic_open(path, mode) as fh, _hashed(fh, mode, Path(path)) as out:
+            yield out
         return
     with batch.output(Path(path), mode) as fh:
         yield fh
+
+
+@contextlib.contextmanager
+def checksums() -> Iterator[dict[Path, str]]:
+    """Within this block, the sha256 of each output this thread writes front to back through :func:`output`
+    (``"wb"``), keyed by its path as given: what the ledger records without reading the file back."""
+    before = getattr(_local, "sums", None)
+    sums: dict[Path, str] = {}
+    _local.sums = sums
+    try:
+        yield sums
+    finally:
+        _local.sums = before
 
 
 def written_in_place(fd: int, path: str | os.PathLike[str]) -> None:

@@ -104,3 +104,25 @@ def test_the_planning_resolver_agrees_with_path_resolve(
              tmp_path / "link" / "f", tmp_path / "link" / "new", tmp_path / "link" / ".." / "x"]  # fmt: skip
     for path in paths + paths:  # twice: from the cache
         assert resolve(path) == path.resolve(), path
+
+
+def test_a_folder_is_walked_as_rglob_walks_it(tmp_path: Path) -> None:
+    """Links to files are inputs, links to folders are not walked, hidden entries are left out: the files
+    ``Path.rglob`` + ``is_file`` find."""
+    src = tmp_path / "in"
+    for rel in ("a/b.npy", "a-c.npy", "a/d/e.npy", ".h/x.npy", "a/.y.npy", "z.npy"):
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        np.save(src / rel, np.zeros((4, 4), np.float32))
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    np.save(outside / "o.npy", np.zeros((4, 4), np.float32))
+    (src / "link.npy").symlink_to(outside / "o.npy")
+    (src / "dirlink").symlink_to(outside)
+    expected = sorted(
+        p.relative_to(src).as_posix()
+        for p in sorted(src.rglob("*"))
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(src).parts)
+    )
+    plan = plan_units([str(src)], tmp_path / "out", OPTS)
+    assert [u.id for u in plan.units] == expected
+    assert expected == ["a-c.npy", "a/b.npy", "a/d/e.npy", "link.npy", "z.npy"]

@@ -14,7 +14,7 @@ import pytest
 
 from hpc_sr.apps.inference import publish
 from hpc_sr.apps.inference.formats import InferenceOptions
-from hpc_sr.apps.inference.ledger import LEDGER_DIR, parse_lines
+from hpc_sr.apps.inference.ledger import LEDGER_DIR, file_sha256, parse_lines
 from hpc_sr.apps.inference.runner import execute
 from hpc_sr.errors import HpcSrError
 from tests.apps.inference.test_runner import cutouts, generator
@@ -194,3 +194,55 @@ def test_staged_outputs_of_a_killed_run_are_removed_by_the_next(tmp_path: Path) 
     assert execute(g, None, [str(src)], out, InferenceOptions(), progress=False).status == 0
     assert not temps(out) and len(list(out.glob("*_sr.npy"))) == 3
     batch.close()
+
+
+def test_outputs_written_front_to_back_are_hashed_as_written(tmp_path: Path) -> None:
+    array = np.arange(12, dtype=np.float32).reshape(3, 4)
+    batch = publish.Batch()
+    for where, staging in (("file", None), ("batch", batch)):
+        a, b, c, d = (tmp_path / where / n for n in ("a.fits", "b.npy", "c.bin", "d.txt"))
+        with publish.staging(staging), publish.checksums() as sums:
+            with publish.output(a, "wb") as fh:
+                fh.write(b"header")
+                fh.write(memoryview(array))
+            with publish.output(b, "wb") as fh:
+                np.save(fh, array)
+            with publish.output(c, "wb") as fh:  # sought in: hashed by the ledger from the file instead
+                fh.write(b"xx")
+                fh.seek(0)
+                fh.write(b"y")
+            with publish.output(d, "w") as fh:  # text: not hashed here
+                fh.write("text")
+        if staging is not None:
+            staging.commit()
+        assert set(sums) == {a, b}
+        assert all(sums[p] == file_sha256(p) for p in (a, b))
+        assert c.read_bytes() == b"yx" and d.read_text() == "text"
+    batch.close()
+
+
+def test_the_ledger_records_the_sha256_of_every_output_as_it_is_on_disk(tmp_path: Path) -> None:
+    fits = pytest.importorskip("astropy.io.fits")
+    h5py = pytest.importorskip("h5py")
+    src = cutouts(tmp_path / "in", 3, 1)
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        fits.HDUList(
+            [fits.PrimaryHDU(), fits.ImageHDU(rng.random((12, 12), dtype=np.float32), name="SCI")]
+        ).writeto(src / f"f{i}.fits")
+    with h5py.File(src / "cat.h5", "w") as f:
+        f["images"] = rng.random((5, 12, 12), dtype=np.float32)
+    for durability in ("file", "batch"):
+        out = tmp_path / durability
+        opts = InferenceOptions(batch_size=4, durability=durability, catalog_rows=2)
+        result = execute(generator(), None, [str(src)], out, opts, progress=False, on_warning=lambda m: None)
+        assert result.status == 0
+        outputs = [o for r in records(out) for o in r["outputs"]]
+        assert len(outputs) == 3 + 3 + 3  # .npy files, FITS files, catalog parts (rows 0:2, 2:4, 4:5)
+        parts = [o for o in outputs if ".parts/" in o["path"]]
+        assert len(parts) == 3
+        for o in outputs:
+            path = out / o["path"]
+            if path.exists():  # the catalog's parts are gone after its finish: their sums were read back
+                assert o["sha256"] == file_sha256(path)
+        assert sum((out / o["path"]).exists() for o in outputs) == 6
