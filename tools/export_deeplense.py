@@ -23,6 +23,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from hpc_sr.atomic import atomic_open
 from hpc_sr.data.shards import SPLITS, load_manifest
 from hpc_sr.errors import HpcSrError
