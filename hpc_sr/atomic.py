@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import tempfile
 from collections.abc import Iterator
@@ -15,10 +16,13 @@ from pathlib import Path
 from typing import IO, Any
 
 
-def _umask() -> int:
+@functools.cache
+def default_file_mode() -> int:
+    """0o666 minus the process's umask: the permissions ``open`` would give a new file. Read once (reading
+    the umask sets it for a moment, which is not safe while other threads create files)."""
     mask = os.umask(0)
     os.umask(mask)
-    return mask
+    return 0o666 & ~mask
 
 
 # Errors of file systems that cannot fsync a directory (some FUSE and network mounts): nothing to make durable
@@ -41,21 +45,40 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
 
 
 @contextlib.contextmanager
+def temp_beside(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[tuple[IO[Any], Path]]:
+    """``with temp_beside(p) as (fh, tmp): ...``: a new temporary file ``.<name>.<random>.tmp`` in ``p``'s
+    folder (made when missing), flushed and given the usual permissions when the block ends, removed when it
+    raises. Publishing it (sync, rename onto ``p``) is the caller's."""
+    path = Path(path)
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except FileNotFoundError:  # the folder is missing (most writes go to folders that exist)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(name)
+    try:
+        with os.fdopen(fd, mode) as fh:
+            yield fh, tmp
+            fh.flush()
+            os.fchmod(fh.fileno(), default_file_mode())  # mkstemp creates 0600
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
 def atomic_open(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
     """``with atomic_open(p, "wb") as fh: ...`` writes ``p`` atomically (parents are created)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with temp_beside(path, mode) as (fh, tmp):
+        yield fh
+        fh.flush()
+        os.fsync(fh.fileno())
     try:
-        with os.fdopen(fd, mode) as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
         os.replace(tmp, path)
         fsync_dir(path.parent)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 

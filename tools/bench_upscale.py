@@ -312,8 +312,8 @@ def bench(a: argparse.Namespace) -> dict[str, Any]:
 
         b0 = batches[0]
         if a.procs_only:  # the process rows alone: a size where start-up is amortised, no in-process rows
-            return {**result_doc(a, device, model, batches, [], None, errors),
-                    "process_rows": process_rows(a, paths["files"], work, a.num)}  # fmt: skip
+            procs = process_rows(a, paths["files"], work, a.num)
+            return result_doc(a, device, model, batches, [], None, errors, procs)
         tasks: dict[str, Callable[[], int]] = {}
         resident_of: dict[str, str] = {}  # engine row -> the resident row it is compared with
         session = None
@@ -380,7 +380,7 @@ def bench(a: argparse.Namespace) -> dict[str, Any]:
     finally:
         if not a.tmp:
             shutil.rmtree(work, ignore_errors=True)
-    return {**result_doc(a, device, model, batches, rows, durability_ratio, errors), "process_rows": procs}
+    return result_doc(a, device, model, batches, rows, durability_ratio, errors, procs)
 
 
 def result_doc(
@@ -391,8 +391,9 @@ def result_doc(
     rows: list[dict[str, Any]],
     durability_ratio: dict[str, Any] | None,
     errors: dict[str, str],
+    procs: list[dict[str, Any]],
 ) -> dict[str, Any]:
-    """The JSON document of a run (its process rows added by the caller)."""
+    """The JSON document of a run."""
     return {
         "bench": "upscale",
         "machine": machine_info(device),
@@ -402,7 +403,7 @@ def result_doc(
         "timing": {"rounds": a.rounds, "window_s": a.window, "proc_rounds": a.proc_rounds},
         "rows": rows,
         "durability_ratio": durability_ratio,
-        "process_rows": [],
+        "process_rows": procs,
         "errors": errors,
     }
 

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hpc_sr.data.lensing import param_names_of
+from hpc_sr.data.lensing import mean_lr_pairs, param_names_of
 from hpc_sr.data.presets import resolve_preset
 from hpc_sr.eval.metrics import bicubic_upscale, per_image_metrics
 from hpc_sr.imaging import lr_projection
@@ -48,14 +48,15 @@ RRDB = {"channels": 32, "blocks": 1, "growth": 16}
 def lr_blur(preset: str, params: Tensor, scale: int) -> Tensor:
     """(N,) the extra blur of each pair's LR in LR pixels / 4: 0 for block-mean LR (no instrument columns, or
     lr_psf_fwhm 0)."""
-    names = param_names_of(preset)
-    if "lr_psf_fwhm" not in names:
+    mean = mean_lr_pairs(params)
+    if bool(mean.all()):
         return torch.zeros(len(params))
+    names = param_names_of(preset)
     lr_fwhm = params[:, names.index("lr_psf_fwhm")].double()
     hr_fwhm = params[:, names.index("psf_fwhm")].double()
     lr_pixel = resolve_preset(preset).pixel_scale * scale
     blur = (lr_fwhm.square() - hr_fwhm.square()).clamp_min(0).sqrt() / lr_pixel / 4.0
-    return torch.where(lr_fwhm > 0, blur, torch.zeros_like(blur)).float()
+    return blur.masked_fill(mean, 0.0).float()
 
 
 class Probe:

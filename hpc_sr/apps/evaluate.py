@@ -187,14 +187,14 @@ class ScienceMetrics:
         self, device: torch.device, model: dict[str, float], bicubic: dict[str, float]
     ) -> dict[str, Any]:
         from hpc_sr.eval.loop import reduce_accumulator
+        from hpc_sr.eval.physics import omit_metric
 
         for acc in (self.model, self.bicubic):
             reduce_accumulator(acc, device)
         physics = {"model": self.model.compute(), "bicubic": self.bicubic.compute()}
         out: dict[str, Any] = {"physics": physics}
         if self.lr_residual_note is not None:
-            out["physics"] = {k: {m: v for m, v in d.items() if m != "lr_residual"}
-                              for k, d in physics.items()}  # fmt: skip
+            out["physics"] = omit_metric(physics, "lr_residual")
             out["physics_notes"] = {"lr_residual": self.lr_residual_note}
         if self.ceiling is not None:
             reduce_accumulator(self.ceiling, device)

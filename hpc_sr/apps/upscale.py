@@ -45,6 +45,7 @@ from hpc_sr.apps.inference.formats import InferenceOptions
 from hpc_sr.apps.inference.formats import output_name as output_name  # re-exported (moved)
 from hpc_sr.apps.inference.onnx_engine import ENGINES
 from hpc_sr.apps.inference.pixels import normalization_note as normalization_note  # re-exported (moved)
+from hpc_sr.apps.inference.publish import DURABILITY
 from hpc_sr.apps.inference.runner import execute, run_inference
 from hpc_sr.errors import DataError
 
@@ -201,8 +202,8 @@ def add_upscale_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--durability",
-        choices=("batch", "file"),
-        default="batch",
+        choices=DURABILITY,
+        default=DURABILITY[0],
         help="how outputs become durable before the ledger records them: batch (a batch of units' files "
         "synced together by a committer thread, then renamed, each folder synced once: ~5x faster for many "
         "small files) or file (each file synced and renamed on its own); both exactly once" + d,

@@ -32,7 +32,13 @@ from hpc_sr.eval.morphology import (
 from hpc_sr.eval.spectra import BAND_NAMES, DEFAULT_BANDS, band_power_ratios, check_bands
 from hpc_sr.imaging import instrument_view
 
-__all__ = ["PhysicsAccumulator", "per_image_physics"]
+__all__ = ["PhysicsAccumulator", "omit_metric", "per_image_physics"]
+
+
+def omit_metric(results: dict[str, dict[str, float]], metric: str) -> dict[str, dict[str, float]]:
+    """``results`` (``{"model": {...}, "bicubic": {...}}`` of ``compute()``) without ``metric``: a figure
+    that does not apply to the data (the block-mean ``lr_residual`` where LR is not the mean of HR)."""
+    return {k: {m: v for m, v in d.items() if m != metric} for k, d in results.items()}
 
 
 def _flux_err(x: Tensor, ref: Tensor) -> Tensor:

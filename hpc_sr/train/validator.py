@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from hpc_sr.eval.loop import evaluate_batches, reduce_accumulator
 from hpc_sr.eval.metrics import bicubic_upscale
-from hpc_sr.eval.physics import PhysicsAccumulator
+from hpc_sr.eval.physics import PhysicsAccumulator, omit_metric
 from hpc_sr.train.logger import RunLogger
 from hpc_sr.train.progress import due
 
@@ -74,7 +74,7 @@ class Validator:
             model.train(was_training)
         phys = {k: acc.compute() for k, acc in physics.items()}
         if not self.lr_is_mean:
-            phys = {k: {m: v for m, v in d.items() if m != "lr_residual"} for k, d in phys.items()}
+            phys = omit_metric(phys, "lr_residual")
         m, bic = res.model, res.bicubic
         self.log.record("val", step, {"model": m, "bicubic": bic, "physics": phys})
         self.log.scalars("val_physics", step, phys["model"])

@@ -177,7 +177,7 @@ class Cards:
 
     def __init__(self, images: list[str]) -> None:
         self.images = images
-        self._first: dict[str, int] | None = None  # key -> index of its first card (rebuilt after an edit)
+        self._first: dict[str, int] | None = None  # key -> its first card (kept on inserts, else rebuilt)
         self._values: dict[str, Any] = {}  # values read (forgotten at an edit)
 
     @classmethod

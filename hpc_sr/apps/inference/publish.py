@@ -11,9 +11,9 @@ per output file (1-8 ms on this VM's disk), which bounds small outputs (FITS cut
 and encoding allow.
 
 Inside a batch (the engine's writer thread, ``durability="batch"``: :class:`Batch` and :func:`staging`) the
-outputs of several units are written to their temporary names (``.<name>.<random>.tmp``, as
-:func:`~hpc_sr.atomic.atomic_open` names them, so the runner removes those of a killed run) and made durable
-together by :meth:`Batch.commit`:
+outputs of several units are written to their temporary names (``.<name>.<random>.tmp``: the same
+:func:`~hpc_sr.atomic.temp_beside` that ``atomic_open`` writes through, so the runner removes those of a
+killed run) and made durable together by :meth:`Batch.commit`:
 
 1. every staged file (closed once written: no descriptors held), and every file written in place, is
    fdatasynced, side by side in a few threads (the file system folds concurrent syncs into a few journal
@@ -37,7 +37,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import tempfile
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -45,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from hpc_sr.atomic import atomic_open, fsync_dir
+from hpc_sr.atomic import atomic_open, fsync_dir, temp_beside
 
 DURABILITY = ("batch", "file")  # the first is the default
 SYNC_THREADS = 8  # fsyncs in flight at once (measured here: 8 to 64 threads alike, ~4x one at a time)
@@ -53,16 +52,6 @@ BATCH_UNITS = 64  # units staged before a commit at the latest (the queue runnin
 BATCH_FILES = 256  # staged files (open descriptors) before a commit at the latest
 
 _local = threading.local()
-_UMASK: int | None = None
-
-
-def _mode() -> int:
-    """0o666 minus the umask (read once: reading it sets it, which is not thread-safe)."""
-    global _UMASK
-    if _UMASK is None:
-        _UMASK = os.umask(0)
-        os.umask(_UMASK)
-    return 0o666 & ~_UMASK
 
 
 class _Hashing:
@@ -142,7 +131,6 @@ class Batch:
         self._in_place: dict[Path, None] = {}  # files written in place (ordered, each once)
         self._threads = threads
         self._pool: ThreadPoolExecutor | None = None
-        self._mode = _mode()
 
     @property
     def pending(self) -> int:
@@ -155,21 +143,9 @@ class Batch:
     # ----------------------------------------------------------------------------------------------- staging
     @contextlib.contextmanager
     def output(self, path: Path, mode: str) -> Iterator[IO[Any]]:
-        try:  # the folder made only when it is missing (most outputs go to folders that exist by then)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        except FileNotFoundError:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, mode) as fh:
-                with _hashed(fh, mode, path) as out:
-                    yield out
-                fh.flush()
-                os.fchmod(fh.fileno(), self._mode)  # mkstemp creates 0600: the usual permissions
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        self._staged.append(_Staged(Path(tmp), path))
+        with temp_beside(path, mode) as (fh, tmp), _hashed(fh, mode, path) as out:
+            yield out
+        self._staged.append(_Staged(tmp, path))
 
     def written_in_place(self, path: Path) -> None:
         self._in_place[Path(path)] = None
