@@ -54,16 +54,20 @@ def upscale(
     device: str | None = None,
     ensemble: bool = False,
     clamp: bool = False,
+    lr_blur: Any = None,
 ) -> Any:
     """Upscale ``lr`` (values as the model was trained on, [0, 1] for the shipped models) by ``model.scale``.
 
     Accepts (H,W), (N,H,W) or (N,C,H,W), numpy or torch; returns the same kind and layout. ``tile`` > 0 runs
-    overlapping tiles (seamlessly blended) for images too large for memory.
+    overlapping tiles (seamlessly blended) for images too large for memory. A generator told its LR's blur
+    (``model.lr_blur_input``) needs ``lr_blur``: one value or one per image, the FWHM in LR pixels of the
+    Gaussian that takes HR's PSF to LR's (0 where LR is the 2x2 mean of an HR-like image).
     """
     import numpy as np
     import torch
 
     from hpc_sr.apps.tiling import upscale_array
+    from hpc_sr.imaging import with_lr_blur
 
     is_numpy = isinstance(lr, np.ndarray)
     t = torch.from_numpy(np.ascontiguousarray(lr, dtype=np.float32)) if is_numpy else lr
@@ -74,9 +78,21 @@ def upscale(
         t = t[:, None]
     elif ndim != 4:
         raise ValueError(f"upscale: expected (H,W), (N,H,W) or (N,C,H,W), got shape {tuple(t.shape)}")
+    t = t.float()
+    if getattr(model, "lr_blur_input", False):
+        if lr_blur is None:
+            raise ValueError(
+                "upscale: this generator is told its LR's blur (lr_blur_input): pass lr_blur=, the FWHM in "
+                "LR pixels of the Gaussian that takes HR's PSF to LR's (0 where LR is the 2x2 mean), one "
+                "value or one per image"
+            )
+        t = with_lr_blur(t, torch.as_tensor(np.asarray(lr_blur, dtype=np.float32)))
+    elif lr_blur is not None:
+        raise ValueError("upscale: lr_blur= is for a generator told its LR's blur; this one is not "
+                         "(lr_blur_input false)")
     out = upscale_array(
         model,
-        t.float(),
+        t,
         int(model.scale),
         tile=tile,
         overlap=overlap,

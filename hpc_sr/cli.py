@@ -138,6 +138,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--data", required=True, help="shard directory")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--lr-blur", default=None, metavar="data|FWHM",
+                   help="a generator told its LR's blur (model.g.lr_blur_input): each pair's blur from the "
+                        "set (data, the default for such a generator) or this FWHM in LR pixels for all")
     p.add_argument("--json", dest="json_out", default=None, help="write the result as JSON here")
     p.add_argument("--save-images", type=int, default=0, help="PNG comparison grids of the first N images")
     p.add_argument("--images-dir", default=None, help="where the PNGs go (default: beside --json)")
@@ -185,6 +188,7 @@ def _run_evaluate(a: argparse.Namespace) -> int:
         recalibrate_on=a.recalibrate_on,
         spread_scales=a.spread_scales,
         store_calibration=a.store_calibration,
+        lr_blur=a.lr_blur,
     )
     return 0
 

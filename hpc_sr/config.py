@@ -66,6 +66,9 @@ class DataConfig:
     folds: int = 0  # 0 or 1 = no cross-validation (the manifest's own train/val split)
     fold: int = 0  # the held-out fold, 0 .. folds-1 (`hpc-sr cv` runs them all)
     train_pairs: int = 0  # 0 = all; N = the first N training pairs in their seeded order (100 inside 300)
+    # each pair's LR blur (FWHM in LR pixels of the kernel from HR's PSF to LR's) for model.g.lr_blur_input:
+    # "" = none; "data" = the set's own per-pair values (hpc_sr.data.lr_blur); a number = that for every pair
+    lr_blur: str = ""
 
 
 @dataclass
@@ -78,6 +81,8 @@ class GeneratorConfig:
     lr_consistent: bool = False  # project the output so its s x s block means equal LR exactly
     noise_channels: int = 0  # > 0: a stochastic generator, N(0, 1) noise channels beside LR (samples)
     noise_centred: bool = False  # sample = G(lr,0) + (G(lr,z) - G(lr,-z))/2: centred on G(lr,0) (3 passes)
+    # told its LR's blur: one more input channel, each pair's data.lr_blur (one model, sharp and blurred LR)
+    lr_blur_input: bool = False
 
 
 @dataclass

@@ -68,6 +68,26 @@ def lr_projection(x: Tensor, lr: Tensor, scale: int) -> Tensor:
     return x + block_residual(x, lr, scale)
 
 
+# ------------------------------------------------------------------------------------------- LR-blur input
+def with_lr_blur(lr: Tensor, lr_blur: Tensor | float) -> Tensor:
+    """LR with its blur as one more channel: (N, C, h, w) and (N,) (or one value for all) -> (N, C + 1, h, w),
+    the last channel constant per image, each image's ``lr_blur`` (the FWHM in LR pixels of the Gaussian that
+    takes HR's PSF to LR's; 0 for a block mean). The input of a generator with ``lr_blur_input``."""
+    blur = torch.as_tensor(lr_blur, dtype=lr.dtype, device=lr.device).reshape(-1)
+    if blur.numel() == 1:
+        blur = blur.expand(lr.shape[0])
+    if blur.numel() != lr.shape[0]:
+        raise ValueError(f"lr_blur: {blur.numel()} values for {lr.shape[0]} LR images")
+    if not bool(torch.isfinite(blur).all()) or bool((blur < 0).any()):
+        raise ValueError(f"lr_blur: expected finite FWHMs >= 0 (LR pixels), got {blur.tolist()[:8]}")
+    return torch.cat([lr, blur.view(-1, 1, 1, 1).expand(-1, 1, *lr.shape[-2:])], dim=1)
+
+
+def lr_image(lr: Tensor, channels: int) -> Tensor:
+    """The image channels of an LR batch that may carry conditioning channels after them (with_lr_blur)."""
+    return lr if lr.shape[1] == channels else lr[:, :channels]
+
+
 # ----------------------------------------------------------------------------------------------- 2-D PSFs
 FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))  # FWHM / sigma of a Gaussian
 MOFFAT_RADIUS_FWHM = 3.0  # Moffat kernels end at 3 FWHM (>= 98.5 % of the flux for beta >= 2.5); renormalised

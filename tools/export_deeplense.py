@@ -10,7 +10,11 @@ with ``hpc-sr pack --from deeplense``:
 Only the chosen splits are written (default train and val), so no set's test pairs reach the mixture's
 training split, and each set's own test split stays the one to evaluate on. A pair is named
 ``SET_SPLIT_INDEX`` (the set's folder name, its split, its global index in the set): HR and LR of a pair share
-the name. Every file is written atomically; an output folder that already holds pairs is refused.
+the name. Beside them ``lr_blur.csv`` (``name,lr_blur``): each pair's LR blur (hpc_sr.data.lr_blur: from
+each set's per-pair instrument parameters or lr_blur rows, 0 where LR is the block mean), which ``hpc-sr
+pack`` keeps for a generator told its LR's blur (``model.g.lr_blur_input``); it is left out, with a note,
+when a set records none. Every file is written atomically; an output folder that already holds pairs is
+refused.
 """
 
 from __future__ import annotations
@@ -26,9 +30,10 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hpc_sr.atomic import atomic_open
+from hpc_sr.atomic import atomic_open, atomic_write_text
+from hpc_sr.data.lr_blur import LR_BLUR_KEY, pair_lr_blur
 from hpc_sr.data.shards import SPLITS, load_manifest
-from hpc_sr.errors import HpcSrError
+from hpc_sr.errors import DataError, HpcSrError
 
 
 def export_pairs(
@@ -47,11 +52,17 @@ def export_pairs(
         raise HpcSrError(f"two sets share a folder name ({', '.join(names)}): pair names would collide")
     for d in ("HR", "LR"):
         (out / d).mkdir(parents=True, exist_ok=True)
-    written = 0
+    written, blur_rows = 0, []
+    blur_note = None
     for root, name in zip(sets, names):
         m = load_manifest(root)
         for split in splits:
             idx = m.split_indices(split)
+            try:
+                blur = pair_lr_blur(root, idx, "data")
+                blur_rows += [f"{name}_{split}_{int(g):07d},{b:.6g}" for g, b in zip(idx, blur)]
+            except DataError as exc:
+                blur_note = str(exc)
             shard, local = m.locate(idx)
             for s in np.unique(shard):
                 mine = shard == s
@@ -63,6 +74,10 @@ def export_pairs(
                             with atomic_open(out / key / f"{stem}.npy") as fh:
                                 np.save(fh, np.asarray(ds[int(j), 0], dtype=np.float32))
                         written += 1
+    if blur_note is None:
+        atomic_write_text(out / f"{LR_BLUR_KEY}.csv", "\n".join([f"name,{LR_BLUR_KEY}", *blur_rows]) + "\n")
+    else:
+        print(f"note: no {LR_BLUR_KEY}.csv written: {blur_note}", file=sys.stderr)
     return written
 
 

@@ -9,9 +9,11 @@ same first layer, no new arch).
 ``--project-means`` applies the exact LR-consistency projection to the pairs whose LR is the mean.
 ``--no-instrument`` trains the same loop without the map (the control).
 
-A probe, not a feature: ``hpc-sr train`` has no instrument input yet; this measures what one would give. The
-report: each set's gain over bicubic in mean per-image PSNR and, with ``--robustness`` (the robustness.json of
-``hpc-sr study robustness`` over the same sets), its share of the in-domain model's gain.
+The probe came first; the toolkit now has the input (``model.g.lr_blur_input=true data.lr_blur=data``, with
+its own channel, the values from ``hpc_sr.data.lr_blur``; docs/RESULTS.md). This short loop stays as a quick,
+self-contained check of the idea on any simulated sets. The report: each set's gain over bicubic in mean
+per-image PSNR and, with ``--robustness`` (the robustness.json of ``hpc-sr study robustness`` over the same
+sets), its share of the in-domain model's gain.
 
     OMP_NUM_THREADS=1 python tools/probe_instrument_input.py WORK/data/deeplense_sr WORK/data/wide \\
         WORK/data/ground_space WORK/data/randomized --robustness WORK/robustness.json [--no-instrument]
@@ -34,10 +36,11 @@ from torch import Tensor, nn
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hpc_sr.data.lensing import mean_lr_pairs, param_names_of
+from hpc_sr.data.lensing import lr_blur_pairs
 from hpc_sr.data.presets import resolve_preset
 from hpc_sr.eval.metrics import bicubic_upscale, per_image_metrics
 from hpc_sr.imaging import lr_projection
+from hpc_sr.models.layers import BLUR_INPUT_SCALE
 from hpc_sr.models.losses.pixel import pixel_loss
 from hpc_sr.models.registry import GeneratorCommon, build_generator
 from hpc_sr.studies.ceiling import read_split, split_preset
@@ -46,17 +49,9 @@ RRDB = {"channels": 32, "blocks": 1, "growth": 16}
 
 
 def lr_blur(preset: str, params: Tensor, scale: int) -> Tensor:
-    """(N,) the extra blur of each pair's LR in LR pixels / 4: 0 for block-mean LR (no instrument columns, or
-    lr_psf_fwhm 0)."""
-    mean = mean_lr_pairs(params)
-    if bool(mean.all()):
-        return torch.zeros(len(params))
-    names = param_names_of(preset)
-    lr_fwhm = params[:, names.index("lr_psf_fwhm")].double()
-    hr_fwhm = params[:, names.index("psf_fwhm")].double()
-    lr_pixel = resolve_preset(preset).pixel_scale * scale
-    blur = (lr_fwhm.square() - hr_fwhm.square()).clamp_min(0).sqrt() / lr_pixel / 4.0
-    return blur.masked_fill(mean, 0.0).float()
+    """(N,) each pair's LR blur (hpc_sr.data.lensing.lr_blur_pairs) as the network sees it (times
+    BLUR_INPUT_SCALE): 0 for block-mean LR."""
+    return lr_blur_pairs(params, resolve_preset(preset).pixel_scale, scale) * BLUR_INPUT_SCALE
 
 
 class Probe:

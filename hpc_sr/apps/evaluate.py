@@ -223,8 +223,13 @@ def evaluate(
     recalibrate_on: str | None = None,
     spread_scales: str | Path | None = None,
     store_calibration: bool = False,
+    lr_blur: str | float | None = None,
 ) -> dict[str, Any]:
     """Evaluate a generator and bicubic on one split of a shard directory; returns the JSON-able result.
+
+    A generator told its LR's blur (``model.g.lr_blur_input``) gets each pair's blur from ``lr_blur``: "data"
+    (the default for such a generator: the set's own per-pair values, hpc_sr.data.lr_blur) or one FWHM in LR
+    pixels for every pair; an EvaluateError for ``lr_blur`` with a generator that does not take it.
 
     ``samples`` > 1 (a stochastic generator only): also the mean of that many samples per image and the
     calibration of their central 68 % interval; ``seed`` fixes their noise (rank r draws from seed + r);
@@ -247,13 +252,14 @@ def evaluate(
             sources = [str(calibration_target(sources[0]))]  # the step dir stored to is the one evaluated
         model, payload = _load_model(sources, ema)
         model.to(device)
+        blur = _lr_blur_for(model, lr_blur)
         sampler = (
             _Sampler(model, samples, seed + env.rank, device, ensemble, antithetic) if samples != 1 else None
         )
         scale = int(payload["scale"])
         _check_recalibration(sampler is not None, split, recalibrate_on, spread_scales)
         if sampler is not None and recalibrate_on:
-            sampler.fit_scales(data, recalibrate_on, limit, batch_size, env, quiet, scale)
+            sampler.fit_scales(data, recalibrate_on, limit, batch_size, env, quiet, scale, blur)
         elif sampler is not None and spread_scales:
             from hpc_sr.eval.recalibration import SpreadScales
 
@@ -261,7 +267,7 @@ def evaluate(
                 sampler.use_scales(SpreadScales.load(spread_scales), f"file {spread_scales}")
             except ValueError as exc:
                 raise EvaluateError(str(exc)) from None
-        loader, n, mine = _split_loader(data, split, scale, limit, batch_size, env)
+        loader, n, mine = _split_loader(data, split, scale, limit, batch_size, env, lr_blur=blur)
         if images_dir is None:
             images_dir = Path(json_out).parent / "images" if json_out else Path("eval_images")
         images_dir = Path(images_dir)
@@ -310,6 +316,7 @@ def evaluate(
             "ema": ema,
             "self_ensemble": ensemble,
             "step": payload.get("step"),
+            **({} if blur is None else {"lr_blur": blur}),
             **science.compute(device, res.model, res.bicubic),
         }
         if sampler is not None:
@@ -333,15 +340,34 @@ def evaluate(
             dist_env.shutdown_distributed(wait_for_peers=finished)
 
 
+def _lr_blur_for(model: torch.nn.Module, lr_blur: str | float | None) -> str | float | None:
+    """The ``data.lr_blur`` setting the evaluated generator needs: None for one without the LR-blur input
+    (an EvaluateError if ``lr_blur`` was given), "data" unless ``lr_blur`` says otherwise."""
+    from hpc_sr.config import ConfigError
+    from hpc_sr.data.lr_blur import lr_blur_setting
+
+    try:
+        setting = lr_blur_setting(lr_blur)
+    except ConfigError as exc:
+        raise EvaluateError(str(exc).replace("data.lr_blur", "--lr-blur")) from None
+    if not getattr(model, "lr_blur_input", False):
+        if setting is not None:
+            raise EvaluateError(f"--lr-blur {lr_blur}: this generator does not take the LR-blur input "
+                                "(model.g.lr_blur_input was false when it was trained)")
+        return None
+    return "data" if setting is None else setting
+
+
 def _split_loader(
     data: str | Path, split: str, scale: int, limit: int, batch_size: int, env: dist_env.DistEnv,
-    role: str = "",
+    role: str = "", lr_blur: str | float | None = None,
 ) -> tuple[DataLoader, int, list[int]]:
     """This rank's share (indices rank::world) of the first ``limit`` images (0: all) of a split, batched;
-    with the number of images over all ranks and this rank's indices. An empty split is a DataError."""
+    with the number of images over all ranks and this rank's indices. An empty split is a DataError.
+    ``lr_blur``: LR carries each pair's LR blur as one more channel (hpc_sr.data.lr_blur)."""
     from hpc_sr.data.dataset import ShardDataset
 
-    dataset = ShardDataset(data, split=split, scale=scale)
+    dataset = ShardDataset(data, split=split, scale=scale, lr_blur=lr_blur)
     n = len(dataset) if not limit else min(limit, len(dataset))
     if n == 0:
         raise DataError(f"{data}: split {split!r}{role} is empty")
@@ -447,12 +473,14 @@ class _Sampler:
         return draw_samples(self.model, lr, self.samples, gen, clamp=False, antithetic=self.antithetic)
 
     def fit_scales(self, data: str | Path, split: str, limit: int, batch_size: int,
-                   env: dist_env.DistEnv, quiet: bool, scale: int) -> None:
+                   env: dist_env.DistEnv, quiet: bool, scale: int,
+                   lr_blur: str | float | None = None) -> None:
         """Fit per-bin spread scales on ``split`` (its own noise stream, so test draws are unchanged)."""
         from hpc_sr.eval.loop import reduce_accumulator
         from hpc_sr.eval.recalibration import SpreadScaleFitter
 
-        loader, n, _ = _split_loader(data, split, scale, limit, batch_size, env, " (--recalibrate-on)")
+        loader, n, _ = _split_loader(data, split, scale, limit, batch_size, env, " (--recalibrate-on)",
+                                     lr_blur=lr_blur)
         gen = torch.Generator(self.device).manual_seed(int(self.gen.initial_seed()) + 7919)
         fitter = SpreadScaleFitter(block=1)  # per pixel: calibrates the table's per-pixel bins
         with torch.no_grad():

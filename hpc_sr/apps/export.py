@@ -12,6 +12,8 @@ Every export is checked against PyTorch on an odd-sized input other than the exa
 the file is (atomically) written; a shape-dependent Python branch that the exporter froze is an
 :class:`ExportError` naming the arch. Inputs are float32 ``(N, C, h, w)`` with
 any N, h, w; outputs ``(N, C, scale*h, scale*w)``; the ONNX graph's input is named ``lr``, its output ``sr``.
+A generator told its LR's blur (metadata ``lr_blur_input``) takes ``(N, C + 1, h, w)``: LR, then a channel
+holding each image's LR blur (``hpc_sr.imaging.with_lr_blur``: the FWHM in LR pixels, constant per image).
 A stochastic generator (``noise_channels > 0``) is refused (:class:`ExportError`): its noise input is not part
 of the exported interface; use its plain generator file (``state_dict``) with ``hpc_sr.load_generator``.
 
@@ -51,6 +53,7 @@ from torch import Tensor, nn
 
 from hpc_sr.atomic import atomic_open
 from hpc_sr.errors import HpcSrError
+from hpc_sr.imaging import with_lr_blur
 from hpc_sr.version import __version__
 
 log = logging.getLogger(__name__)
@@ -115,6 +118,8 @@ def export_metadata(model: nn.Module, meta: dict[str, Any] | None = None) -> dic
         "lr_consistent": _model_attr(model, meta, "lr_consistent", bool, default=False),
         "hpc_sr_version": __version__,
     }
+    if _model_attr(model, meta, "lr_blur_input", bool, default=False):
+        info["lr_blur_input"] = True  # the input is (N, in_channels + 1, h, w): LR, then its LR blur (FWHM)
     for key, value in meta.items():
         info.setdefault(key, value)
     for key, value in info.items():
@@ -143,14 +148,18 @@ def _prepare(model: nn.Module, fmt: str) -> nn.Module:
     return copy.deepcopy(model).float().cpu().eval().requires_grad_(False)
 
 
-def _inputs(in_channels: int, example_hw: tuple[int, int]) -> tuple[Tensor, Tensor]:
-    """The export example and a differently sized, odd check input (other batch size too)."""
+def _inputs(in_channels: int, example_hw: tuple[int, int], lr_blur: bool = False) -> tuple[Tensor, Tensor]:
+    """The export example and a differently sized, odd check input (other batch size too); with ``lr_blur``
+    each gets its LR-blur channel, 0 for the first image (a block mean) and > 0 for the others."""
     h, w = (int(v) for v in example_hw)
     if h < 1 or w < 1:
         raise ExportError(f"example_hw={tuple(example_hw)!r} must be two positive sizes")
     gen = torch.Generator().manual_seed(0)
     example = torch.rand(_EXAMPLE_BATCH, in_channels, h, w, generator=gen)
     check = torch.rand(_CHECK_BATCH, in_channels, (h + 6) | 1, (w + 4) | 1, generator=gen)
+    if lr_blur:
+        example, check = (with_lr_blur(x, torch.arange(len(x), dtype=x.dtype) * 1.5)
+                          for x in (example, check))  # fmt: skip
     return example, check
 
 
@@ -213,7 +222,7 @@ def export_torchscript(
     m = _prepare(model, "TorchScript")
     info = export_metadata(m, meta)
     arch = info["arch"]
-    example, check = _inputs(info["in_channels"], example_hw)
+    example, check = _inputs(info["in_channels"], example_hw, bool(info.get("lr_blur_input")))
     with torch.no_grad():
         ref = m(check)
     errors = []
@@ -333,7 +342,7 @@ def export_onnx(
     m = _prepare(model, "ONNX")
     info = export_metadata(m, meta)
     arch = info["arch"]
-    example, check = _inputs(info["in_channels"], example_hw)
+    example, check = _inputs(info["in_channels"], example_hw, bool(info.get("lr_blur_input")))
     errors, proto = [], None
     for name in exporters:
         try:

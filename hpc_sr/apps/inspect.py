@@ -81,6 +81,7 @@ def inspect_dataset(root: str | Path, sample: int = 64, png: str | Path | None =
     recorded = m.provenance.get("lr_relation")
     report["lr_relation"] = {"measured": measured.to_json(), "recorded": recorded,
                              "statement": measured.describe()}
+    report["lr_blur"] = lr_blur_summary(root, m.split_indices(split))
     if png is not None:
         report["png"] = str(save_grid(lr, hr, png))
     if not quiet:
@@ -109,10 +110,33 @@ def format_report(r: dict[str, Any]) -> str:
         lines.append(f"LR vs HR: {rel['statement']}")
         if rel["measured"]["is_mean"] is False:
             lines.append("  so the LR-consistency layer (model.g.lr_consistent) and loss (lr_consistency) "
-                         "are refused for training on it; LR-residual/flux metrics go through an LR model")
+                         "are refused for training on it (unless the generator is told each pair's LR blur); "
+                         "LR-residual/flux metrics go through an LR model")
+    if r.get("lr_blur"):
+        lines.append(f"LR blur: {r['lr_blur']['statement']}")
     if "png" in r:
         lines.append(f"grid: {r['png']}")
     return "\n".join(lines)
+
+
+def lr_blur_summary(root: Path, indices: np.ndarray) -> dict[str, Any]:
+    """What ``data.lr_blur=data`` would give the pairs at ``indices``: the share of block means (0) and the
+    range elsewhere, or why there is nothing (a generator told its LR's blur then needs one given value)."""
+    from hpc_sr.data.lr_blur import pair_lr_blur
+    from hpc_sr.errors import DataError
+
+    try:
+        blur = pair_lr_blur(root, indices, "data")
+    except DataError:
+        return {"recorded": False, "statement": "not recorded (no lr_blur rows, no simulated instrument): "
+                "a generator told its LR's blur needs data.lr_blur=<FWHM in LR pixels>"}
+    zero = blur == 0
+    rest = blur[~zero]
+    spread = f"; elsewhere {rest.min():.3g}-{rest.max():.3g} LR px (FWHM)" if len(rest) else ""
+    return {"recorded": True, "zero_fraction": float(zero.mean()),
+            "min": float(blur.min()), "max": float(blur.max()),
+            "statement": f"each pair's (data.lr_blur=data): 0, a block mean, for {zero.mean():.0%} of the "
+                         f"pairs{spread}"}  # fmt: skip
 
 
 def save_grid(lr: np.ndarray, hr: np.ndarray, path: str | Path, rows: int = 4) -> Path:

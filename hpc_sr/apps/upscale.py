@@ -72,6 +72,7 @@ def upscale_paths(
     on_error: str = "stop",
     engine: str = "torch",
     onnx_model: str = "",
+    lr_blur: float | None = None,
 ) -> list[Path]:
     """Upscale every file of ``inputs`` (files, folders, globs) into ``out_dir``; returns the output path of
     every unit done (in this call or an earlier one into ``out_dir``), sorted by unit.
@@ -80,7 +81,8 @@ def upscale_paths(
     ``progress`` shows the bar and summary on stderr; ``model_values`` is the generator's ``data_values``
     record (the payload of :func:`hpc_sr.models.artifacts.load_generator`), which ``normalize="auto"``
     follows; ``on_error="skip"`` records a bad file as failed and goes on; ``engine`` torch | onnx | auto
-    and ``onnx_model`` (a given .onnx): :mod:`hpc_sr.apps.inference.onnx_engine`. See the module docstring.
+    and ``onnx_model`` (a given .onnx): :mod:`hpc_sr.apps.inference.onnx_engine`; ``lr_blur``: every
+    input's LR blur for a generator told it (FWHM in LR pixels). See the module docstring.
     """
     if isinstance(inputs, str | Path):
         inputs = [str(inputs)]
@@ -98,6 +100,7 @@ def upscale_paths(
         on_error=on_error,
         engine=engine,
         onnx_model=str(onnx_model or ""),
+        lr_blur=lr_blur,
     )
     payload = {"data_values": model_values} if model_values is not None else None
     result = execute(
@@ -159,6 +162,10 @@ def add_upscale_arguments(parser: argparse.ArgumentParser) -> None:
         "--device", default="auto", help="torch device; auto: cuda if there is one, else cpu" + d
     )
     parser.add_argument("--batch-size", type=int, default=16, help="images (or tiles) per forward pass" + d)
+    parser.add_argument("--lr-blur", type=float, default=None, metavar="FWHM",
+                        help="for a generator told its LR's blur (model.g.lr_blur_input, e.g. one trained on "
+                             "the randomized preset): the FWHM in LR pixels of the Gaussian that takes the "
+                             "training HR's PSF to your images' PSF (0: LR is a 2x2 mean)")
     parser.add_argument("--tile", type=int, default=0, help="LR tile size; 0 = whole images" + d)
     parser.add_argument("--overlap", type=int, default=8, help="LR overlap of neighbouring tiles" + d)
     parser.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA" + d)
@@ -259,6 +266,7 @@ def options_from_args(args: argparse.Namespace, scale: int) -> InferenceOptions:
         onnx_model=args.onnx_model,
         onnx_cache=args.onnx_cache,
         durability=args.durability,
+        lr_blur=args.lr_blur,
     )
 
 

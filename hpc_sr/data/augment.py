@@ -236,8 +236,8 @@ class ResidentPairs:
         _, ch, s, _ = self.lr.shape
         p = patch or s
         lr_rows = _row_offsets(self._lr4, *_row_starts(c, rev, index, d.y, d.x, s, p, ch, self.n), p)
-        k = self.scale
-        hr_first = _row_starts(c, rev, index, d.y * k, d.x * k, s * k, p * k, ch, self.n)
+        k, ch_hr = self.scale, self.hr.shape[1]  # LR may carry more channels than HR (its LR blur)
+        hr_first = _row_starts(c, rev, index, d.y * k, d.x * k, s * k, p * k, ch_hr, self.n)
         return Plan(index, d, patch, lr_rows, _row_offsets(self._hr4, *hr_first, p * k))
 
     def gather(

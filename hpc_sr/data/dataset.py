@@ -1,6 +1,7 @@
 """Torch datasets over HDF5 shards: per item, in blocks, or the whole split in memory.
 
-All shard datasets return ``(lr, hr)`` float32 tensors (1, h, w) / (1, H, W) and share these rules:
+All shard datasets return ``(lr, hr)`` float32 tensors (1, h, w) / (1, H, W) (LR with one more channel, the
+pair's LR blur, when ``lr_blur`` is given: :mod:`hpc_sr.data.lr_blur`) and share these rules:
 
 - h5py files are opened lazily in the process that reads (each DataLoader worker opens its own on its first
   read) and the dataset handles are kept; handles are never pickled nor reused across a fork.
@@ -28,6 +29,7 @@ import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from hpc_sr.data.augment import check_patch, crop_and_augment, draw_numpy
+from hpc_sr.data.lr_blur import attach_lr_blur, pair_lr_blur
 from hpc_sr.data.shards import Manifest, check_shard_file, load_manifest
 from hpc_sr.dist.env import rank_world
 from hpc_sr.errors import DataError
@@ -56,6 +58,7 @@ class _ShardBase:
         verify: bool = True,
         seed: int = 0,
         indices: np.ndarray | None = None,
+        lr_blur: str | float | None = None,
     ) -> None:
         self.manifest: Manifest = load_manifest(root)
         m = self.manifest
@@ -69,6 +72,8 @@ class _ShardBase:
         check_patch(patch_size, tuple(m.lr_shape[1:]), m.scale, str(m.root))
         self.patch_size, self.augment, self.seed, self.epoch = patch_size, augment, seed, 0
         self._shard, self._local = m.locate(self.indices)
+        # each position's LR blur, attached to its LR as one more channel (data.lr_blur), or None
+        self._blur = None if lr_blur is None else pair_lr_blur(root, self.indices, lr_blur)
         for i in np.unique(self._shard):
             check_shard_file(m, int(i), hash_it=verify)
         self._handles: dict[int, Any] = {}
@@ -127,6 +132,10 @@ class _ShardBase:
             return None
         return np.random.default_rng([self.seed, self.epoch, gidx])
 
+    def _with_blur(self, lr: np.ndarray, pos: int) -> np.ndarray:
+        """LR (C, h, w) with its LR-blur channel when the dataset carries one."""
+        return lr if self._blur is None else attach_lr_blur(lr, self._blur[pos])
+
     def _transform(self, lr: np.ndarray, hr: np.ndarray, gidx: int) -> Pair:
         """Crop + flip/rot90 of one pair (hpc_sr.data.augment), drawn from (seed, epoch, index)."""
         lr_t = torch.from_numpy(np.ascontiguousarray(lr, dtype=np.float32))
@@ -147,7 +156,7 @@ class _ShardBase:
             raise DataError(
                 f"shard {self.manifest.shard_path(shard)}: reading item {local} failed: {exc}"
             ) from exc
-        return self._transform(lr, hr, gidx)
+        return self._transform(self._with_blur(lr, pos), hr, gidx)
 
     def item_name(self, pos: int) -> str | None:
         """The source name recorded for split position ``pos`` (packed sets), else None."""
@@ -198,9 +207,11 @@ class InMemoryShardDataset(_ShardBase, Dataset):
             except (OSError, ValueError) as exc:
                 raise DataError(f"shard {m.shard_path(int(shard))}: read failed: {exc}") from exc
         self.close()
+        if self._blur is not None:
+            self._lr = attach_lr_blur(self._lr, self._blur)
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        """The resident split as (lr (N,1,h,w), hr (N,1,H,W)) float32 arrays, in split order (no copy)."""
+        """The resident split as (lr (N,1[+1],h,w), hr (N,1,H,W)) float32 arrays, in split order (no copy)."""
         return self._lr, self._hr
 
     def __len__(self) -> int:
@@ -235,8 +246,9 @@ class BlockShardDataset(_ShardBase, IterableDataset):
         rank: int | None = None,
         world_size: int | None = None,
         indices: np.ndarray | None = None,
+        lr_blur: str | float | None = None,
     ) -> None:
-        super().__init__(root, split, patch_size, scale, augment, verify, seed, indices)
+        super().__init__(root, split, patch_size, scale, augment, verify, seed, indices, lr_blur)
         if block_size < 1:
             raise DataError(f"block_size must be >= 1, got {block_size}")
         self.block_size, self.shuffle = block_size, shuffle
@@ -312,7 +324,7 @@ class BlockShardDataset(_ShardBase, IterableDataset):
         # copy each pair out so the block's buffer is freed at once (items kept in the shuffle buffer would
         # otherwise pin whole blocks: measured 2x slower)
         items = [
-            self._transform(lr[loc].copy(), hr[loc].copy(), int(self.indices[pos]))
+            self._transform(self._with_blur(lr[loc].copy(), pos), hr[loc].copy(), int(self.indices[pos]))
             for pos, loc in zip(range(a, b), local - lo)
         ]
         del hr, lr
@@ -330,11 +342,14 @@ def build_dataset(
     block_size: int = 64,
     scale: int | None = None,
     indices: np.ndarray | None = None,
+    lr_blur: str | float | None = None,
 ) -> ShardDataset | InMemoryShardDataset | BlockShardDataset:
     """The shard dataset for ``loader`` = item | block | memory (``data.options.loader`` of source shards);
-    ``indices``: these global indices instead of the whole split (a fold, a few pairs)."""
+    ``indices``: these global indices instead of the whole split (a fold, a few pairs); ``lr_blur``: attach
+    each pair's LR blur (a ``data.lr_blur`` setting, :mod:`hpc_sr.data.lr_blur`)."""
     kw: dict[str, Any] = dict(
-        patch_size=patch_size, scale=scale, augment=augment, verify=verify, seed=seed, indices=indices
+        patch_size=patch_size, scale=scale, augment=augment, verify=verify, seed=seed, indices=indices,
+        lr_blur=lr_blur,
     )
     if loader == "item":
         return ShardDataset(root, split, **kw)

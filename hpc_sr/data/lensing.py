@@ -104,6 +104,7 @@ __all__ = [
     "LensingSimulator",
     "lr_kernels",
     "mean_lr_pairs",
+    "lr_blur_pairs",
     "param_names_of",
     "SimBatch",
     "WindowBatch",
@@ -135,6 +136,24 @@ def mean_lr_pairs(params: Tensor) -> Tensor:
     if params.shape[1] < len(PARAM_NAMES) + len(INSTRUMENT_NAMES):
         return torch.ones(params.shape[0], dtype=torch.bool, device=params.device)
     return params[:, _IDX["lr_psf_fwhm"]] <= 0
+
+
+MIN_INSTRUMENT_BLUR = 0.01  # LR pixels: the LR blur of an instrument pair whose PSF is no wider than HR's
+
+
+def lr_blur_pairs(params: Tensor, pixel_scale: float, scale: int) -> Tensor:
+    """(N,) float32: how much blurrier each pair's LR is than its HR, the FWHM of the Gaussian that takes HR's
+    PSF to LR's, ``sqrt(max(lr_psf_fwhm^2 - psf_fwhm^2, 0))``, in LR pixels (``scale * pixel_scale``
+    arcsec); 0 where LR is the block mean of HR (:func:`mean_lr_pairs`), and at least ``MIN_INSTRUMENT_BLUR``
+    where an instrument of its own made LR (however sharp its PSF, that LR is no block mean: misaligned,
+    noisier). A generator's LR-blur input."""
+    mean = mean_lr_pairs(params)
+    if bool(mean.all()):
+        return torch.zeros(params.shape[0], dtype=torch.float32, device=params.device)
+    lr_fwhm = params[:, _IDX["lr_psf_fwhm"]].double()
+    hr_fwhm = params[:, _IDX["psf_fwhm"]].double()
+    blur = (lr_fwhm.square() - hr_fwhm.square()).clamp_min(0).sqrt() / (pixel_scale * scale)
+    return blur.clamp_min(MIN_INSTRUMENT_BLUR).masked_fill(mean, 0.0).float()
 
 
 def hr_kernels(params: Tensor, pixel_scale: float) -> Tensor:

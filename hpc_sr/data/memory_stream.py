@@ -103,10 +103,12 @@ class MemoryStream(EpochPosition):
     ) -> None:
         from hpc_sr.data.dataset import InMemoryShardDataset, noise_free_split
         from hpc_sr.data.folds import run_indices
+        from hpc_sr.data.lr_blur import lr_blur_setting
         from hpc_sr.data.shards import load_manifest
 
         idx = run_indices(load_manifest(data.path), "train", data)  # a fold / the first N pairs, sorted
-        ds = InMemoryShardDataset(data.path, split="train", scale=data.scale, indices=idx)
+        blur = lr_blur_setting(data.lr_blur)  # each pair's LR blur as one more LR channel
+        ds = InMemoryShardDataset(data.path, split="train", scale=data.scale, indices=idx, lr_blur=blur)
         lr_np, hr_np = ds.arrays()
         if data.target == "clean":  # the noise-free HR as the target (simulated sets only)
             hr_np = noise_free_split(data.path, "train", indices=idx)

@@ -192,7 +192,8 @@ class ShardWriter:
     """Append batches of pairs; shards of ``shard_size`` pairs are written under temp names and renamed."""
 
     def __init__(self, out: str | Path, shard_size: int, compression: str = "none", source: str = "",
-                 scale: int = 2, param_names: Sequence[str] | None = None, with_names: bool = False) -> None:
+                 scale: int = 2, param_names: Sequence[str] | None = None, with_names: bool = False,
+                 with_lr_blur: bool = False) -> None:
         if shard_size < 1:
             raise DataError(f"shard_size must be >= 1, got {shard_size}")
         self.out = Path(out)
@@ -200,7 +201,7 @@ class ShardWriter:
         self.comp = _compression_kwargs(compression)
         self.source, self.scale = source, scale
         self.param_names = list(param_names or [])
-        self.with_names = with_names
+        self.with_names, self.with_lr_blur = with_names, with_lr_blur
         self.shards: list[ShardInfo] = []
         self.hr_shape: tuple[int, ...] | None = None
         self.lr_shape: tuple[int, ...] | None = None
@@ -209,15 +210,16 @@ class ShardWriter:
         self._n = 0
 
     def add(self, hr: np.ndarray, lr: np.ndarray, params: np.ndarray | None = None,
-            names: Sequence[str] | None = None) -> None:
+            names: Sequence[str] | None = None, lr_blur: np.ndarray | None = None) -> None:
         hr = np.ascontiguousarray(hr, dtype=np.float32)
         lr = np.ascontiguousarray(lr, dtype=np.float32)
         if self.hr_shape is None:
             self.hr_shape, self.lr_shape = hr.shape[1:], lr.shape[1:]
         if hr.shape[1:] != self.hr_shape or lr.shape[1:] != self.lr_shape or len(hr) != len(lr):
             raise DataError(f"batch shapes {hr.shape}/{lr.shape} differ from {self.hr_shape}/{self.lr_shape}")
-        if bool(self.param_names) != (params is not None) or self.with_names != (names is not None):
-            raise DataError("every batch must carry params/names when the writer was made with them")
+        if (bool(self.param_names) != (params is not None) or self.with_names != (names is not None)
+                or self.with_lr_blur != (lr_blur is not None)):
+            raise DataError("every batch must carry params/names/lr_blur when the writer was made with them")
         done = 0
         while done < len(hr):
             if self._f is None:
@@ -230,6 +232,8 @@ class ShardWriter:
                 self._append("params", np.asarray(params[sl], dtype=np.float32))
             if names is not None:
                 self._append("names", np.asarray(list(names[sl]), dtype=object))
+            if lr_blur is not None:
+                self._append("lr_blur", np.asarray(lr_blur[sl], dtype=np.float32))
             self._n += k
             done += k
             if self._n == self.shard_size:
@@ -268,6 +272,8 @@ class ShardWriter:
             p.attrs["param_names"] = self.param_names
         if self.with_names:
             f.create_dataset("names", shape=(0,), maxshape=(None,), dtype=h5py.string_dtype(), chunks=True)
+        if self.with_lr_blur:  # each pair's LR blur (hpc_sr.data.lr_blur): FWHM in LR pixels
+            f.create_dataset("lr_blur", shape=(0,), maxshape=(None,), dtype="f4", chunks=True)
         self._f, self._n = f, 0
 
     def _append(self, key: str, arr: np.ndarray) -> None:
@@ -371,22 +377,33 @@ def simulate_to_shards(out: str | Path, num: int, preset: str = "deeplense_sr", 
 def pack_to_shards(kind: str, src: str | Path, out: str | Path, shard_size: int = 4096, seed: int = 0,
                    scale: int = 2, compression: str = "none", split: Sequence[float] = (0.8, 0.1, 0.1),
                    skip_bad: bool = False, batch_size: int = 64) -> Manifest:
-    """Read the pairs of ``src`` (see hpc_sr.data.sources) and write them as shards with their names."""
+    """Read the pairs of ``src`` (see hpc_sr.data.sources) and write them as shards with their names.
+
+    A ``src``/lr_blur.csv (``name,lr_blur`` rows: each pair's file name or stem and its LR blur, the FWHM in
+    LR pixels of the kernel from HR's PSF to LR's) is packed as each pair's ``lr_blur`` row, for a generator
+    told its LR's blur (``data.lr_blur=data``); a pair it does not list is a DataError naming both."""
+    from hpc_sr.data.lr_blur import LR_BLUR_KEY, read_lr_blur_csv
     from hpc_sr.data.lr_relation import measure_lr_relation
     from hpc_sr.data.sources import open_source
 
     check_fractions(split)
     source = open_source(kind, src, scale=scale, skip_bad=skip_bad)
+    table_path = Path(src) / f"{LR_BLUR_KEY}.csv"
+    table = read_lr_blur_csv(table_path) if Path(src).is_dir() and table_path.is_file() else None
+    if table is not None:  # rows may name a pair by its file name or by its stem (the packed name)
+        table = {**{Path(k).stem: v for k, v in table.items()}, **table}
     out = Path(out)
     _prepare_out(out)
     writer = ShardWriter(out, shard_size, compression, source=f"{kind}:{Path(src).resolve()}", scale=scale,
-                         with_names=True)
+                         with_names=True, with_lr_blur=table is not None)
     relation = None
     try:
         with _progress(source.candidates, f"pack {kind}") as bar:
             for batch in _batched(source, batch_size):
                 hr, lr = np.stack([p.hr for p in batch]), np.stack([p.lr for p in batch])
-                writer.add(hr, lr, names=[p.name for p in batch])
+                names = [p.name for p in batch]
+                blur = None if table is None else _blur_rows(table, names, table_path)
+                writer.add(hr, lr, names=names, lr_blur=blur)
                 if relation is None:  # measured once, on the first batch, and recorded in the manifest
                     relation = measure_lr_relation(hr, lr, scale, f"{src} (first pairs packed)")
                 bar.update(len(batch))
@@ -404,6 +421,17 @@ def pack_to_shards(kind: str, src: str | Path, out: str | Path, shard_size: int 
         print(f"note: {relation.describe()}: the LR-consistency layer and loss are refused on this set, and "
               "metrics that assume the mean are computed through an LR model or left out", file=sys.stderr)
     return _write_manifest(out, writer, split, seed, prov)
+
+
+def _blur_rows(table: dict[str, float], names: Sequence[str], where: Path) -> np.ndarray:
+    """The LR blur of each pair ``names`` from an lr_blur.csv table."""
+    out = []
+    for name in names:
+        value = table.get(name)
+        if value is None:
+            raise DataError(f"{where}: no lr_blur row for pair {name!r} (rows are 'name,lr_blur')")
+        out.append(value)
+    return np.asarray(out, np.float32)
 
 
 def _batched(items: Iterable[Any], n: int) -> Iterable[list[Any]]:

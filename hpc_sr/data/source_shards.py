@@ -98,6 +98,7 @@ class ShardStream(EpochPosition):
     ) -> None:
         from hpc_sr.data.dataset import BlockShardDataset, build_dataset, seed_worker
         from hpc_sr.data.folds import run_indices
+        from hpc_sr.data.lr_blur import lr_blur_setting
         from hpc_sr.data.shards import load_manifest
 
         self.dataset = build_dataset(
@@ -110,6 +111,7 @@ class ShardStream(EpochPosition):
             seed=seed,
             block_size=opts.block_size,
             scale=data.scale,
+            lr_blur=lr_blur_setting(data.lr_blur),
         )
         check_enough(len(self.dataset.indices), micro_batch, env, data.path)
         # block reads: contiguous chunks, shuffled blocks + buffer, split over ranks by the dataset itself

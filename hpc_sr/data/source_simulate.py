@@ -24,8 +24,10 @@ from torch.utils.data import Dataset, TensorDataset
 
 from hpc_sr.config import DataConfig
 from hpc_sr.data.augment import check_patch, crop_and_augment, draw
+from hpc_sr.data.lr_blur import lr_blur_setting
 from hpc_sr.data.streams import register_source
 from hpc_sr.dist.env import DistEnv
+from hpc_sr.imaging import with_lr_blur
 
 
 @dataclass
@@ -67,6 +69,7 @@ class SimulatedStream:
         self.lr_hw = (lr_size, lr_size)
         self.clean = data.target == "clean"
         self.device = device
+        self.lr_blur = lr_blur_setting(data.lr_blur)  # attach each pair's LR blur (model.g.lr_blur_input)
 
     @staticmethod
     def val_dataset(data: DataConfig, opts: SimulateOptions, seed: int) -> Dataset:
@@ -75,7 +78,9 @@ class SimulatedStream:
 
         sim = LensingSimulator(opts.preset, hr_size=opts.hr_size, scale=data.scale)
         batch = sim.sample(data.val_images or 64, generator=torch.Generator().manual_seed(seed + 987_654_321))
-        return TensorDataset(batch.lr, batch.hr)
+        setting = lr_blur_setting(data.lr_blur)
+        lr = batch.lr if setting is None else with_lr_blur(batch.lr, _blur(sim, batch.params, setting))
+        return TensorDataset(lr, batch.hr)
 
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.clean:  # the noise-free window as the target (whole images: a window of hr_size)
@@ -84,21 +89,36 @@ class SimulatedStream:
                 self.micro_batch, side * self.scale, generator=self.generator, keep_clean=True
             )
             d = draw(self.micro_batch, (side, side), 0, self.augment, self.generator)
-            lr, hr = crop_and_augment(batch.lr, batch.clean, d, 0, self.scale)  # type: ignore[arg-type]
+            lr, hr = crop_and_augment(self._lr(batch), batch.clean, d, 0, self.scale)  # type: ignore[arg-type]
         elif self.patch:  # render each sample's own window only
             batch = self.sim.sample_windows(
                 self.micro_batch, self.patch * self.scale, generator=self.generator
             )
             d = draw(self.micro_batch, (self.patch, self.patch), 0, self.augment, self.generator)
-            lr, hr = crop_and_augment(batch.lr, batch.hr, d, 0, self.scale)
+            lr, hr = crop_and_augment(self._lr(batch), batch.hr, d, 0, self.scale)
         else:
             full = self.sim.sample(self.micro_batch, generator=self.generator)
             d = draw(self.micro_batch, self.lr_hw, 0, self.augment, self.generator)
-            lr, hr = crop_and_augment(full.lr, full.hr, d, 0, self.scale)
+            lr, hr = crop_and_augment(self._lr(full), full.hr, d, 0, self.scale)
         return lr.to(self.device), hr.to(self.device)
+
+    def _lr(self, batch: Any) -> torch.Tensor:
+        """The batch's LR, with its LR-blur channel when ``data.lr_blur`` is set."""
+        if self.lr_blur is None:
+            return batch.lr
+        return with_lr_blur(batch.lr, _blur(self.sim, batch.params, self.lr_blur))
 
     def state_dict(self) -> dict[str, Any]:
         return {"generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.generator.set_state(state["generator"])
+
+
+def _blur(sim: Any, params: torch.Tensor, setting: str | float) -> torch.Tensor | float:
+    """Each simulated pair's LR blur ("data": from its instrument parameters) or the one given value."""
+    if isinstance(setting, str):
+        from hpc_sr.data.lensing import lr_blur_pairs
+
+        return lr_blur_pairs(params, sim.preset.pixel_scale, sim.scale)
+    return setting

@@ -110,12 +110,14 @@ def check_enough(n: int, micro_batch: int, env: DistEnv, where: str) -> None:
 def _packed_val_split(data: DataConfig) -> Dataset | None:
     from hpc_sr.data.dataset import ShardDataset
     from hpc_sr.data.folds import run_indices
+    from hpc_sr.data.lr_blur import lr_blur_setting
     from hpc_sr.data.shards import load_manifest
 
     idx = run_indices(load_manifest(data.path), "val", data)  # the val split, or the held-out fold
     if len(idx) == 0:
         return None  # a set packed without a val split: training runs without validation
-    return ShardDataset(data.path, split="val", scale=data.scale, indices=idx)
+    blur = lr_blur_setting(data.lr_blur)
+    return ShardDataset(data.path, split="val", scale=data.scale, indices=idx, lr_blur=blur)
 
 
 def make_val_loader(data: DataConfig, seed: int, env: DistEnv, batch_size: int) -> DataLoader | None:

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from hpc_sr.dist.collectives import all_reduce_
 from hpc_sr.eval.metrics import MetricAccumulator, SumAccumulator, bicubic_upscale
+from hpc_sr.imaging import lr_image
 
 
 @dataclass
@@ -44,12 +45,16 @@ def evaluate_batches(
     device: torch.device,
     on_batch: Callable[[Tensor, Tensor, Tensor], None] | None = None,
 ) -> EvalResult:
-    """Run ``predict`` (LR -> SR) on this rank's ``batches`` of (lr, hr); metrics reduced over all ranks."""
+    """Run ``predict`` (LR -> SR) on this rank's ``batches`` of (lr, hr); metrics reduced over all ranks.
+
+    LR may carry conditioning channels after the image's (an LR-blur channel): ``predict`` gets them, bicubic,
+    the pictures and ``on_batch`` the image channels only."""
     acc_model, acc_bic = MetricAccumulator(), MetricAccumulator()
     first = None
     for lr, hr in batches:
         lr, hr = lr.to(device), hr.to(device)
         sr = predict(lr).float()
+        lr = lr_image(lr, hr.shape[1])
         acc_model.update(sr, hr)
         acc_bic.update(bicubic_upscale(lr, scale), hr)
         if first is None:

@@ -46,7 +46,7 @@ def flops_per_image(m: nn.Module, in_size: tuple[int, int]) -> int:
         if hasattr(sub, "extra_macs"):
             handles.append(sub.register_forward_hook(extra_hook))
     param = next(m.parameters())
-    in_channels = int(getattr(m, "in_channels", 1))
+    in_channels = int(getattr(m, "input_channels", getattr(m, "in_channels", 1)))  # with an LR-blur channel
     was_training = m.training
     try:
         m.eval()

@@ -35,6 +35,11 @@ class ModelEnsemble(nn.Module):
         if noisy:
             raise ValueError(f"ModelEnsemble: members {noisy} are stochastic generators (noise_channels "
                              "> 0); ensembles average deterministic generators only")
+        told = {bool(getattr(m, "lr_blur_input", False)) for m in members}
+        if len(told) > 1:
+            raise ValueError("ModelEnsemble: some members take the LR-blur input (lr_blur_input) and some do "
+                             "not; they cannot share one LR")
+        self.lr_blur_input = told.pop()
         self.members = nn.ModuleList(members)
 
     def forward(self, lr: Tensor) -> Tensor:

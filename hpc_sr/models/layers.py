@@ -18,6 +18,12 @@ skip and the projection use the real LR channels only, so every sample is exactl
 ``noise_centred`` a sample is ``P(lr, 0) + (P(lr, z) - P(lr, -z)) / 2`` (P the network, one batched pass over
 the three inputs): odd in z around the centre ``forward(lr, zeros)``, so the samples' mean is the centre in
 expectation and exactly for antithetic pairs (z, -z) (``eval.uncertainty.draw_samples(antithetic=True)``).
+
+A generator with ``lr_blur_input`` is told how blurred its LR is: it takes LR with one more channel, each
+image's LR blur (``hpc_sr.imaging.with_lr_blur``: the FWHM in LR pixels of the Gaussian that takes HR's PSF
+to LR's, 0 where LR is the block mean of HR), so one model serves sharp and seeing-blurred LR alike. The
+network sees that channel times ``BLUR_INPUT_SCALE``; the skip uses the image channels, and with
+``lr_consistent`` the projection applies to the images whose blur is 0 (the only ones whose LR is a mean).
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from hpc_sr.imaging import lr_projection
 from hpc_sr.models.registry import GeneratorCommon
 
 SUPPORTED_SCALES = (2, 4)
+BLUR_INPUT_SCALE = 0.25  # the LR-blur channel as the network sees it: FWHM in LR pixels / 4 (order 1)
 
 
 def bicubic(lr: Tensor, scale: int) -> Tensor:
@@ -69,11 +76,29 @@ class SRGenerator(nn.Module):
         self.noise_centred = bool(common.noise_centred)
         if self.noise_centred and self.noise_channels == 0:
             raise ValueError(f"{type(self).__name__}: noise_centred needs noise_channels > 0")
+        self.lr_blur_input = bool(common.lr_blur_input)
+
+    @property
+    def input_channels(self) -> int:
+        """Channels ``forward`` takes: the image's, plus the LR-blur channel (``lr_blur_input``)."""
+        return self.in_channels + int(self.lr_blur_input)
 
     @property
     def net_in_channels(self) -> int:
-        """Channels the network's first layer takes: the image's, plus the noise channels."""
-        return self.in_channels + self.noise_channels
+        """Channels the network's first layer takes: the input's, plus the noise channels."""
+        return self.input_channels + self.noise_channels
+
+    def _split_input(self, lr: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """(image channels, what the network reads before the noise, each image's blur or None)."""
+        if lr.dim() != 4 or lr.shape[1] != self.input_channels:
+            need = (f"{self.in_channels} image channel(s) and the LR-blur channel (imaging.with_lr_blur)"
+                    if self.lr_blur_input else f"{self.in_channels} channel(s)")  # fmt: skip
+            raise ValueError(f"{type(self).__name__}: expected LR (N, C, h, w) with {need}, got shape "
+                             f"{tuple(lr.shape)}")  # fmt: skip
+        if not self.lr_blur_input:
+            return lr, lr, None
+        img, blur = lr[:, : self.in_channels], lr[:, self.in_channels :]
+        return img, torch.cat([img, blur * BLUR_INPUT_SCALE], dim=1), blur[:, 0, 0, 0]
 
     def zero_init_if_skip(self, layer: nn.Module) -> None:
         """Zero the last layer's weights and bias when the bicubic skip is on: untrained output == bicubic."""
@@ -92,7 +117,7 @@ class SRGenerator(nn.Module):
         """
         if pair and not self.noise_centred:
             raise ValueError(f"{type(self).__name__}: pair=True needs a centred generator (noise_centred)")
-        x = lr
+        lr, x, blur = self._split_input(lr)
         if self.noise_channels > 0:
             if noise is None:
                 shape = (lr.shape[0], self.noise_channels, lr.shape[2], lr.shape[3])
@@ -100,22 +125,25 @@ class SRGenerator(nn.Module):
             noise = noise.to(lr.dtype)
             if self.noise_centred:  # one batched pass over (z, -z, 0): centre + the odd part in z
                 zs = (noise, -noise, torch.zeros_like(noise))
-                x = torch.cat([torch.cat([lr, z], dim=1) for z in zs], dim=0)
+                x = torch.cat([torch.cat([x, z], dim=1) for z in zs], dim=0)
                 plus, minus, centre = self.predict(x).chunk(3, dim=0)
                 odd = (plus - minus) * 0.5
                 out = torch.cat([centre + odd, centre - odd]) if pair else centre + odd
-                lr = torch.cat([lr, lr]) if pair else lr
+                if pair:
+                    lr = torch.cat([lr, lr])
+                    blur = None if blur is None else torch.cat([blur, blur])
             else:
-                out = self.predict(torch.cat([lr, noise], dim=1))
+                out = self.predict(torch.cat([x, noise], dim=1))
         else:
             out = self.predict(x)
-        return self._finish(out, lr)
+        return self._finish(out, lr, blur)
 
-    def _finish(self, out: Tensor, lr: Tensor) -> Tensor:
+    def _finish(self, out: Tensor, lr: Tensor, blur: Tensor | None = None) -> Tensor:
         if self.bicubic_skip:
             out = out + bicubic(lr, self.scale)
         if self.lr_consistent:
-            out = lr_consistency_projection(out, lr, self.scale)
+            projected = lr_consistency_projection(out, lr, self.scale)
+            out = projected if blur is None else torch.where((blur == 0).view(-1, 1, 1, 1), projected, out)
         return out
 
     def antithetic_pairs(self, lr: Tensor, noises: Tensor) -> Tensor:
@@ -125,13 +153,14 @@ class SRGenerator(nn.Module):
         if not self.noise_centred:
             raise ValueError(f"{type(self).__name__}: antithetic_pairs needs a centred generator "
                              "(noise_centred)")
+        lr, x, blur = self._split_input(lr)
         noises = noises.to(lr.dtype)
-        centre = self.predict(torch.cat([lr, torch.zeros_like(noises[0])], dim=1))
+        centre = self.predict(torch.cat([x, torch.zeros_like(noises[0])], dim=1))
         out = []
         for z in noises:
-            plus, minus = self.predict(torch.cat([torch.cat([lr, z], 1), torch.cat([lr, -z], 1)])).chunk(2)
+            plus, minus = self.predict(torch.cat([torch.cat([x, z], 1), torch.cat([x, -z], 1)])).chunk(2)
             odd = (plus - minus) * 0.5
-            out += [self._finish(centre + odd, lr), self._finish(centre - odd, lr)]
+            out += [self._finish(centre + odd, lr, blur), self._finish(centre - odd, lr, blur)]
         return torch.stack(out)
 
 

@@ -36,6 +36,7 @@ class GeneratorCommon:
     lr_consistent: bool = False  # project the output onto images whose s x s means equal the input
     noise_channels: int = 0  # > 0: N(0, 1) noise channels concatenated to LR (a stochastic generator)
     noise_centred: bool = False  # sample = centre + odd part in the noise (layers.SRGenerator.forward)
+    lr_blur_input: bool = False  # LR comes with its blur as one more channel (hpc_sr.imaging.with_lr_blur)
 
 
 GENERATORS: Registry[type] = Registry("generator", package="hpc_sr.models", noun="arch", attr="arch")
@@ -114,6 +115,8 @@ def generator_spec(g: Any) -> dict[str, Any]:
     }
     if centred:  # only when on: specs of every other generator stay as they were
         spec["noise_centred"] = True
+    if coerce_value("model.g.lr_blur_input", g.get("lr_blur_input", False), bool):
+        spec["lr_blur_input"] = True  # likewise
     return spec
 
 
@@ -132,6 +135,7 @@ def generator_from_spec(spec: dict[str, Any], scale: int, in_channels: int = 1) 
         lr_consistent=spec["lr_consistent"],
         noise_channels=int(spec.get("noise_channels", 0)),
         noise_centred=bool(spec.get("noise_centred", False)),
+        lr_blur_input=bool(spec.get("lr_blur_input", False)),
     )
     return build_generator(spec["arch"], spec["options"], scale, common)
 

@@ -62,15 +62,37 @@ def check_config(cfg: Config) -> RunPlan:
         )
     check_source(cfg.data)
     check_early_stop(cfg.train)
+    check_lr_blur(cfg)
     check_lr_relation(cfg, [t.name for t in terms])
     return RunPlan(g, d, terms, kind, samples)
+
+
+def check_lr_blur(cfg: Config) -> None:
+    """``model.g.lr_blur_input`` and ``data.lr_blur`` go together: a ConfigError naming both keys when one is
+    set without the other (or ``data.lr_blur`` is not '', 'data' or a FWHM >= 0)."""
+    from hpc_sr.data.lr_blur import lr_blur_setting
+
+    setting, wanted = lr_blur_setting(cfg.data.lr_blur), cfg.model.g.lr_blur_input
+    if wanted and setting is None:
+        raise ConfigError(
+            "model.g.lr_blur_input=true needs each pair's LR blur: set data.lr_blur=data (the set's own "
+            "per-pair values: simulated instruments, lr_blur rows) or data.lr_blur=<FWHM in LR pixels>"
+        )
+    if not wanted and setting is not None:
+        raise ConfigError(
+            f"data.lr_blur={cfg.data.lr_blur!r} is an input of a generator told its LR's blur: set "
+            "model.g.lr_blur_input=true, or leave data.lr_blur empty"
+        )
 
 
 def check_lr_relation(cfg: Config, term_names: list[str]) -> None:
     """Refuse what assumes LR = the block mean of HR (``model.g.lr_consistent``, the ``lr_consistency`` loss
     term) on data whose LR is not (a two-instrument set, the ``ground_space`` preset): a ConfigError naming
-    the key and what the data say (hpc_sr.data.lr_relation). Unknown relations (custom sources) pass."""
-    keys = (["model.g.lr_consistent=true"] if cfg.model.g.lr_consistent else []) + [
+    the key and what the data say (hpc_sr.data.lr_relation). Unknown relations (custom sources) pass. A
+    generator told its LR's blur (``model.g.lr_blur_input``) projects only the pairs whose blur is 0, so its
+    ``lr_consistent`` holds on any data."""
+    lr_consistent = cfg.model.g.lr_consistent and not cfg.model.g.lr_blur_input
+    keys = (["model.g.lr_consistent=true"] if lr_consistent else []) + [
         "train.losses: the lr_consistency term" for name in term_names if name == "lr_consistency"
     ]
     if not keys:

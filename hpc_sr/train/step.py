@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from hpc_sr.dist.collectives import max_over_ranks
+from hpc_sr.imaging import lr_image
 from hpc_sr.models.losses import LossInputs, WeightedTerm, discriminator_loss
 from hpc_sr.train.backends.base import Backend
 
@@ -142,8 +143,9 @@ def optimizer_step(
                     sr = antithetic_samples(g, lr, opts.antithetic_noise, opts.samples_per_input)
                 else:
                     sr = b.model("g")(lr)
-                parts = generator_terms(
-                    terms, sr, hr, lr, d_raw, opts.samples_per_input, bool(opts.antithetic_noise)
+                parts = generator_terms(  # the loss terms see LR's image channels (not its LR blur)
+                    terms, sr, hr, lr_image(lr, hr.shape[1]), d_raw, opts.samples_per_input,
+                    bool(opts.antithetic_noise),
                 )
             loss = torch.stack([p.float() for p in parts.values()]).sum()
             if opts.poison:

@@ -46,6 +46,7 @@ class InferenceOptions:
     dataset: str = ""  # HDF5 catalog: the image dataset ("" = the one (N,H,W) / (N,1,H,W) dataset)
     catalog_rows: int = 1024  # rows per unit of an HDF5 catalog
     engine: str = "torch"  # torch | onnx | auto (resolved before the run: the ledger records torch or onnx)
+    lr_blur: float | None = None  # a generator told its LR's blur: every input's, FWHM in LR pixels
     # runtime only (not part of the fingerprint): how, not what
     batch_size: int = 16
     device: str = "cpu"

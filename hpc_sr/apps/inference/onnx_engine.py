@@ -198,7 +198,7 @@ class OnnxGenerator(nn.Module):
 def check_parity(model: nn.Module, net: nn.Module, what: str, atol: float = PARITY_ATOL) -> float:
     """Run ``model`` (PyTorch) and ``net`` on one small random input; EngineError when they differ by more
     than ``atol`` (relative to the output's size above 1); returns the largest difference."""
-    channels = int(getattr(model, "in_channels", 1) or 1)
+    channels = int(getattr(model, "input_channels", None) or getattr(model, "in_channels", 1) or 1)
     x = torch.rand(1, channels, 17, 23, generator=torch.Generator().manual_seed(0))
     model = copy.deepcopy(model).float().cpu().eval()
     with torch.no_grad():

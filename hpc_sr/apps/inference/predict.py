@@ -23,6 +23,7 @@ from torch import nn
 
 from hpc_sr.apps.inference.formats import InferenceOptions
 from hpc_sr.apps.tiling import upscale_array
+from hpc_sr.imaging import with_lr_blur
 
 
 class Predictor:
@@ -54,6 +55,8 @@ class Predictor:
 
     def _to_device(self, x: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[:, None]
+        if self.opts.lr_blur is not None:  # a generator told its LR's blur: one more channel
+            t = with_lr_blur(t, self.opts.lr_blur)
         if not self.cuda:
             return t
         t = t.pin_memory().to(self.device, non_blocking=True)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -87,12 +88,27 @@ def check_options(opts: InferenceOptions) -> None:
         raise HpcSrError(f"durability={opts.durability!r}: choose one of {', '.join(DURABILITY)}")
     if opts.engine not in ENGINES:
         raise HpcSrError(f"engine={opts.engine!r}: choose one of {', '.join(ENGINES)}")
+    if opts.lr_blur is not None and not (math.isfinite(opts.lr_blur) and opts.lr_blur >= 0):
+        raise HpcSrError(f"lr_blur={opts.lr_blur!r}: expected a FWHM >= 0 in LR pixels")
     bad_tile = opts.tile < 0 or opts.overlap < 0 or (opts.tile and opts.overlap >= opts.tile)
     if opts.batch_size < 1 or bad_tile or opts.samples < 0:
         raise HpcSrError(
             f"need batch_size >= 1, samples >= 0, tile >= 0 and 0 <= overlap < tile (when tiling); got "
             f"batch_size={opts.batch_size}, samples={opts.samples}, tile={opts.tile}, overlap={opts.overlap}"
         )
+
+
+def check_lr_blur(model: nn.Module, opts: InferenceOptions) -> None:
+    """A generator told its LR's blur needs ``--lr-blur``, and only such a generator takes it (HpcSrError)."""
+    told = bool(getattr(model, "lr_blur_input", False))
+    if told and opts.lr_blur is None:
+        raise HpcSrError(
+            "this generator is told its LR's blur (model.g.lr_blur_input): give --lr-blur FWHM, the FWHM in "
+            "LR pixels of the Gaussian that takes the training HR's PSF to your images' (0 for a 2x2 mean)"
+        )
+    if not told and opts.lr_blur is not None:
+        raise HpcSrError(f"--lr-blur {opts.lr_blur}: this generator does not take the LR-blur input "
+                         "(model.g.lr_blur_input was false when it was trained)")
 
 
 def history_lines(
@@ -111,6 +127,8 @@ def history_lines(
     if opts.engine == "onnx":
         lines.append(f"hpc_sr engine=onnx: {getattr(net, 'runtime', 'onnxruntime')}")
     lines.append(f"hpc_sr tile={opts.tile} overlap={opts.overlap} self_ensemble={opts.ensemble}")
+    if opts.lr_blur is not None:
+        lines.append(f"hpc_sr lr_blur={opts.lr_blur:g}: the LR blur given to the generator (FWHM, LR pixels)")
     lines.append(f"hpc_sr normalize={opts.normalize}: {normalization_note(opts.normalize, values)}")
     if opts.samples:
         lines.append(f"hpc_sr samples={opts.samples}: output = sample mean, sigma = their standard deviation")
@@ -352,6 +370,7 @@ def execute(
     """:func:`run_inference` with what it did (for callers that want the outputs)."""
     flag = install_stop_flag() if handle_signals else None
     check_options(opts)
+    check_lr_blur(model, opts)
     payload = payload or {}
     out_dir = Path(out_dir)
     env = DistEnv.from_environment()
