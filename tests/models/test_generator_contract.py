@@ -86,3 +86,11 @@ def test_one_adam_step_lowers_the_mse(arch: str, extra: dict[str, Any], skip: bo
     opt.step()
     with torch.no_grad():
         assert F.mse_loss(g(lr), hr) < before.item()
+
+
+def test_the_skip_is_the_metrics_bicubic_without_align_corners() -> None:
+    """The generators' skip is the same bicubic as the baseline every metric compares against."""
+    lr = torch.rand(2, 1, 7, 9)
+    for scale in (2, 4):
+        want = F.interpolate(lr, scale_factor=float(scale), mode="bicubic", align_corners=False)
+        assert torch.equal(bicubic(lr, scale), want)
