@@ -126,3 +126,34 @@ def test_onnx_export_takes_the_blur_channel(told_run: Path, tmp_path: Path) -> N
     with torch.no_grad():
         ref = g(x).numpy()
     np.testing.assert_allclose(sess.run(["sr"], {"lr": x.numpy()})[0], ref, atol=1e-4)
+
+
+def test_the_ledger_records_the_blur_and_old_ledgers_resume(told_run: Path, tmp_path: Path) -> None:
+    """A rerun with another --lr-blur is refused (the outputs would differ); a folder begun before the blur
+    was recorded (no options.lr_blur) resumes as a run without it."""
+    import json
+
+    from hpc_sr.apps.inference.formats import InferenceOptions
+    from hpc_sr.apps.inference.ledger import LEDGER_DIR, RUN_FILE
+    from hpc_sr.apps.inference.runner import execute
+    from hpc_sr.errors import LedgerError
+
+    (tmp_path / "in").mkdir()
+    for k in range(2):
+        np.save(tmp_path / "in" / f"c{k}.npy", np.random.default_rng(k).random((12, 12), dtype=np.float32))
+
+    def run(g: torch.nn.Module, out: Path, **kw: object) -> int:
+        opts = InferenceOptions(normalize="none", **kw)  # type: ignore[arg-type]
+        return execute(g, None, [str(tmp_path / "in")], out, opts, progress=False).status
+
+    told = hpc_sr.load_generator(told_run)
+    assert run(told, tmp_path / "told", lr_blur=2.0) == 0
+    with pytest.raises(LedgerError, match=r"options\.lr_blur \(was 2\.0, now 1\.0\)"):
+        run(told, tmp_path / "told", lr_blur=1.0)
+    plain = hpc_sr.load_generator("deeplense-small")
+    assert run(plain, tmp_path / "plain") == 0
+    record = tmp_path / "plain" / LEDGER_DIR / RUN_FILE
+    fp = json.loads(record.read_text())
+    del fp["options"]["lr_blur"]
+    record.write_text(json.dumps(fp))
+    assert run(plain, tmp_path / "plain") == 0

@@ -65,10 +65,15 @@ def run_fingerprint(
     return json.loads(json.dumps(fp, sort_keys=True, default=str))
 
 
+# options added after ledgers were first written, and what a ledger without them ran with
+_ADDED_OPTIONS = {"engine": "torch", "lr_blur": None}
+
+
 def upgraded(fp: dict[str, Any] | None) -> dict[str, Any] | None:
-    """A fingerprint recorded before engines were recorded (no ``options.engine``) reads as torch's."""
-    if fp is not None and isinstance(fp.get("options"), dict) and "engine" not in fp["options"]:
-        fp = {**fp, "options": {**fp["options"], "engine": "torch"}}
+    """A fingerprint recorded before an option was (``options.engine``: torch; ``options.lr_blur``: none)
+    reads as what that run did, so a folder begun by an older version resumes."""
+    if fp is not None and isinstance(fp.get("options"), dict):
+        fp = {**fp, "options": {**_ADDED_OPTIONS, **fp["options"]}}
     return fp
 
 
