@@ -23,11 +23,12 @@ QUANTILES = {"q001": 0.001, "q005": 0.005, "q50": 0.5, "q995": 0.995, "q999": 0.
 
 def summarize_lr(batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float] | None:
     """Min, max, quantiles and the negative fraction of the LR pixels of ``(lr, hr)`` batches (None when
-    there are none)."""
+    there are none); LR's image channels only (not an LR-blur channel after them)."""
     parts: list[np.ndarray] = []
     lo, hi, n, negative = np.inf, -np.inf, 0, 0
-    for lr, _ in batches:
-        v = lr.detach().float().cpu().numpy().ravel()
+    for lr, hr in batches:
+        image = lr if hr is None else lr[..., : hr.shape[-3], :, :]  # HR's channel count: LR's image
+        v = image.detach().float().cpu().numpy().ravel()
         v = v[np.isfinite(v)]
         if not v.size:
             continue

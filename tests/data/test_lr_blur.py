@@ -167,3 +167,15 @@ def test_attach_and_with_lr_blur_agree_and_check_values() -> None:
         with_lr_blur(torch.from_numpy(lr), torch.tensor([1.0, 2.0]))
     with pytest.raises(ValueError, match="finite FWHMs >= 0"):
         with_lr_blur(torch.from_numpy(lr), -1.0)
+
+
+def test_the_recorded_lr_range_ignores_the_blur_channel() -> None:
+    """Checkpoints record the training LR's value range (upscale --normalize auto follows it): image pixels
+    only."""
+    from hpc_sr.data.values import summarize_lr
+
+    lr, hr = torch.rand(3, 1, 6, 6) * 0.5, torch.rand(3, 1, 12, 12)
+    told = summarize_lr([(with_lr_blur(lr, torch.tensor([0.0, 4.0, 9.0])), hr)])
+    assert told == summarize_lr([(lr, hr)]) and told is not None and told["max"] <= 0.5
+    one = torch.from_numpy(attach_lr_blur(lr[0].numpy(), 4.0))  # one pair, (C, h, w)
+    assert summarize_lr([(one, hr[0])]) == summarize_lr([(lr[0], hr[0])])
