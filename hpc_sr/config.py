@@ -59,7 +59,7 @@ class DataConfig:
     batch_size: int = 16  # global batch per optimiser step (all ranks, all accumulation steps)
     patch_size: int = 0  # LR patch side for random aligned crops; 0 = whole images
     augment: bool = True  # random flips and rot90 (lensing images have no preferred orientation)
-    val_images: int = 0  # cap on validation images (0 = the whole val split)
+    val_images: int = 0  # cap on validation images, spread evenly over the val split (0 = the whole split)
     target: Literal["hr", "clean"] = "hr"  # clean: noise-free HR of simulated data (memory|device, simulate)
     # k-fold cross-validation on a packed set (source shards; hpc_sr.data.folds): the manifest's train+val
     # pairs pooled into `folds` seeded folds, validation = fold `fold`, training = the others; test untouched

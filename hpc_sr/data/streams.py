@@ -121,17 +121,20 @@ def _packed_val_split(data: DataConfig) -> Dataset | None:
 
 
 def make_val_loader(data: DataConfig, seed: int, env: DistEnv, batch_size: int) -> DataLoader | None:
-    """This rank's share (indices rank::world) of the val set, whole images, no augmentation: the source's own
-    (``val_dataset``) or the val split of ``data.path``."""
+    """This rank's share (every world-th image from its rank on) of the val set, whole images, no
+    augmentation: the source's own (``val_dataset``) or the val split of ``data.path``. ``data.val_images``
+    N caps it at N images spread evenly over the split: a packed mixture is stored set by set, so its first
+    N would be one set's."""
     entry, opts = _resolve(data)
     own = getattr(entry.cls, "val_dataset", None)
     dataset = own(data, opts, seed) if own is not None else _packed_val_split(data)
     if dataset is None:
         return None
-    n = len(dataset)  # type: ignore[arg-type]
+    total = n = len(dataset)  # type: ignore[arg-type]
     if data.val_images:
         n = min(n, data.val_images)
     if n == 0:
         return None
-    mine = list(range(env.rank, n, env.world_size))
+    chosen = np.linspace(0, total - 1, n).round().astype(np.int64).tolist() if n < total else list(range(n))
+    mine = chosen[env.rank :: env.world_size]
     return DataLoader(Subset(dataset, mine), batch_size=batch_size, shuffle=False, num_workers=0)
