@@ -77,6 +77,17 @@ def tiny_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def tiny_randomized(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """40 pairs of the randomized preset (LR a block mean for some, through a seeing-limited instrument for
+    the others) at 32x32 / 16x16 in 3 shards, split 80/10/10 (32/4/4)."""
+    from hpc_sr.data.shards import simulate_to_shards
+
+    out = tmp_path_factory.mktemp("tiny_randomized") / "data"
+    simulate_to_shards(out, num=40, preset="randomized", seed=3, shard_size=16, hr_size=32)
+    return out
+
+
 @pytest.fixture(scope="module")
 def sim_batch() -> tuple[Any, ...]:
     """(hr, lr, params) of 8 simulated "wide" pairs at 32x32 / 16x16 (seed 6), once per test module."""

@@ -372,10 +372,10 @@ def noise_free_split(
     """
     from hpc_sr.data.lensing import PARAM_NAMES, is_simulator_layout, noise_free_hr
     from hpc_sr.data.presets import PRESETS
-    from hpc_sr.data.shards import read_split_params
+    from hpc_sr.data.shards import read_params
 
     m = load_manifest(root)
-    params = read_split_params(root, split) if indices is None else _params_of(root, m, indices)
+    params = read_params(m, m.split_indices(split) if indices is None else indices)
     preset = m.provenance.get("preset")
     if params is None or m.provenance.get("command") != "simulate" or preset not in PRESETS:
         raise DataError(
@@ -392,14 +392,3 @@ def noise_free_split(
         out[s : s + batch] = noise_free_hr(p, preset, m.hr_shape[-1]).numpy()
     return out
 
-
-def _params_of(root: str | Path, m: Manifest, indices: np.ndarray) -> np.ndarray | None:
-    """The recorded parameters of global ``indices`` (in their order), None if the set carries none."""
-    from hpc_sr.data.shards import SPLITS, read_split_params
-
-    parts = [read_split_params(root, s) for s in SPLITS]
-    if any(p is None for p in parts):
-        return None
-    every = np.concatenate([m.split_indices(s) for s in SPLITS])
-    params = np.concatenate(parts)  # type: ignore[arg-type]
-    return params[np.argsort(every)][np.asarray(indices, np.int64)]

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from hpc_sr.config import ConfigError
-from hpc_sr.data.shards import Manifest, load_manifest
+from hpc_sr.data.shards import Manifest, load_manifest, read_params, read_rows
 from hpc_sr.errors import DataError
 
 __all__ = ["LR_BLUR_KEY", "attach_lr_blur", "lr_blur_setting", "pair_lr_blur", "read_lr_blur_csv"]
@@ -50,38 +50,19 @@ def lr_blur_setting(value: object) -> str | float | None:
     return fwhm
 
 
-def _rows(m: Manifest, key: str, indices: np.ndarray) -> np.ndarray | None:
-    """Per-row dataset ``key`` of global ``indices`` (in their order), None if any shard lacks it."""
-    import h5py
-
-    shard, local = m.locate(indices)
-    out: np.ndarray | None = None
-    for s in np.unique(shard):
-        sel = np.flatnonzero(shard == s)
-        lo, hi = int(local[sel].min()), int(local[sel].max()) + 1
-        with h5py.File(m.shard_path(int(s)), "r", locking=False) as f:
-            if key not in f:
-                return None
-            block = np.asarray(f[key][lo:hi])
-        if out is None:
-            out = np.empty((len(indices), *block.shape[1:]), block.dtype)
-        out[sel] = block[local[sel] - lo]
-    return out
-
-
 def _from_params(m: Manifest, indices: np.ndarray) -> np.ndarray | None:
     """A simulated set's LR blur from its recorded instrument parameters, None if it records none."""
     from hpc_sr.data.lensing import is_simulator_layout, lr_blur_pairs
     from hpc_sr.data.presets import PRESETS, resolve_preset
 
     preset = m.provenance.get("preset")
-    if not m.param_names or not is_simulator_layout(m.param_names) or preset not in PRESETS:
+    if not is_simulator_layout(m.param_names) or preset not in PRESETS:
         return None
-    params = _rows(m, "params", indices)
+    params = read_params(m, indices)
     if params is None:
         return None
     pixel_scale = resolve_preset(preset).pixel_scale
-    return lr_blur_pairs(torch.from_numpy(params.astype(np.float64)), pixel_scale, m.scale).numpy()
+    return lr_blur_pairs(torch.from_numpy(params), pixel_scale, m.scale).numpy()
 
 
 def pair_lr_blur(root: str | Path, indices: np.ndarray, setting: str | float) -> np.ndarray:
@@ -91,7 +72,7 @@ def pair_lr_blur(root: str | Path, indices: np.ndarray, setting: str | float) ->
         return np.full(len(indices), float(setting), np.float32)
     m = load_manifest(root)
     idx = np.asarray(indices, np.int64)
-    found = _rows(m, LR_BLUR_KEY, idx) if len(idx) else np.empty(0, np.float32)
+    found = read_rows(m, LR_BLUR_KEY, idx)
     if found is None:
         found = _from_params(m, idx)
     if found is None:

@@ -487,22 +487,39 @@ def verify_shards(root: str | Path, quiet: bool = False) -> Manifest:
     return m
 
 
+def read_rows(m: Manifest, key: str, indices: np.ndarray) -> np.ndarray | None:
+    """Per-pair dataset ``key`` (``params``, ``lr_blur``, ...) of the pairs at global ``indices``, in their
+    order and the stored dtype; None if a shard they live in (any shard, for no indices) lacks it."""
+    import h5py
+
+    idx = np.asarray(indices, np.int64)
+    if len(idx) == 0:
+        with h5py.File(m.shard_path(0), "r", locking=False) as f:
+            return np.empty((0, *f[key].shape[1:]), f[key].dtype) if key in f else None
+    shard, local = m.locate(idx)
+    out: np.ndarray | None = None
+    for s in np.unique(shard):
+        sel = np.flatnonzero(shard == s)
+        lo, hi = int(local[sel].min()), int(local[sel].max()) + 1
+        with h5py.File(m.shard_path(int(s)), "r", locking=False) as f:
+            if key not in f:
+                return None
+            block = np.asarray(f[key][lo:hi])
+        if out is None:
+            out = np.empty((len(idx), *block.shape[1:]), block.dtype)
+        out[sel] = block[local[sel] - lo]
+    return out
+
+
+def read_params(m: Manifest, indices: np.ndarray) -> np.ndarray | None:
+    """The recorded simulator parameters (n, len(param_names)), float64, of the pairs at global ``indices``
+    in their order; None if the set carries none (packed from files)."""
+    rows = read_rows(m, "params", indices) if m.param_names else None
+    return None if rows is None else rows.astype(np.float64)
+
+
 def read_split_params(root: str | Path, split: str) -> np.ndarray | None:
     """The recorded simulator parameters (n, len(param_names)) of ``split`` in split order, None if the set
     carries none (packed from files)."""
-    import h5py
-
     m = load_manifest(root)
-    if not m.param_names:
-        return None
-    idx = m.split_indices(split)
-    out = np.empty((len(idx), len(m.param_names)), np.float64)
-    shard, local = m.locate(idx)
-    for s in np.unique(shard):
-        sel = np.flatnonzero(shard == s)
-        with h5py.File(m.shard_path(int(s)), "r", locking=False) as f:
-            if "params" not in f:
-                return None
-            block = f["params"][int(local[sel].min()) : int(local[sel].max()) + 1]
-        out[sel] = block[local[sel] - int(local[sel].min())]
-    return out
+    return read_params(m, m.split_indices(split))

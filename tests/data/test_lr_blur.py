@@ -16,17 +16,9 @@ from hpc_sr.data.dataset import BlockShardDataset, InMemoryShardDataset, ShardDa
 from hpc_sr.data.lensing import MIN_INSTRUMENT_BLUR, lr_blur_pairs, mean_lr_pairs, param_names_of
 from hpc_sr.data.lr_blur import attach_lr_blur, lr_blur_setting, pair_lr_blur, read_lr_blur_csv
 from hpc_sr.data.presets import resolve_preset
-from hpc_sr.data.shards import load_manifest, pack_to_shards, read_split_params, simulate_to_shards
+from hpc_sr.data.shards import load_manifest, pack_to_shards, read_split_params
 from hpc_sr.errors import DataError
 from hpc_sr.imaging import lr_image, with_lr_blur
-
-
-@pytest.fixture(scope="module")
-def randomized(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """40 pairs of the randomized preset (some LR block means, some through a seeing-limited instrument)."""
-    out = tmp_path_factory.mktemp("lr_blur") / "rnd"
-    simulate_to_shards(out, num=40, preset="randomized", seed=3, shard_size=16, hr_size=32)
-    return out
 
 
 def test_setting_parses_and_names_the_key() -> None:
@@ -38,10 +30,10 @@ def test_setting_parses_and_names_the_key() -> None:
             lr_blur_setting(bad)
 
 
-def test_blur_of_simulated_pairs_follows_their_instrument(randomized: Path) -> None:
-    m = load_manifest(randomized)
-    params = torch.from_numpy(read_split_params(randomized, "train").astype(np.float64))
-    blur = pair_lr_blur(randomized, m.split_indices("train"), "data")
+def test_blur_of_simulated_pairs_follows_their_instrument(tiny_randomized: Path) -> None:
+    m = load_manifest(tiny_randomized)
+    params = torch.from_numpy(read_split_params(tiny_randomized, "train").astype(np.float64))
+    blur = pair_lr_blur(tiny_randomized, m.split_indices("train"), "data")
     mean = mean_lr_pairs(params).numpy()
     assert 0 < mean.sum() < len(mean)  # both kinds present
     assert (blur[mean] == 0).all() and (blur[~mean] >= MIN_INSTRUMENT_BLUR).all()
@@ -49,10 +41,10 @@ def test_blur_of_simulated_pairs_follows_their_instrument(randomized: Path) -> N
     lr_fwhm, hr_fwhm = params[:, names.index("lr_psf_fwhm")], params[:, names.index("psf_fwhm")]
     expect = (lr_fwhm**2 - hr_fwhm**2).clamp_min(0).sqrt() / (resolve_preset("randomized").pixel_scale * 2)
     np.testing.assert_allclose(blur[~mean], expect.clamp_min(MIN_INSTRUMENT_BLUR).numpy()[~mean], rtol=1e-5)
-    assert (pair_lr_blur(randomized, m.split_indices("val"), 2.5) == 2.5).all()
+    assert (pair_lr_blur(tiny_randomized, m.split_indices("val"), 2.5) == 2.5).all()
     from hpc_sr.apps.inspect import inspect_dataset
 
-    told = inspect_dataset(randomized, quiet=True)["lr_blur"]
+    told = inspect_dataset(tiny_randomized, quiet=True)["lr_blur"]
     assert told["recorded"] and told["zero_fraction"] == pytest.approx(mean.mean())
 
 
@@ -79,8 +71,8 @@ def _export(src: Path, out: Path) -> list[str]:
     return names
 
 
-def test_pack_keeps_an_lr_blur_csv_and_refuses_gaps(randomized: Path, tmp_path: Path) -> None:
-    names = _export(randomized, tmp_path / "src")
+def test_pack_keeps_an_lr_blur_csv_and_refuses_gaps(tiny_randomized: Path, tmp_path: Path) -> None:
+    names = _export(tiny_randomized, tmp_path / "src")
     values = {n: 0.25 * k for k, n in enumerate(names)}
     (tmp_path / "src" / "lr_blur.csv").write_text(
         "name,lr_blur\n" + "".join(f"{n}.npy,{v}\n" if k % 2 else f"{n},{v}\n" for k, (n, v) in
@@ -102,7 +94,7 @@ def test_pack_keeps_an_lr_blur_csv_and_refuses_gaps(randomized: Path, tmp_path: 
         read_lr_blur_csv(tmp_path / "bad.csv")
 
 
-def test_a_blurred_set_without_blur_records_is_a_clear_error(randomized: Path, tmp_path: Path) -> None:
+def test_a_blurred_set_without_blur_records_is_a_clear_error(tiny_randomized: Path, tmp_path: Path) -> None:
     """Pairs packed from files (no instrument parameters, no csv) whose LR is not the block mean of HR."""
     from hpc_sr.data.lensing import LensingSimulator
 
@@ -123,10 +115,10 @@ def test_a_blurred_set_without_blur_records_is_a_clear_error(randomized: Path, t
 
 
 @pytest.mark.parametrize("cls", [ShardDataset, InMemoryShardDataset])
-def test_datasets_attach_the_blur_channel(randomized: Path, cls: type) -> None:
-    ds = cls(randomized, "train", patch_size=4, augment=True, lr_blur="data")
-    plain = cls(randomized, "train", patch_size=4, augment=True)
-    blur = pair_lr_blur(randomized, load_manifest(randomized).split_indices("train"), "data")
+def test_datasets_attach_the_blur_channel(tiny_randomized: Path, cls: type) -> None:
+    ds = cls(tiny_randomized, "train", patch_size=4, augment=True, lr_blur="data")
+    plain = cls(tiny_randomized, "train", patch_size=4, augment=True)
+    blur = pair_lr_blur(tiny_randomized, load_manifest(tiny_randomized).split_indices("train"), "data")
     for i in range(len(ds)):
         lr, hr = ds[i]
         lr0, hr0 = plain[i]
@@ -135,10 +127,10 @@ def test_datasets_attach_the_blur_channel(randomized: Path, cls: type) -> None:
         assert torch.all(lr[1] == float(blur[i]))
 
 
-def test_block_dataset_attaches_the_blur_channel(randomized: Path) -> None:
-    ds = BlockShardDataset(randomized, "train", block_size=4, shuffle=False, rank=0, world_size=1,
+def test_block_dataset_attaches_the_blur_channel(tiny_randomized: Path) -> None:
+    ds = BlockShardDataset(tiny_randomized, "train", block_size=4, shuffle=False, rank=0, world_size=1,
                            lr_blur="data")  # fmt: skip
-    blur = pair_lr_blur(randomized, load_manifest(randomized).split_indices("train"), "data")
+    blur = pair_lr_blur(tiny_randomized, load_manifest(tiny_randomized).split_indices("train"), "data")
     got = [float(lr[1, 0, 0]) for lr, _ in ds]
     np.testing.assert_allclose(got, blur)
 

@@ -12,7 +12,6 @@ import torch
 import hpc_sr
 from hpc_sr.apps.evaluate import EvaluateError, evaluate
 from hpc_sr.config import ConfigError, load_config
-from hpc_sr.data.shards import simulate_to_shards
 from hpc_sr.dist.env import DistEnv
 from hpc_sr.errors import HpcSrError
 from hpc_sr.train.components import check_config
@@ -23,26 +22,19 @@ TOLD = {"model.g.lr_blur_input": "true", "data.lr_blur": "data"}
 
 
 @pytest.fixture(scope="module")
-def randomized(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("told") / "rnd"
-    simulate_to_shards(out, num=40, preset="randomized", seed=5, shard_size=40, hr_size=32)
-    return out
-
-
-@pytest.fixture(scope="module")
-def told_run(randomized: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def told_run(tiny_randomized: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """4 steps (2 pretrain, 2 GAN) on the resident loader, the exact layer on the block-mean pairs."""
     runs = tmp_path_factory.mktemp("told_runs")
-    over = tiny_overrides(randomized, runs, name="told", steps=4, pretrain=2, **TOLD,
+    over = tiny_overrides(tiny_randomized, runs, name="told", steps=4, pretrain=2, **TOLD,
                           **{"data.options.loader": "memory", "model.g.lr_consistent": "true",
                              "train.val_every": 2, "train.ckpt_every": 2})  # fmt: skip
     assert Trainer(load_config(None, over), DistEnv(), torch.device("cpu")).run() == 0
     return runs / "told"
 
 
-def test_input_and_data_setting_go_together(randomized: Path, tmp_path: Path) -> None:
+def test_input_and_data_setting_go_together(tiny_randomized: Path, tmp_path: Path) -> None:
     def check(**extra: str) -> None:
-        check_config(load_config(None, tiny_overrides(randomized, tmp_path, **extra)))
+        check_config(load_config(None, tiny_overrides(tiny_randomized, tmp_path, **extra)))
 
     with pytest.raises(ConfigError, match="model.g.lr_blur_input=true needs .*data.lr_blur=data"):
         check(**{"model.g.lr_blur_input": "true"})
@@ -56,20 +48,22 @@ def test_input_and_data_setting_go_together(randomized: Path, tmp_path: Path) ->
     check(**TOLD, **{"model.g.lr_consistent": "true"})
 
 
-def test_told_run_trains_validates_and_evaluates(told_run: Path, randomized: Path) -> None:
+def test_told_run_trains_validates_and_evaluates(told_run: Path, tiny_randomized: Path) -> None:
     assert (told_run / "checkpoints" / "latest").read_text().strip() == "step_00000004"
-    res = evaluate(told_run, randomized, split="test", quiet=True)
+    res = evaluate(told_run, tiny_randomized, split="test", quiet=True)
     assert res["lr_blur"] == "data" and res["n"] == 4
     assert np.isfinite(res["model"]["psnr"])
-    const = evaluate(told_run, randomized, split="test", quiet=True, lr_blur=3.0)
+    const = evaluate(told_run, tiny_randomized, split="test", quiet=True, lr_blur=3.0)
     assert const["lr_blur"] == 3.0 and const["model"]["psnr"] != res["model"]["psnr"]
 
 
-def test_item_loader_and_simulated_source_train_a_told_generator(randomized: Path, tmp_path: Path) -> None:
+def test_item_loader_and_simulated_source_train_a_told_generator(
+    tiny_randomized: Path, tmp_path: Path
+) -> None:
     for name, extra in (("item", {"data.options.loader": "item"}),
                         ("sim", {"data.source": "simulate", "data.path": "",
                                  "data.options": "{preset: randomized, hr_size: 32}"})):  # fmt: skip
-        over = tiny_overrides(randomized, tmp_path, name=name, steps=2, pretrain=2, **TOLD, **extra)
+        over = tiny_overrides(tiny_randomized, tmp_path, name=name, steps=2, pretrain=2, **TOLD, **extra)
         assert Trainer(load_config(None, over), DistEnv(), torch.device("cpu")).run() == 0
         assert (tmp_path / name / "checkpoints" / "latest").is_file()
 
